@@ -1,0 +1,53 @@
+# Two commands matter: `make demo` and `make test`. Everything they need is here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo deps venv lint typecheck pytest bench clean
+
+# Debian packages the tests and the demo need; skipped when already installed.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# The packaged mosquitto and pcscd services are not used: tests start their own.
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,pcsc]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy --strict
+
+pytest: venv
+	$(BIN)/pytest -q
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/gatewayd check-config conf/example.toml
+	@echo "The simulated building (gatewayd demo) is not built yet: see README.md."
+
+bench: venv
+	$(BIN)/python bench/store.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

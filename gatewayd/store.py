@@ -1,0 +1,477 @@
+"""The durable store: one SQLite database in `state_dir`.
+
+Contract:
+- One writer thread owns the connection. Every read and write is a job run
+  there, so the event loop never blocks on fsync.
+- Jobs that arrive together commit in one transaction (group commit); each
+  job runs inside its own SAVEPOINT, so one failing job does not undo the
+  others. A job's future resolves only after its transaction is durable
+  (WAL, `synchronous=FULL`).
+- Events get their `seq` inside the job that makes the ledger change they
+  report: `seq` rises by exactly 1, survives crashes and is never reused.
+- The schema is versioned with `PRAGMA user_version`; a database from a newer
+  gatewayd, or a corrupt one, is refused with a message that says what to do,
+  never recreated.
+- A second process on the same `state_dir` is refused (an flock on a lock
+  file, held for the life of the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DB_NAME = "gatewayd.db"
+LOCK_NAME = "gatewayd.lock"
+# At most this many jobs share one transaction: bounds the latency of the
+# first job in a burst while still amortising the fsync.
+MAX_GROUP = 512
+
+_json = msgspec.json.Encoder()
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why and what to do."""
+
+
+class StoreLocked(StoreError):
+    """Another gatewayd holds the state directory."""
+
+
+class StoreClosed(StoreError):
+    """A job was submitted after close()."""
+
+
+# --- schema -------------------------------------------------------------------
+
+# Each entry migrates from version i to i + 1. Never edit a shipped entry: add one.
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    -- The center owns balances; this is the gateway's mirror (behaviour.md).
+    CREATE TABLE accounts (
+        account TEXT PRIMARY KEY,
+        balance_fen INTEGER NOT NULL DEFAULT 0,
+        known INTEGER NOT NULL DEFAULT 0,      -- credited or synced by the center
+        updated REAL NOT NULL
+    );
+    CREATE TABLE cards (
+        uid TEXT PRIMARY KEY,                  -- upper-case hex
+        account TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        expires TEXT,                          -- RFC 3339 date or NULL
+        updated REAL NOT NULL
+    );
+    -- The event log and outbox: seq is assigned in the ledger's transaction.
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        class INTEGER NOT NULL,                -- delivery class, lower first
+        wall REAL NOT NULL,                    -- epoch seconds, for keep_events_days
+        payload BLOB NOT NULL,                 -- the complete JSON message
+        published REAL                         -- when the broker acknowledged it
+    );
+    CREATE INDEX events_pending ON events (class, seq) WHERE published IS NULL;
+    CREATE INDEX events_wall ON events (wall);
+    -- Commands seen, with their first result (duplicates are answered, not applied).
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        received REAL NOT NULL,
+        result BLOB NOT NULL,
+        published REAL
+    );
+    CREATE INDEX commands_received ON commands (received);
+    -- Water sessions still open: recovered and charged after a crash.
+    CREATE TABLE water_sessions (
+        point TEXT PRIMARY KEY,
+        session TEXT NOT NULL,
+        card TEXT NOT NULL,
+        account TEXT NOT NULL,
+        service TEXT NOT NULL,
+        offline INTEGER NOT NULL,
+        started REAL NOT NULL,                 -- epoch seconds
+        elapsed_s REAL NOT NULL DEFAULT 0,     -- monotonic time accounted so far
+        counter_start INTEGER,                 -- pulse count at open, NULL without a flow meter
+        counter_last INTEGER,
+        volume_ml INTEGER NOT NULL DEFAULT 0,
+        charged_fen INTEGER NOT NULL DEFAULT 0,
+        carry TEXT NOT NULL DEFAULT '0'        -- fraction of a fen carried (decimal)
+    );
+    -- Per-room state that must survive restarts.
+    CREATE TABLE rooms (
+        room TEXT PRIMARY KEY,
+        baseline_wh INTEGER,                   -- last charged meter reading
+        baseline_wall REAL,                    -- epoch seconds of that reading
+        carry TEXT NOT NULL DEFAULT '0',       -- fraction of a fen carried (decimal)
+        accrued_wh INTEGER NOT NULL DEFAULT 0, -- charged, not yet reported
+        accrued_fen INTEGER NOT NULL DEFAULT 0,
+        chain_from_wh INTEGER,                 -- meter_wh_from of the next power.usage
+        accrued_since REAL,                    -- epoch seconds of the first unreported charge
+        low_sent INTEGER NOT NULL DEFAULT 0,   -- balance.low sent for this crossing
+        hold INTEGER NOT NULL DEFAULT 0,       -- room.cut with hold
+        cut_reason TEXT,                       -- why the gateway has it cut, NULL if not
+        trip_reason TEXT,                      -- overload/resistive/remote trip waiting to reclose
+        reclose_at REAL,                       -- epoch seconds
+        lockout_until REAL,                    -- epoch seconds
+        trips TEXT NOT NULL DEFAULT '[]',      -- epoch seconds of recent trips (JSON)
+        max_power_w INTEGER                    -- room.limit override
+    );
+    -- Water spent per card per day while the center is unreachable.
+    CREATE TABLE offline_spend (
+        card TEXT NOT NULL,
+        day TEXT NOT NULL,
+        fen INTEGER NOT NULL,
+        PRIMARY KEY (card, day)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Delivery classes (center-link.md "Delivery"): results, money, other events, telemetry.
+CLASS_RESULT = 0
+CLASS_MONEY = 1
+CLASS_EVENT = 2
+CLASS_TELEMETRY = 3
+MONEY_TYPES = frozenset({"water.session", "power.usage", "account.credited"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as committed: what the outbox publishes."""
+
+    seq: int
+    id: str
+    type: str
+    payload: bytes
+
+
+class Txn:
+    """What a job sees: the connection, inside the group's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, store: Store) -> None:
+        self.conn = conn
+        self._store = store
+        self.events: list[Event] = []
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def event(self, type_: str, fields: dict[str, Any], *, ts: str, wall: float | None = None) -> Event:
+        """Append an event to the log in this transaction; return it with its seq.
+
+        `fields` are the type's own fields; the envelope (id, seq, ts,
+        building, type) is added here, in the contract's key order.
+        """
+        seq = self._store._next_seq
+        event_id = str(uuid.uuid4())
+        message = {"id": event_id, "seq": seq, "ts": ts, "building": self._store.building,
+                   "type": type_, **fields}
+        payload = _json.encode(message)
+        klass = CLASS_MONEY if type_ in MONEY_TYPES else CLASS_EVENT
+        self.conn.execute(
+            "INSERT INTO events (seq, id, type, class, wall, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, event_id, type_, klass, time.time() if wall is None else wall, payload),
+        )
+        self._store._next_seq = seq + 1
+        ev = Event(seq, event_id, type_, payload)
+        self.events.append(ev)
+        return ev
+
+
+Job = Callable[[Txn], Any]
+
+
+class Store:
+    """The store. Create with `Store.open(state_dir, building)`; use from asyncio."""
+
+    def __init__(self, state_dir: Path, building: str) -> None:
+        self.state_dir = state_dir
+        self.building = building
+        self.path = state_dir / DB_NAME
+        self._lock_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[tuple[Job, Future[Any], bool] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._next_seq = 1
+        self._closed = False
+        # Listeners called (in the writer thread) with the events of each commit.
+        self._on_commit: list[Callable[[list[Event]], None]] = []
+        self.commits = 0
+        self.jobs = 0
+
+    # --- lifecycle ------------------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: Path | str, building: str) -> Store:
+        """Lock the state directory, open and migrate the database, start the writer.
+
+        Blocking (run it before the event loop's hot paths start, or in a thread).
+        """
+        store = cls(Path(state_dir), building)
+        try:
+            store._open()
+        except BaseException:
+            store._release()
+            raise
+        return store
+
+    def _open(self) -> None:
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create state directory {self.state_dir}: {e.strerror}") from e
+        self._lock()
+        existed = self.path.exists()
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {self.path}: {e}") from e
+        self._conn = conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if existed:
+                row = conn.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise StoreError(self._corrupt_message(str(row[0] if row else "no answer")))
+            self._migrate(conn)
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            self._next_seq = (row[0] if row else 0) + 1
+        except sqlite3.DatabaseError as e:
+            raise StoreError(self._corrupt_message(str(e))) from e
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+        log.info("store_opened", path=str(self.path), schema=SCHEMA_VERSION,
+                 next_seq=self._next_seq)
+
+    def _corrupt_message(self, detail: str) -> str:
+        return (
+            f"{self.path} is damaged ({detail}). gatewayd will not start on it and will not "
+            "recreate it: it holds money not yet reported. Stop the service, move the "
+            "database and its -wal/-shm files aside, restore them from a backup or send them "
+            "to the center's operators for recovery, then start again."
+        )
+
+    def _lock(self) -> None:
+        lock_path = self.state_dir / LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open lock file {lock_path}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = os.pread(fd, 32, 0).decode().strip()
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                who = f" (pid {holder})" if holder else ""
+                raise StoreLocked(
+                    f"another gatewayd{who} is already using {self.state_dir}; "
+                    "stop it first (systemctl stop gatewayd) or use another state_dir"
+                ) from e
+            raise StoreError(f"cannot lock {lock_path}: {e.strerror}") from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, written by a newer gatewayd "
+                f"(this one knows up to {SCHEMA_VERSION}). Install that newer version again, "
+                "or restore a backup made by this version; the database was not changed."
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            log.info("store_migrating", path=str(self.path), to_version=target)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[target - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Finish queued jobs, stop the writer, close the database, release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        self._release()
+        log.info("store_closed", path=str(self.path))
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- jobs -----------------------------------------------------------------
+
+    def submit(self, job: Callable[[Txn], T], *, write: bool = True) -> Future[T]:
+        """Queue a job for the writer; the future resolves after its commit."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        fut: Future[T] = Future()
+        self._queue.put((job, fut, write))
+        return fut
+
+    async def run(self, job: Callable[[Txn], T]) -> T:
+        """Run a write job in the next group transaction and wait until it is durable.
+
+        Cancelling the caller does not cancel the job: once submitted, it
+        commits (a ledger change must not be half-done).
+        """
+        return await asyncio.wrap_future(self.submit(job))
+
+    async def read(self, job: Callable[[Txn], T]) -> T:
+        """Run a read-only job on the writer thread (consistent with every commit)."""
+        return await asyncio.wrap_future(self.submit(job, write=False))
+
+    def call(self, job: Callable[[Txn], T]) -> T:
+        """Blocking form of run(), for start-up code and tools outside the loop."""
+        return self.submit(job).result()
+
+    def on_commit(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call `listener(events)` in the writer thread after each commit with events."""
+        self._on_commit.append(listener)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def _writer(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Job, Future[Any], bool]]
+    ) -> None:
+        live = [(job, fut, write) for job, fut, write in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        seq_at_start = self._next_seq
+        txn = Txn(conn, self)
+        outcomes: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            for _, fut, _ in live:
+                fut.set_exception(StoreError(f"cannot begin a transaction: {e}"))
+            return
+        for job, fut, _write in live:
+            seq_before = self._next_seq
+            events_before = len(txn.events)
+            conn.execute("SAVEPOINT job")
+            try:
+                result = job(txn)
+            except BaseException as e:  # a job's own failure is reported to its caller
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                self._next_seq = seq_before
+                del txn.events[events_before:]
+                outcomes.append((fut, False, e))
+                continue
+            conn.execute("RELEASE job")
+            outcomes.append((fut, True, result))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._next_seq = seq_at_start
+            err = StoreError(f"commit failed: {e}")
+            log.error("store_commit_failed", error=str(e), jobs=len(live))
+            for fut, _, _ in outcomes:
+                fut.set_exception(err)
+            return
+        self.commits += 1
+        self.jobs += len(live)
+        if txn.events:
+            for listener in self._on_commit:
+                try:
+                    listener(txn.events)
+                except Exception:
+                    log.exception("store_listener_failed")
+        for fut, ok, value in outcomes:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (sqlite3 runs one per execute)."""
+    out: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        current.append(stripped)
+        if stripped.endswith(";"):
+            stmt = "\n".join(current).strip()
+            if sqlite3.complete_statement(stmt):
+                out.append(stmt)
+                current = []
+    if current:
+        out.append("\n".join(current))
+    return out

@@ -1,0 +1,171 @@
+"""The supervisor: runs the daemon's components in one TaskGroup.
+
+Contract:
+- `start()` of every component runs first, in order (valves are closed
+  there); only then is READY=1 sent.
+- Each component's `run()` is a named task. A component that raises is
+  logged and restarted with capped back-off; it never takes the others down.
+- WATCHDOG=1 is sent only while every component reports progress in time
+  (`Heartbeat.beat()`); a stuck loop stops the feeding and systemd restarts us.
+- SIGTERM/SIGINT: STOPPING=1, then `shutdown()` of each component in order
+  (stop taps, close valves, flush the outbox, say offline), bounded by
+  STOP_GRACE_S in all, then the tasks are cancelled and run() returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from gatewayd.sdnotify import Notifier, watchdog_interval_s
+
+log = structlog.get_logger(__name__)
+
+# systemd's TimeoutStopSec is 15 s; the spec promises a stop within 10 s.
+STOP_GRACE_S = 8.0
+# Restart back-off for a component that crashed.
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 60.0
+# Without a systemd watchdog, still check heartbeats this often (for logs).
+DEFAULT_WATCHDOG_CHECK_S = 5.0
+
+
+class Heartbeat:
+    """Progress reports of one loop. A loop that beats is alive."""
+
+    def __init__(self, name: str, max_silence_s: float | None) -> None:
+        self.name = name
+        self.max_silence_s = max_silence_s
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def stale(self, now: float) -> bool:
+        return self.max_silence_s is not None and now - self.last > self.max_silence_s
+
+
+class Component(Protocol):
+    """A part of the daemon with its own loop."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Prepare before READY (e.g. close every valve). May raise to refuse starting."""
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        """The long-lived loop; beat at least every `heartbeat_s`."""
+
+    async def shutdown(self) -> None:
+        """Graceful stop step, called in order on SIGTERM before tasks are cancelled."""
+
+    @property
+    def heartbeat_s(self) -> float | None:
+        """Longest silence that still counts as alive; None: event-driven, exempt."""
+
+
+class Supervisor:
+    def __init__(self, components: Sequence[Component], notifier: Notifier | None = None) -> None:
+        self.components = list(components)
+        self.notifier = notifier or Notifier()
+        self.heartbeats = {c.name: Heartbeat(c.name, c.heartbeat_s) for c in self.components}
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self.crashes: dict[str, int] = {c.name: 0 for c in self.components}
+
+    def request_stop(self, why: str = "") -> None:
+        if not self._stop.is_set():
+            log.info("stop_requested", reason=why)
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        try:
+            for c in self.components:
+                await c.start()
+            tasks: list[asyncio.Task[None]] = []
+            async with asyncio.TaskGroup() as tg:
+                for c in self.components:
+                    tasks.append(tg.create_task(self._keep_running(c), name=c.name))
+                tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
+                self.notifier.ready(f"running {len(self.components)} components")
+                log.info("ready", components=[c.name for c in self.components])
+                await self._stop.wait()
+                self._stopping = True
+                self.notifier.stopping("stopping")
+                log.info("stopping")
+                await self._shutdown_components()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+    async def _shutdown_components(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE_S
+        for c in self.components:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("shutdown_out_of_time", component=c.name)
+                break
+            try:
+                async with asyncio.timeout(left):
+                    await c.shutdown()
+            except TimeoutError:
+                log.warning("shutdown_timed_out", component=c.name)
+            except Exception:
+                log.exception("shutdown_failed", component=c.name)
+
+    async def _keep_running(self, c: Component) -> None:
+        delay = RESTART_MIN_S
+        hb = self.heartbeats[c.name]
+        while True:
+            started = time.monotonic()
+            try:
+                await c.run(hb)
+                if self._stopping:
+                    return
+                log.error("component_returned", component=c.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.crashes[c.name] += 1
+                log.exception("component_crashed", component=c.name, crashes=self.crashes[c.name])
+            if time.monotonic() - started > 10 * RESTART_MAX_S:
+                delay = RESTART_MIN_S  # it ran a long while: a fresh fault
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, RESTART_MAX_S)
+            hb.beat()  # a restarted loop gets a fresh allowance
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval_s()
+        check = interval if interval is not None else DEFAULT_WATCHDOG_CHECK_S
+        stale_before: set[str] = set()
+        while True:
+            now = time.monotonic()
+            stale = {n for n, hb in self.heartbeats.items() if hb.stale(now)}
+            for name in stale - stale_before:
+                log.error("loop_stalled", component=name,
+                          silent_s=round(now - self.heartbeats[name].last, 1))
+            for name in stale_before - stale:
+                log.info("loop_recovered", component=name)
+            stale_before = stale
+            if not stale and interval is not None:
+                self.notifier.watchdog()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(check):
+                    await self._stop.wait()
+            if self._stop.is_set() and interval is not None:
+                # Keep feeding during the graceful stop; systemd bounds it anyway.
+                self.notifier.watchdog()
+                await asyncio.sleep(check)

@@ -1,0 +1,257 @@
+"""A small collecting validator for TOML-shaped data.
+
+`Table` wraps one TOML table and a place (`rooms[3].meter`). Each accessor
+checks one key, records a `Problem` when it is wrong, and returns a usable
+fallback so that validation goes on: one pass finds every problem. `done()`
+reports the keys nobody asked for (unknown keys are errors: a typo must not
+silently disable a rule).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a file, at a place (`rooms[3].meter.bus`)."""
+
+    place: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.message}" if self.place else self.message
+
+
+def show(value: object) -> str:
+    """A value as the user wrote it, for messages: strings quoted, tables named."""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+class Table:
+    """One TOML table under validation."""
+
+    def __init__(self, data: dict[str, Any], place: str, problems: list[Problem]) -> None:
+        self.data = data
+        self.place = place
+        self.problems = problems
+        self._seen: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.place}.{key}" if self.place else key
+
+    def problem(self, key: str | None, message: str) -> None:
+        self.problems.append(Problem(self.at(key) if key else self.place, message))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def _get(self, key: str, required: bool) -> tuple[bool, Any]:
+        self._seen.add(key)
+        if key not in self.data:
+            if required:
+                self.problem(key, "required")
+            return False, None
+        return True, self.data[key]
+
+    def text(
+        self,
+        key: str,
+        default: str = "",
+        *,
+        required: bool = False,
+        pattern: re.Pattern[str] | None = None,
+        pattern_text: str = "",
+        choices: Sequence[str] | None = None,
+    ) -> str:
+        present, value = self._get(key, required)
+        if not present:
+            return default
+        if not isinstance(value, str):
+            self.problem(key, f"expected a string, got {show(value)}")
+            return default
+        if choices is not None and value not in choices:
+            self.problem(key, f"expected one of {', '.join(choices)}, got {show(value)}")
+            return default
+        if pattern is not None and not pattern.fullmatch(value):
+            self.problem(key, f"expected {pattern_text or pattern.pattern}, got {show(value)}")
+            return default
+        return value
+
+    def integer(
+        self,
+        key: str,
+        default: int = 0,
+        *,
+        required: bool = False,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        present, value = self._get(key, required)
+        if not present:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.problem(key, f"expected {_int_range(minimum, maximum)}, got {show(value)}")
+            return default
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.problem(key, f"expected {_int_range(minimum, maximum)}, got {value}")
+            return default
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: float = 0.0,
+        *,
+        required: bool = False,
+        minimum: float | None = None,
+        above: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        """A number (TOML integers are accepted for float keys)."""
+        present, value = self._get(key, required)
+        if not present:
+            return default
+        text = _float_range(minimum, above, maximum)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.problem(key, f"expected {text}, got {show(value)}")
+            return default
+        number = float(value)
+        if (
+            not math.isfinite(number)
+            or (minimum is not None and number < minimum)
+            or (above is not None and number <= above)
+            or (maximum is not None and number > maximum)
+        ):
+            self.problem(key, f"expected {text}, got {show(value)}")
+            return default
+        return number
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        present, value = self._get(key, False)
+        if not present:
+            return default
+        if not isinstance(value, bool):
+            self.problem(key, f"expected true or false, got {show(value)}")
+            return default
+        return value
+
+    def decimal(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        minimum: Decimal = Decimal(0),
+        allow_number: bool = False,
+    ) -> Decimal:
+        """A decimal written as a string ("0.56"): money must not pass through floats.
+
+        With `allow_number`, a TOML number is taken exactly as written (not money)."""
+        present, value = self._get(key, required)
+        if not present:
+            return Decimal(0)
+        if allow_number and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            self.problem(key, f'expected a decimal string such as "0.56", got {show(value)}')
+            return Decimal(0)
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite() or number < minimum:
+            self.problem(key, f"expected a decimal string >= {minimum}, got {show(value)}")
+            return Decimal(0)
+        return number
+
+    def str_list(
+        self, key: str, *, choices: Sequence[str] | None = None, default: Sequence[str] = ()
+    ) -> tuple[str, ...]:
+        present, value = self._get(key, False)
+        if not present:
+            return tuple(default)
+        if not isinstance(value, list):
+            self.problem(key, f"expected an array of strings, got {show(value)}")
+            return tuple(default)
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problem(f"{key}[{i}]", f"expected a string, got {show(item)}")
+            elif choices is not None and item not in choices:
+                self.problem(
+                    f"{key}[{i}]", f"expected one of {', '.join(choices)}, got {show(item)}"
+                )
+            else:
+                out.append(item)
+        return tuple(out)
+
+    def table(self, key: str, *, required: bool = False) -> Table | None:
+        present, value = self._get(key, required)
+        if not present:
+            return None
+        if not isinstance(value, dict):
+            self.problem(key, f"expected a table, got {show(value)}")
+            return None
+        return Table(value, self.at(key), self.problems)
+
+    def tables(self, key: str) -> Iterator[Table]:
+        """An array of tables (`[[rooms]]`), each with its 0-based place."""
+        present, value = self._get(key, False)
+        if not present:
+            return
+        if not isinstance(value, list):
+            self.problem(key, f"expected an array of tables ([[{key}]]), got {show(value)}")
+            return
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.problem(f"{key}[{i}]", f"expected a table, got {show(item)}")
+                continue
+            yield Table(item, f"{self.at(key)}[{i}]", self.problems)
+
+    def check(self, key: str, value: T, test: Callable[[T], str | None]) -> T:
+        """Run an extra test on a value already read; `test` returns a message or None."""
+        message = test(value)
+        if message:
+            self.problem(key, message)
+        return value
+
+    def done(self, allowed_extra: Sequence[str] = ()) -> None:
+        for key in self.data:
+            if key not in self._seen and key not in allowed_extra:
+                self.problem(key, "unknown key")
+
+
+def _int_range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"an integer from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"an integer >= {minimum}"
+    if maximum is not None:
+        return f"an integer <= {maximum}"
+    return "an integer"
+
+
+def _float_range(minimum: float | None, above: float | None, maximum: float | None) -> str:
+    parts = []
+    if minimum is not None:
+        parts.append(f">= {minimum:g}")
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if maximum is not None:
+        parts.append(f"<= {maximum:g}")
+    return "a number" + (" " + " and ".join(parts) if parts else "")

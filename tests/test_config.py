@@ -1,0 +1,318 @@
+"""Config loading: every problem at once, with places; the CLI's exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gatewayd.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """
+[gateway]
+building = "b07"
+timezone = "Asia/Shanghai"
+state_dir = "{state}"
+
+[tariffs]
+power = {{ price = "0.56", unit = "kWh" }}
+shower = {{ price = "0.5", unit = "min" }}
+
+[[buses]]
+name = "floor1"
+type = "tcp"
+host = "127.0.0.1"
+port = 1502
+
+[[rooms]]
+id = "101"
+meter = {{ bus = "floor1", unit = 1, profile = "eastron-sdm120" }}
+breaker = {{ bus = "floor1", unit = 200, profile = "relay-board", channel = 0 }}
+max_power_w = 1200
+
+[[rooms]]
+id = "102"
+meter = {{ bus = "floor1", unit = 2, profile = "eastron-sdm120" }}
+breaker = {{ bus = "floor1", unit = 200, profile = "relay-board", channel = 1, invert = true }}
+
+[[power.curfew]]
+days = ["mon"]
+from = "23:30"
+to = "06:00"
+except = ["102"]
+
+[[readers]]
+id = "r1"
+type = "serial"
+port = "/dev/null"
+
+[[points]]
+id = "shower-1"
+service = "shower"
+reader = "r1"
+valve = {{ bus = "floor1", unit = 210, profile = "relay-board", channel = 0 }}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).replace("{state}", str(tmp_path / "state")))
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return [str(p) for p in info.value.problems]
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace("{{", "{").replace("}}", "}")))
+    assert cfg.gateway.building == "b07"
+    assert cfg.gateway.poll_interval_s == 1.0
+    assert cfg.center is None
+    assert cfg.tariffs.power.price == Decimal("0.56")
+    assert cfg.tariffs.drinking.unit == "L"
+    r101, r102 = cfg.rooms
+    assert r101.account == "room-b07-101"
+    assert r101.rules.max_power_w == 1200
+    assert r102.rules.max_power_w == 1500
+    assert r102.breaker.invert and r102.breaker.channel == 1
+    assert r101.meter.profile.kind == "meter"
+    assert cfg.curfews[0].except_rooms == {"102"}
+    assert cfg.points[0].flow is None
+    assert cfg.points[0].kinds == {"student", "teacher", "family"}
+
+
+def test_many_problems_reported_at_once_with_places(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [gateway]
+        building = "B07!"
+        poll_interval_s = 0.01
+        tap_debounc_s = 2
+
+        [tariffs]
+        power = { price = 0.56, unit = "kWh" }
+
+        [[buses]]
+        name = "rs485-a"
+        type = "rtu"
+        port = "/dev/ttyUSB0"
+        parity = "X"
+
+        [[rooms]]
+        id = "301"
+        meter = { bus = "rs485-c", unit = 1, profile = "eastron-sdm120" }
+        breaker = { bus = "rs485-a", unit = 31, profile = "relay-board" }
+
+        [[rooms]]
+        id = "302"
+        max_power_w = "1.5k"
+        meter = { bus = "rs485-a", unit = 2, profile = "no-such-meter" }
+        breaker = { bus = "rs485-a", unit = 31, profile = "relay-board" }
+
+        [[rooms]]
+        id = "303"
+        meter = { bus = "rs485-a", unit = 3, profile = "relay-board" }
+        breaker = { bus = "rs485-a", unit = 300, profile = "relay-board", channel = 2 }
+
+        [[points]]
+        id = "shower-1"
+        service = "bath"
+        reader = "r-missing"
+        valve = { bus = "rs485-a", unit = 31, profile = "relay-board", channel = 0 }
+        """,
+    )
+    found = problems(path)
+    expected = [
+        'gateway.building: expected 1 to 32 of a-z, 0-9 and \'-\', got "B07!"',
+        "gateway.poll_interval_s: expected a number >= 0.1, got 0.01",
+        "gateway.tap_debounc_s: unknown key",
+        'tariffs.power.price: expected a decimal string such as "0.56", got 0.56',
+        "buses[0].parity: expected one of N, E, O, got \"X\"",
+        'rooms[0].meter.bus: no bus named "rs485-c"',
+        'rooms[1].max_power_w: expected an integer >= 100, got "1.5k"',
+        'rooms[2].meter.profile: profile "relay-board" is a switch, expected a meter',
+        "rooms[2].breaker.unit: expected an integer from 1 to 247, got 300",
+        'points[0].service: expected one of shower, drinking, got "bath"',
+        'points[0].reader: no reader with id "r-missing"',
+    ]
+    for line in expected:
+        assert line in found, f"missing {line!r} in {found}"
+    assert any(p.startswith("rooms[1].meter.profile:") and "no-such-meter" in p for p in found)
+    # Rooms 301 and 302 both claim unit 31 channel 0; the point's valve too.
+    assert any(p.startswith("rooms[1].breaker:") and "already used by room \"301\"" in p
+               for p in found), found
+    assert any(p.startswith("points[0].valve:") for p in found), found
+
+
+def test_references_and_requirements(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [gateway]
+        building = "b1"
+
+        [center]
+        broker = "http://x"
+
+        [[power.curfew]]
+        days = ["monday"]
+        from = "25:00"
+        to = "06:00"
+        except = ["999"]
+
+        [[readers]]
+        id = "r1"
+        type = "serial"
+        port = "/dev/null"
+
+        [[readers]]
+        id = "r1"
+        type = "pcsc"
+        name = "ACS"
+
+        [[points]]
+        id = "p1"
+        service = "shower"
+        reader = "r1"
+        valve = { bus = "b", unit = 1, profile = "relay-board" }
+        """,
+    )
+    found = problems(path)
+    for line in [
+        'center.broker: expected "mqtt://HOST[:PORT]" or "mqtts://HOST[:PORT]", got "http://x"',
+        "center.command_public_key_file: required",
+        'power.curfew[0].days[0]: expected one of mon, tue, wed, thu, fri, sat, sun, got "monday"',
+        "power.curfew[0].from: expected \"HH:MM\", got \"25:00\"",
+        'power.curfew[0].except[0]: no room with id "999"',
+        'readers[1].id: reader "r1" is defined twice',
+        'points[0].valve.bus: no bus named "b"',
+        'points[0].flow: required: tariffs.shower is priced per "L", which needs a flow meter '
+        '(or price this service per "min")',
+    ]:
+        assert line in found, f"missing {line!r} in {found}"
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [gateway]
+        building = "b1"
+        state_dir = "{state}"
+        [center]
+        broker = "mqtts://127.0.0.1"
+        ca_file = "/nonexistent/ca.pem"
+        command_public_key_file = "center.pub"
+        """,
+    )
+    found = problems(path)
+    assert "center.ca_file: cannot read /nonexistent/ca.pem: No such file or directory" in found
+    assert (f"center.command_public_key_file: cannot read {tmp_path}/center.pub: "
+            "No such file or directory") in found
+
+
+def test_public_key_must_be_ed25519(tmp_path: Path) -> None:
+    (tmp_path / "center.pub").write_text("not a key\n")
+    path = write(
+        tmp_path,
+        """
+        [gateway]
+        building = "b1"
+        state_dir = "{state}"
+        [center]
+        broker = "mqtt://127.0.0.1:1883"
+        command_public_key_file = "center.pub"
+        """,
+    )
+    found = problems(path)
+    assert any(p.startswith("center.command_public_key_file:") and "not a PEM public key" in p
+               for p in found)
+
+
+def test_broken_toml_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nbuilding = "b1\n')
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith("invalid TOML:") and "line 2" in found[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    found = problems(tmp_path / "nope.toml")
+    assert found == ["cannot read the file: No such file or directory"]
+
+
+def test_site_profile_overrides_shipped_and_is_checked(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "eastron-sdm120.toml").write_text(
+        'kind = "meter"\n[fields]\nenergy_wh = { table = "input", address = 0, type = "f64" }\n'
+    )
+    text = GOOD.replace("{{", "{").replace("}}", "}").replace(
+        'timezone = "Asia/Shanghai"', f'timezone = "Asia/Shanghai"\nprofiles_dir = "{profiles}"'
+    )
+    found = problems(write(tmp_path, text))
+    assert any(p.startswith("rooms[0].meter.profile:") and "fields.energy_wh.type" in p
+               for p in found), found
+    assert any("power_w" in p for p in found), found
+    # Reported once, not once per room using it.
+    assert sum("fields.energy_wh.type" in p for p in found) == 1
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "conf" / "example.toml").read_text()
+    text = text.replace('"/var/lib/gatewayd"', f'"{tmp_path / "state"}"')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.gateway.building == "b07"
+    assert len(cfg.rooms) == 5 and len(cfg.points) == 3
+
+
+def test_generated_building_is_valid(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "conf"))
+    try:
+        import generate  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    text = generate.generate("b07", floors=6, rooms_per_floor=52, showers_per_floor=6, subnet="10.20")
+    text = text.replace('timezone = "Asia/Shanghai"',
+                        f'timezone = "Asia/Shanghai"\nstate_dir = "{tmp_path}/s"')
+    cfg = load_config(write(tmp_path, text))
+    assert len(cfg.rooms) == 312 and len(cfg.points) == 36
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd.cli", *args], capture_output=True, text=True, cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD.replace("{{", "{").replace("}}", "}"))
+    ok = run_cli("check-config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("\n") == 1 and "ok, building b07: 2 rooms" in ok.stdout
+
+    bad = write(tmp_path, '[gateway]\nbuilding = "b07"\nfoo = 1\n[[rooms]]\nid = "1"\n', "bad.toml")
+    res = run_cli("check-config", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}: gateway.foo: unknown key" in res.stderr
+    assert f"{bad}: rooms[0].meter: required" in res.stderr
+    assert f"{bad}: rooms[0].breaker: required" in res.stderr
+
+
+def test_run_refuses_bad_config_and_writes_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    bad = write(tmp_path, f'[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\nbogus = true\n')
+    res = run_cli("run", "-c", str(bad))
+    assert res.returncode == 2
+    assert "gateway.bogus: unknown key" in res.stderr
+    assert not state.exists()

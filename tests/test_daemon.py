@@ -1,0 +1,169 @@
+"""The daemon's lifecycle as systemd sees it: sd_notify, watchdog, SIGTERM, one instance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatewayd import supervisor
+from gatewayd.sdnotify import Notifier
+from gatewayd.supervisor import Heartbeat, Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(20)
+    yield sock
+    sock.close()
+
+
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[gateway]\nbuilding = "b07"\nstate_dir = "{tmp_path / "state"}"\n')
+    return path
+
+
+def start(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(config(tmp_path))]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def messages(sock: socket.socket, until: str) -> list[str]:
+    got: list[str] = []
+    while True:
+        data = sock.recv(4096).decode()
+        got += data.split("\n")
+        if any(line == until for line in data.split("\n")):
+            return got
+
+
+def test_notify_ready_watchdog_stopping_and_graceful_exit(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    proc = start(tmp_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                            "WATCHDOG_USEC": "400000"})
+    try:
+        before_ready = messages(notify_socket, "READY=1")
+        assert "WATCHDOG=1" not in before_ready
+        # The store is open by the time READY is sent.
+        assert (tmp_path / "state" / "gatewayd.db").exists()
+        messages(notify_socket, "WATCHDOG=1")
+        messages(notify_socket, "WATCHDOG=1")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        messages(notify_socket, "STOPPING=1")
+        out, err = proc.communicate(timeout=15)
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    # stdout is not a terminal: JSON lines for journald.
+    events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert "ready" in events and "stopping" in events and events[-1] == "store_closed"
+
+
+def test_sigint_also_stops_cleanly(tmp_path: Path, notify_socket: socket.socket) -> None:
+    proc = start(tmp_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        messages(notify_socket, "READY=1")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+
+
+def test_second_daemon_on_same_state_dir_is_refused(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    first = start(tmp_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        messages(notify_socket, "READY=1")
+        second = start(tmp_path)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 2
+        assert f"another gatewayd (pid {first.pid}) is already using {tmp_path / 'state'}" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=15)
+    assert first.returncode == 0
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__("")
+        self.sent: list[str] = []
+
+    def notify(self, *lines: str) -> None:
+        self.sent.extend(lines)
+
+
+class Looping:
+    """A component whose loop beats until told to stall, and crashes once if asked."""
+
+    heartbeat_s: float | None = 0.3
+
+    def __init__(self, name: str, crash_first: bool = False) -> None:
+        self.name = name
+        self.stall = asyncio.Event()
+        self.crash_first = crash_first
+        self.runs = 0
+        self.shut = False
+
+    async def start(self) -> None:
+        return None
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        self.runs += 1
+        if self.crash_first and self.runs == 1:
+            raise RuntimeError("bug")
+        while not self.stall.is_set():
+            heartbeat.beat()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(3600)
+
+    async def shutdown(self) -> None:
+        self.shut = True
+
+
+async def test_watchdog_fed_only_while_every_loop_beats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # feed every 50 ms
+    monkeypatch.setattr(supervisor, "RESTART_MIN_S", 0.01)
+    healthy, stalling, crashing = Looping("a"), Looping("b"), Looping("c", crash_first=True)
+    notifier = RecordingNotifier()
+    sup = Supervisor([healthy, stalling, crashing], notifier)
+    task = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.5)
+    fed_while_healthy = notifier.sent.count("WATCHDOG=1")
+    assert notifier.sent[0] == "READY=1" and fed_while_healthy >= 3
+    assert crashing.runs == 2  # restarted after its crash, the others untouched
+    stalling.stall.set()
+    await asyncio.sleep(0.6)  # past its 0.3 s allowance
+    mark = len(notifier.sent)
+    await asyncio.sleep(0.5)
+    assert "WATCHDOG=1" not in notifier.sent[mark:]
+    sup.request_stop("test")
+    await asyncio.wait_for(task, 10)
+    assert "STOPPING=1" in notifier.sent
+    assert healthy.shut and stalling.shut and crashing.shut
