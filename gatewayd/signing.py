@@ -1,0 +1,247 @@
+"""Ed25519 signatures of center commands (center-link.md "Signing").
+
+The center signs each command with a private key that never leaves it; the
+gateway holds only the public key. ``sig`` is the standard base64 (with
+padding) of the Ed25519 signature over the command's canonical JSON without
+``sig``::
+
+    json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+Canonicalisation choice: the gateway re-serialises the object it *parsed*
+(Python ``json`` semantics) rather than signing raw bytes, exactly as the
+contract states. This is well defined for everything a v1 command carries
+(strings, integers, booleans, null, objects, lists) in any language. Floats
+are the one trap: ``json.dumps`` writes ``float.__repr__`` (shortest
+round-trip form, ``1e+16``, ``-0.0``, ``5.0``), and a parsed ``5.0`` stays a
+float, ``5`` an int. A center written in Python signs what it sends and
+verifies here whatever its encoder's spacing or key order; a center in
+another language must reproduce Python's float formatting or, better, send no
+floats (no v1 argument is a float). Payloads are parsed with Python's
+``json`` module for the same reason: its int/float distinction and string
+decoding are the ones the canonical form is defined by.
+
+Key files are the only I/O: PEM, SubjectPublicKeyInfo for the public key and
+PKCS#8 for the private one (what ``generate_keypair`` writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+__all__ = [
+    "SIGNATURE_FIELD",
+    "KeyFileError",
+    "KeyPair",
+    "canonical_json",
+    "decode_signature",
+    "generate_keypair",
+    "load_private_key",
+    "load_public_key",
+    "sign_command",
+    "signature_of",
+    "verify_command",
+]
+
+#: The command field that carries the signature, left out of the signed bytes.
+SIGNATURE_FIELD: Final = "sig"
+
+_SIGNATURE_BYTES: Final = 64
+# A PEM Ed25519 key is ~120 bytes; anything far larger is the wrong file.
+_MAX_KEY_FILE_BYTES: Final = 64 * 1024
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable or not the expected kind of key.
+
+    ``str()`` names the file and the problem, ready for an operator:
+    ``/etc/gatewayd/center.pub: not an Ed25519 public key (found RSA)``.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class KeyPair(NamedTuple):
+    """A freshly generated key pair as PEM bytes."""
+
+    private_pem: bytes  # PKCS#8, unencrypted: keep it on the center only
+    public_pem: bytes  # SubjectPublicKeyInfo: center.command_public_key_file
+
+
+def canonical_json(command: Mapping[str, Any]) -> bytes:
+    """Return the bytes a command's signature covers: its canonical JSON without ``sig``.
+
+    ``command`` is a JSON object as ``json.loads`` returns it. Raises
+    ``TypeError``/``ValueError`` for values JSON cannot hold,
+    ``UnicodeEncodeError`` for strings with unpaired surrogates (which no
+    UTF-8 payload can carry), ``RecursionError`` for absurd nesting.
+    """
+    unsigned = {key: value for key, value in command.items() if key != SIGNATURE_FIELD}
+    return json.dumps(
+        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def signature_of(command: Mapping[str, Any], private_key: Ed25519PrivateKey) -> str:
+    """Return the ``sig`` value for a command (standard base64, padded)."""
+    return base64.b64encode(private_key.sign(canonical_json(command))).decode("ascii")
+
+
+def sign_command(command: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Return a copy of ``command`` with its ``sig`` set (any old ``sig`` replaced).
+
+    This is the center's side of the contract; the gateway uses it in tests,
+    the simulator and operator tools.
+    """
+    signed = dict(command)
+    signed[SIGNATURE_FIELD] = signature_of(command, private_key)
+    return signed
+
+
+def decode_signature(sig: object) -> bytes | None:
+    """Return the 64 signature bytes of a ``sig`` value, or None when malformed.
+
+    Only strict standard base64 with padding is accepted: no URL-safe
+    alphabet, no white space, no missing padding.
+    """
+    if not isinstance(sig, str) or len(sig) != 88 or not sig.isascii():
+        return None
+    try:
+        raw = base64.b64decode(sig, validate=True)
+    except binascii.Error:
+        return None
+    return raw if len(raw) == _SIGNATURE_BYTES else None
+
+
+def verify_command(command: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
+    """Return True when the command's ``sig`` is a valid signature of it by ``public_key``.
+
+    Never raises: a missing, malformed or wrong ``sig``, or a command that
+    cannot be canonicalised, is simply not valid.
+    """
+    raw = decode_signature(command.get(SIGNATURE_FIELD))
+    if raw is None:
+        return False
+    try:
+        public_key.verify(raw, canonical_json(command))
+    except (InvalidSignature, TypeError, ValueError, RecursionError):
+        # UnicodeEncodeError is a ValueError.
+        return False
+    return True
+
+
+def _read_key_file(path: str | os.PathLike[str]) -> tuple[str, bytes]:
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read(_MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyFileError(name, "no such file") from None
+    except PermissionError:
+        raise KeyFileError(name, "permission denied") from None
+    except IsADirectoryError:
+        raise KeyFileError(name, "is a directory, expected a PEM file") from None
+    except OSError as exc:
+        raise KeyFileError(name, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(name, "too large for a PEM key file")
+    if not data.strip():
+        raise KeyFileError(name, "is empty")
+    return name, data
+
+
+def _algorithm(key: object) -> str:
+    """A stable, readable name for a key's algorithm (class names vary by release)."""
+    families: tuple[tuple[str, tuple[type, ...]], ...] = (
+        ("RSA", (rsa.RSAPublicKey, rsa.RSAPrivateKey)),
+        ("EC", (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)),
+        ("DSA", (dsa.DSAPublicKey, dsa.DSAPrivateKey)),
+        ("Ed448", (ed448.Ed448PublicKey, ed448.Ed448PrivateKey)),
+        ("X25519", (x25519.X25519PublicKey, x25519.X25519PrivateKey)),
+        ("X448", (x448.X448PublicKey, x448.X448PrivateKey)),
+    )
+    for name, classes in families:
+        if isinstance(key, classes):
+            return name
+    return type(key).__name__
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """Load the center's Ed25519 public key from a PEM file.
+
+    Raises:
+        KeyFileError: the file is missing, unreadable, not PEM, holds a
+            private key (a gateway must never hold one), or holds a key of
+            another algorithm.
+    """
+    name, data = _read_key_file(path)
+    if b"PRIVATE KEY-----" in data:
+        raise KeyFileError(
+            name,
+            "holds a private key; a gateway must hold only the center's public key",
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(name, "not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(
+            name, f"not an Ed25519 public key (found {_algorithm(key)})"
+        )
+    return key
+
+
+def load_private_key(
+    path: str | os.PathLike[str], password: bytes | None = None
+) -> Ed25519PrivateKey:
+    """Load an Ed25519 private key from a PKCS#8 PEM file.
+
+    Raises:
+        KeyFileError: the file is missing, unreadable, not a PEM private key,
+            encrypted without (or with the wrong) ``password``, or of another
+            algorithm.
+    """
+    name, data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except TypeError:
+        reason = "is encrypted; a password is needed" if password is None else "not encrypted"
+        raise KeyFileError(name, reason) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(name, "not a PEM private key, or a wrong password") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(
+            name, f"not an Ed25519 private key (found {_algorithm(key)})"
+        )
+    return key
+
+
+def generate_keypair() -> KeyPair:
+    """Generate a new Ed25519 key pair as PEM (for ``gatewayd keygen``)."""
+    private_key = Ed25519PrivateKey.generate()
+    return KeyPair(
+        private_pem=private_key.private_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PrivateFormat.PKCS8,
+            encryption_algorithm=serialization.NoEncryption(),
+        ),
+        public_pem=private_key.public_key().public_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        ),
+    )

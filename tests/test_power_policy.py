@@ -1,0 +1,244 @@
+"""The electricity rules as pure functions: charging, reports, trips, lockout, curfew."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
+from fractions import Fraction
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewayd import pricing
+from gatewayd.config import POWER_DEFAULTS, PowerRules
+from gatewayd.power_policy import (
+    Alarm,
+    BalanceLow,
+    Charge,
+    Context,
+    Cut,
+    Reading,
+    Report,
+    Restore,
+    RoomState,
+    remote_cut,
+    remote_restore,
+    step,
+)
+
+RATE = pricing.fen_per_quantity(Decimal("0.56"), "kWh")  # 0.056 fen per Wh
+
+
+def ctx(now: float, balance: int = 10_000, *, known: bool = True, curfew: bool = False,
+        rules: PowerRules = POWER_DEFAULTS, resistive: bool = True) -> Context:
+    return Context(now=now, rules=rules, resistive_cutoff=resistive, rate=RATE,
+                   balance_fen=balance, account_known=known, curfew=curfew)
+
+
+def reading(at: float, wh: int, w: float = 100.0, pf: float | None = 0.9) -> Reading:
+    return Reading(energy_wh=wh, power_w=w, pf=pf, at=at)
+
+
+def kinds(decisions: Sequence[object]) -> list[str]:
+    return [type(d).__name__ for d in decisions]
+
+
+def test_first_reading_sets_baseline_without_charge() -> None:
+    out = step(RoomState(), ctx(0), reading(0, 1_000_000))
+    assert out.decisions == []
+    assert out.state.baseline_wh == 1_000_000 and out.state.chain_from_wh == 1_000_000
+
+
+def test_charge_is_exact_with_carry() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 1000)).state
+    out = step(s, ctx(100), reading(100, 1010))  # 10 Wh at 0.056 fen = 0.56 fen
+    assert out.decisions == [Charge(10, 0)]
+    assert out.state.carry == Fraction(56, 100)
+    out = step(out.state, ctx(200), reading(200, 1020))  # 1.12 fen total
+    assert Charge(10, 1) in out.decisions
+    assert out.state.carry == Fraction(12, 100)
+
+
+def test_report_when_fen_reached_chains_meter_values() -> None:
+    rules = replace(POWER_DEFAULTS, report_fen=2, max_power_w=100_000)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    out = step(s, ctx(100, rules=rules), reading(100, 5040, 1440))  # 40 Wh = 2.24 fen
+    reports = [d for d in out.decisions if isinstance(d, Report)]
+    assert reports == [Report(wh=40, fen=2, meter_wh_from=5000, meter_wh_to=5040)]
+    out = step(out.state, ctx(200, rules=rules), reading(200, 5080, 1440))
+    assert [d for d in out.decisions if isinstance(d, Report)] == [
+        Report(wh=40, fen=2, meter_wh_from=5040, meter_wh_to=5080)]
+
+
+def test_report_by_interval() -> None:
+    rules = replace(POWER_DEFAULTS, report_interval_s=60)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 0)).state
+    s = step(s, ctx(10, rules=rules), reading(10, 1)).state  # 0.056 fen: not due
+    out = step(s, ctx(71, rules=rules), reading(71, 1))
+    assert [d for d in out.decisions if isinstance(d, Report)] == [Report(1, 0, 0, 1)]
+
+
+def test_cut_at_zero_reports_usage_and_restores_on_credit() -> None:
+    s = step(RoomState(), ctx(0, balance=3), reading(0, 0)).state
+    out = step(s, ctx(3600, balance=3), reading(3600, 100, 100))  # 5.6 fen > 3
+    assert Cut("balance", 100) in out.decisions
+    assert [d for d in out.decisions if isinstance(d, Report)] == [Report(100, 5, 0, 100)]
+    assert kinds(out.decisions).index("Report") < kinds(out.decisions).index("Cut")
+    s = out.state
+    assert s.cut_reason == "balance"
+    # Still at or below zero: stays cut, no new event.
+    assert step(s, ctx(3601, balance=-2)).decisions == []
+    out = step(s, ctx(3602, balance=498))
+    assert out.decisions == [Restore("balance")]
+
+
+def test_unknown_account_is_charged_but_never_cut_for_balance() -> None:
+    s = step(RoomState(), ctx(0, balance=0, known=False), reading(0, 0)).state
+    out = step(s, ctx(3600, balance=0, known=False), reading(3600, 100))
+    assert Charge(100, 5) in out.decisions
+    assert not any(isinstance(d, Cut | BalanceLow) for d in out.decisions)
+
+
+def test_balance_low_once_per_crossing() -> None:
+    s = step(RoomState(), ctx(0, balance=600), reading(0, 0)).state
+    out = step(s, ctx(3600, balance=600), reading(3600, 2000, 500))  # 112 fen -> 488
+    assert BalanceLow(488) in out.decisions
+    out = step(out.state, ctx(3700, balance=488), reading(3700, 2010, 500))
+    assert not any(isinstance(d, BalanceLow) for d in out.decisions)
+    s = step(out.state, ctx(3800, balance=5000)).state  # topped up
+    assert not s.low_sent
+    out = step(s, ctx(3900, balance=400))
+    assert BalanceLow(400) in out.decisions
+
+
+def test_overload_timer_trip_reclose_and_lockout() -> None:
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3, reclose_after_s=60,
+                    lockout_trips=2, lockout_window_s=600, lockout_s=1800)
+
+    def c(t: float) -> Context:
+        return ctx(t, rules=rules)
+
+    s = step(RoomState(), c(0), reading(0, 0, 1500)).state
+    s = step(s, c(2), reading(2, 1, 1500)).state  # 2 s over: not yet
+    s = step(s, c(2.5), reading(2.5, 1, 900)).state  # at or below clears the timer
+    s = step(s, c(3), reading(3, 2, 1500)).state
+    out = step(s, c(5.9), reading(5.9, 3, 1500))
+    assert not any(isinstance(d, Cut) for d in out.decisions)
+    out = step(out.state, c(6), reading(6, 4, 1500))
+    assert Cut("overload", 1500) in out.decisions
+    s = out.state
+    assert step(s, c(65), reading(65, 4, 0)).decisions == []
+    out = step(s, c(66), reading(66, 4, 0))
+    assert out.decisions == [Restore("reclose")]
+    # Second trip within the window: lockout.
+    s = step(out.state, c(70), reading(70, 4, 1500)).state
+    out = step(s, c(73), reading(73, 5, 1500))
+    assert Cut("lockout", 1500) in out.decisions
+    s = out.state
+    assert step(s, c(73 + 1799), reading(1872, 5, 0)).decisions == []
+    out = step(s, c(73 + 1800), reading(1873, 5, 0))
+    assert out.decisions == [Restore("lockout_end")]
+
+
+def test_resistive_step_with_high_pf_trips_only_when_enabled() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 0, 100, 0.95)).state
+    kettle = reading(1, 0, 1100, 0.99)
+    assert Cut("resistive", 1100) in step(s, ctx(1), kettle).decisions
+    assert not step(s, ctx(1, resistive=False), kettle).decisions
+    # A motor (low pf) stepping up is not a resistive load.
+    assert not step(s, ctx(1), reading(1, 0, 1100, 0.6)).decisions
+
+
+def test_curfew_cuts_and_ends() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 0)).state
+    out = step(s, ctx(1, curfew=True))
+    assert out.decisions == [Cut("curfew", 100)]
+    out = step(out.state, ctx(2, curfew=False))
+    assert out.decisions == [Restore("curfew_end")]
+
+
+def test_curfew_end_with_empty_balance_stays_cut() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 0)).state
+    s = step(s, ctx(1, curfew=True)).state
+    out = step(s, ctx(2, balance=0, curfew=False))
+    assert out.decisions == [BalanceLow(0)] and out.state.cut_reason == "balance"
+    assert step(out.state, ctx(3, balance=100)).decisions == [Restore("balance")]
+
+
+def test_remote_hold_and_restore() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 0)).state
+    out = remote_cut(s, ctx(1), hold=True)
+    assert out.decisions == [Cut("remote", 100)]
+    s = out.state
+    assert step(s, ctx(10_000)).decisions == []  # no automatic restore
+    out = remote_restore(s, ctx(10_001))
+    assert out.decisions == [Restore("remote")]
+
+
+def test_remote_cut_without_hold_recloses() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 0)).state
+    s = remote_cut(s, ctx(1), hold=False).state
+    assert s.cut_reason == "remote"
+    assert step(s, ctx(61)).decisions == [Restore("reclose")]
+
+
+def test_remote_restore_does_not_override_balance() -> None:
+    s = step(RoomState(), ctx(0, balance=0), reading(0, 0)).state
+    assert s.cut_reason == "balance"
+    out = remote_restore(s, ctx(1, balance=0))
+    assert out.decisions == [] and out.state.cut_reason == "balance"
+
+
+def test_meter_reset_and_jump_start_new_chain_uncharged() -> None:
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, report_fen=10_000)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 10_000)).state
+    s = step(s, ctx(3600, rules=rules), reading(3600, 10_500, 500)).state
+    out = step(s, ctx(3601, rules=rules), reading(3601, 20))
+    assert [kinds(out.decisions)] == [["Report", "Alarm"]]
+    assert out.decisions[0] == Report(500, 28, 10_000, 10_500)
+    alarm = out.decisions[1]
+    assert isinstance(alarm, Alarm) and alarm.code == "meter_reset"
+    assert out.state.baseline_wh == 20 and out.state.chain_from_wh == 20
+    # 2 kW max for 60 s is 33 Wh: 500 Wh is a jump, not charged.
+    out = step(out.state, ctx(3661, rules=rules), reading(3661, 520))
+    (alarm,) = out.decisions
+    assert isinstance(alarm, Alarm) and alarm.code == "meter_jump" and "500 Wh uncharged" in alarm.detail
+    assert out.state.baseline_wh == 520 and out.state.accrued_fen == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("5"), places=3),
+    steps=st.lists(st.integers(min_value=0, max_value=500), min_size=1, max_size=80),
+)
+def test_charged_fen_equal_exact_price_rounded_down(price: Decimal, steps: list[int]) -> None:
+    rate = pricing.fen_per_quantity(price, "kWh")
+    rules = replace(POWER_DEFAULTS, max_power_w=1_000_000)
+    s = RoomState()
+    t, wh, charged, reported = 0.0, 1_000, 0, 0
+    s = step(s, replace(ctx(t, rules=rules), rate=rate), reading(t, wh)).state
+    for d in steps:
+        t += 1
+        wh += d
+        out = step(s, replace(ctx(t, rules=rules), rate=rate), reading(t, wh, 1000))
+        charged += out.charged_fen
+        reported += sum(x.fen for x in out.decisions if isinstance(x, Report))
+        s = out.state
+    exact = Fraction(price) * 100 * (wh - 1_000) / 1000
+    assert charged == int(exact)  # floor: exact, not merely within 1 fen
+    assert reported + s.accrued_fen == charged
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=50),
+       st.sampled_from([("0.03", "L"), ("0.5", "min"), ("0.56", "kWh")]))
+def test_pricing_split_any_way_sums_to_floor(parts: list[int], tariff: tuple[str, str]) -> None:
+    rate = pricing.fen_per_quantity(Decimal(tariff[0]), tariff[1])
+    carry, total = Fraction(0), 0
+    for q in parts:
+        fen, carry = pricing.charge(q, rate, carry)
+        total += fen
+        assert 0 <= carry < 1
+        assert pricing.carry_from_text(pricing.carry_to_text(carry)) == carry
+    assert total == int(rate * sum(parts))
