@@ -6,10 +6,19 @@ import asyncio
 
 import structlog
 
-from gatewayd.config import Config
+from drivers.cardreader.factory import open_reader
+from drivers.devices import CardReader
+from gatewayd.alarms import Alarms
+from gatewayd.cards import Cards
+from gatewayd.clock import Clock
+from gatewayd.config import Config, Reader
+from gatewayd.hardware import Hardware
+from gatewayd.ledger import Ledger
+from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sdnotify import Notifier
 from gatewayd.store import Store
-from gatewayd.supervisor import Heartbeat, Supervisor
+from gatewayd.supervisor import Component, Heartbeat, Supervisor
+from gatewayd.water import WaterService, valve_device
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +48,48 @@ class StoreProbe:
         return None
 
 
+def make_reader(r: Reader, debounce_s: float) -> CardReader:
+    if r.type == "serial":
+        return open_reader(r.id, "serial", debounce_s=debounce_s, port=r.port,
+                           baudrate=r.baudrate, protocol=r.protocol)
+    return open_reader(r.id, "pcsc", debounce_s=debounce_s, name=r.name)
+
+
 async def serve(config: Config, store: Store, notifier: Notifier | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
-    components = [StoreProbe(store)]
+    clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
+    ledger = Ledger()
+    await store.read(ledger.load)
+    alarms = Alarms()
+    hardware = Hardware(config)
+    power = PowerService(
+        config, store, ledger=ledger, alarms=alarms, clock=clock,
+        devices={
+            r.id: (hardware.meter(meter_device(r.id), r.meter),
+                   hardware.switch(breaker_device(r.id), r.breaker))
+            for r in config.rooms
+        },
+    )
+    hardware.on_health(power.meter_health_changed)
+    cards = Cards()
+    await store.read(cards.load)
+    water = WaterService(
+        config, store, ledger=ledger, cards=cards, alarms=alarms, clock=clock,
+        devices={
+            p.id: (hardware.switch(valve_device(p.id), p.valve),
+                   hardware.counter(f"flow:{p.id}", p.flow) if p.flow else None)
+            for p in config.points
+        },
+        readers={r.id: make_reader(r, config.gateway.tap_debounce_s)
+                 for r in config.readers.values()},
+        center_online=lambda: False,  # no center link yet: every session is offline
+    )
+    # Shutdown order matters: water first (stop taps, close valves, end sessions).
+    components: list[Component] = [water, power, StoreProbe(store)]
     supervisor = Supervisor(components, notifier)
     log.info("starting", building=config.gateway.building, summary=config.summary())
-    await supervisor.run()
+    await hardware.start()
+    try:
+        await supervisor.run()
+    finally:
+        await hardware.close()

@@ -150,6 +150,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (card, day)
     );
     """,
+    # 2: pulses counted by an open water session, so that a recovered session
+    # charges the flow after its last progress from the right volume.
+    """
+    ALTER TABLE water_sessions ADD COLUMN pulses INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -152,6 +152,12 @@ class Supervisor:
         check = interval if interval is not None else DEFAULT_WATCHDOG_CHECK_S
         stale_before: set[str] = set()
         while True:
+            if self._stop.is_set():
+                # Stopping: loops end on purpose; keep feeding, systemd bounds the stop.
+                if interval is not None:
+                    self.notifier.watchdog()
+                await asyncio.sleep(check)
+                continue
             now = time.monotonic()
             stale = {n for n, hb in self.heartbeats.items() if hb.stale(now)}
             for name in stale - stale_before:
@@ -165,7 +171,3 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check):
                     await self._stop.wait()
-            if self._stop.is_set() and interval is not None:
-                # Keep feeding during the graceful stop; systemd bounds it anyway.
-                self.notifier.watchdog()
-                await asyncio.sleep(check)

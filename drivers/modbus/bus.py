@@ -1,0 +1,363 @@
+"""The owner of one configured Modbus bus (an RS-485 line or a Modbus TCP endpoint).
+
+Contract: every request on the bus goes through `ModbusBus.transact`, which
+- orders requests by priority: commands (switch writes and their read-back) before
+  routine polls, first come first served within a priority;
+- keeps an RTU line to one request at a time with its frame gaps, and a TCP
+  endpoint to `max_in_flight` requests at once (one per connection: many Modbus
+  TCP servers and gateways, pymodbus' own included, do not pipeline);
+- retries a failed request `retries` times with capped back-off, then raises
+  `DeviceError` naming the device;
+- reopens a lost connection or port on the next request, with capped back-off
+  between failed attempts during which requests fail at once.
+
+Devices are made with `meter()`, `switch()` and `counter()`; each has a `health`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from drivers.devices import DeviceError
+from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch
+from drivers.modbus.frames import (
+    ExceptionResponse,
+    FrameError,
+    ModbusExceptionError,
+    ReadRequest,
+    WriteCoil,
+    WriteRegister,
+    WriteRegisters,
+    check_write_reply,
+    decode_response,
+    read_coils_reply,
+    read_registers_reply,
+)
+from drivers.modbus.health import DeviceHealth, HealthSink
+from drivers.modbus.link import Link, LinkDown, LinkError, LinkGarbage, LinkTimeout, RtuLink, TcpLink
+from drivers.profile import Profile
+
+log = structlog.get_logger(__name__)
+
+PRIORITY_COMMAND = 0  # switch writes and their read-back
+PRIORITY_POLL = 1  # routine reads
+
+# Back-off between retries of one request: short, the bus is shared and time-critical.
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 0.5
+# Back-off between attempts to reopen a lost connection or port.
+RECONNECT_BACKOFF_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 10.0
+# Exception codes worth retrying: the device is alive but busy.
+RETRYABLE_EXCEPTIONS = frozenset({5, 6})
+# Closing a serial port drains it in a thread; do not let a wedged adapter hang shutdown.
+CLOSE_TIMEOUT_S = 2.0
+# Default TCP concurrency: enough to hide one round trip, few enough for small gateways.
+DEFAULT_MAX_IN_FLIGHT = 2
+
+WriteRequest = WriteCoil | WriteRegister | WriteRegisters
+Request = ReadRequest | WriteRequest
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    unit: int = field(compare=False)
+    pdu: bytes = field(compare=False)
+    future: asyncio.Future[bytes] = field(compare=False)
+
+
+@dataclass
+class BusStats:
+    """Counters a daemon may export as metrics."""
+
+    requests: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    reconnects: int = 0
+
+
+class ModbusBus:
+    """One bus owner; construct with `ModbusBus.tcp(...)` or `ModbusBus.rtu(...)`."""
+
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], Coroutine[Any, Any, Link]],
+        *,
+        workers: int,
+        timeout_s: float,
+        retries: int,
+        on_health: HealthSink | None = None,
+    ) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.on_health = on_health
+        self.stats = BusStats()
+        self._opener = opener
+        self._n_workers = workers
+        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._links: list[Link | None] = [None] * workers
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._reconnect_failures = 0
+        self._lost = False  # a connection was lost and not yet re-established
+        self._rng = random.Random()
+        self.health: dict[str, DeviceHealth] = {}
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def tcp(cls, name: str, host: str, port: int = 502, *, timeout_s: float = 1.0,
+            retries: int = 1, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+            on_health: HealthSink | None = None) -> ModbusBus:
+        """A Modbus TCP endpoint with up to `max_in_flight` requests at once."""
+        async def opener() -> Link:
+            return await TcpLink.connect(name, host, port, timeout_s)
+        return cls(name, opener, workers=max(1, max_in_flight), timeout_s=timeout_s,
+                   retries=retries, on_health=on_health)
+
+    @classmethod
+    def rtu(cls, name: str, port: str, *, baudrate: int = 9600, parity: str = "N",
+            stopbits: int = 1, timeout_s: float = 0.3, retries: int = 1,
+            on_health: HealthSink | None = None) -> ModbusBus:
+        """An RS-485 line in RTU mode (one request at a time)."""
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, got {parity!r}")
+        async def opener() -> Link:
+            return await RtuLink.open(name, port, baudrate=baudrate, parity=parity,
+                                      stopbits=stopbits, timeout_s=timeout_s)
+        return cls(name, opener, workers=1, timeout_s=timeout_s, retries=retries,
+                   on_health=on_health)
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the bus' workers. Connections open on first use, so this never fails on I/O."""
+        if self._tasks:
+            return
+        for i in range(self._n_workers):
+            self._tasks.append(asyncio.create_task(self._worker(i), name=f"modbus-{self.name}-{i}"))
+
+    async def close(self) -> None:
+        """Stop the workers and close connections; queued requests fail with `DeviceError`."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        links = [link for link in self._links if link is not None]
+        self._links = [None] * len(self._links)
+        for link in links:
+            link.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                for link in links:
+                    await link.wait_closed()
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(LinkDown("bus closed"))
+
+    async def __aenter__(self) -> ModbusBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True when at least one connection (or the serial port) is open."""
+        return any(link is not None and link.is_open for link in self._links)
+
+    # --------------------------------------------------------------- devices
+
+    def _health(self, name: str, unit: int) -> DeviceHealth:
+        if name in self.health:
+            raise ValueError(f"device {name!r} already on bus {self.name}")
+        h = DeviceHealth(device=name, bus=self.name, unit=unit, on_change=self.on_health)
+        self.health[name] = h
+        return h
+
+    def meter(self, name: str, unit: int, profile: Profile) -> ModbusMeter:
+        """A `drivers.devices.Meter` at `unit` read per `profile` (kind meter)."""
+        return ModbusMeter(self, name, _check_unit(unit), profile, health=self._health(name, unit))
+
+    def switch(self, name: str, unit: int, profile: Profile, channel: int = 0,
+               invert: bool = False) -> ModbusSwitch:
+        """A `drivers.devices.Switch` on `channel` of `unit` (profile kind switch)."""
+        return ModbusSwitch(self, name, _check_unit(unit), profile, channel=channel,
+                            invert=invert, health=self._health(name, unit))
+
+    def counter(self, name: str, unit: int, profile: Profile, channel: int = 0) -> ModbusCounter:
+        """A `drivers.devices.Counter` on `channel` of `unit` (profile kind counter)."""
+        return ModbusCounter(self, name, _check_unit(unit), profile, channel=channel,
+                             health=self._health(name, unit))
+
+    # ----------------------------------------------------------- transactions
+
+    async def read_registers(self, device: str, unit: int, request: ReadRequest,
+                             command: bool = False) -> tuple[int, ...]:
+        """Registers answering a function 3/4 `request`, or `DeviceError`."""
+        pdu = await self.transact(device, unit, request, _priority(command))
+        words: tuple[int, ...] = self._decoded(device, request, read_registers_reply, pdu)
+        return words
+
+    async def read_coils(self, device: str, unit: int, request: ReadRequest,
+                         command: bool = False) -> tuple[bool, ...]:
+        """Coils answering a function 1 `request`, or `DeviceError`."""
+        pdu = await self.transact(device, unit, request, _priority(command))
+        bits: tuple[bool, ...] = self._decoded(device, request, read_coils_reply, pdu)
+        return bits
+
+    async def write(self, device: str, unit: int, request: WriteRequest,
+                    command: bool = True) -> None:
+        """Perform a write and check its acknowledgement, or `DeviceError`."""
+        pdu = await self.transact(device, unit, request, _priority(command))
+        self._decoded(device, request, check_write_reply, pdu)
+
+    @staticmethod
+    def _decoded(device: str, request: Any, decode: Callable[[Any, bytes], Any], pdu: bytes) -> Any:
+        try:
+            return decode(request, pdu)
+        except FrameError as exc:
+            raise DeviceError(device, f"bad answer: {exc}") from None
+
+    async def transact(self, device: str, unit: int, request: Request, priority: int) -> bytes:
+        """Send `request` to `unit` with retries; the raw answer PDU (exceptions raised).
+
+        Raises `DeviceError(device, ...)` after the last retry, or at once for an
+        exception response that retrying cannot fix (e.g. illegal address).
+        """
+        pdu = request.encode()
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            self.stats.requests += 1
+            try:
+                answer = await self._submit(unit, pdu, priority)
+                if answer[:1] and answer[0] & 0x80:
+                    # Raised here rather than by the caller so that busy devices are retried.
+                    response = decode_response(answer)
+                    if isinstance(response, ExceptionResponse):
+                        raise ModbusExceptionError(response)
+                return answer
+            except ModbusExceptionError as exc:
+                self.stats.failures += 1
+                error = f"{exc} (unit {unit})"
+                if exc.response.code not in RETRYABLE_EXCEPTIONS:
+                    raise DeviceError(device, error) from None
+            except FrameError as exc:
+                self.stats.failures += 1
+                error = f"bad answer: {exc} (unit {unit})"
+            except LinkError as exc:
+                self.stats.failures += 1
+                if isinstance(exc, LinkTimeout):
+                    self.stats.timeouts += 1
+                error = f"{_kind(exc)}: {exc} (unit {unit})"
+                if isinstance(exc, LinkDown) and self._down_until > time.monotonic():
+                    raise DeviceError(device, error) from None
+            if attempt + 1 < attempts:
+                backoff = min(RETRY_BACKOFF_S * 2**attempt, RETRY_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+        raise DeviceError(device, error)
+
+    async def _submit(self, unit: int, pdu: bytes, priority: int) -> bytes:
+        if not self._tasks:
+            raise LinkDown(f"bus {self.name} not started")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(priority, next(self._seq), unit, pdu, fut))
+        return await fut
+
+    # ---------------------------------------------------------------- workers
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            job = await self._queue.get()
+            if job.future.done():  # the caller gave up (cancelled) while queued
+                continue
+            try:
+                link = await self._link(index)
+                answer = await link.request(job.unit, job.pdu, self.timeout_s)
+            except LinkError as exc:
+                if isinstance(exc, LinkDown | LinkGarbage):
+                    self._drop_link(index, exc)
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                continue
+            if not job.future.done():
+                job.future.set_result(answer)
+
+    async def _link(self, index: int) -> Link:
+        link = self._links[index]
+        if link is not None and link.is_open:
+            return link
+        now = time.monotonic()
+        if now < self._down_until:
+            raise LinkDown(f"{self._down_reason}; retrying in {self._down_until - now:.1f} s")
+        try:
+            link = await self._opener()
+        except LinkDown as exc:
+            self._reconnect_failures += 1
+            delay = min(RECONNECT_BACKOFF_S * 2 ** (self._reconnect_failures - 1),
+                        RECONNECT_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
+            self._down_until = time.monotonic() + delay
+            self._down_reason = str(exc)
+            self._lost = True
+            level = log.warning if self._reconnect_failures == 1 else log.debug
+            level("modbus_bus_connect_failed", bus=self.name, error=str(exc),
+                  attempt=self._reconnect_failures, retry_in_s=round(delay, 2))
+            raise
+        self._links[index] = link
+        if self._lost:
+            self.stats.reconnects += 1
+            log.info("modbus_bus_reconnected", bus=self.name, after_failures=self._reconnect_failures)
+        else:
+            log.debug("modbus_bus_connected", bus=self.name, connection=index)
+        self._lost = False
+        self._reconnect_failures = 0
+        self._down_until = 0.0
+        return link
+
+    def _drop_link(self, index: int, exc: LinkError) -> None:
+        link = self._links[index]
+        if link is None:
+            return
+        self._links[index] = None
+        link.close()
+        level = log.debug if self._lost else log.warning
+        level("modbus_bus_disconnected", bus=self.name, error=str(exc))
+        self._lost = True
+
+
+def _priority(command: bool) -> int:
+    return PRIORITY_COMMAND if command else PRIORITY_POLL
+
+
+def _kind(exc: LinkError) -> str:
+    if isinstance(exc, LinkTimeout):
+        return "timeout"
+    if isinstance(exc, LinkGarbage):
+        return "garbage"
+    return "disconnected"
+
+
+def _check_unit(unit: int) -> int:
+    if not 0 <= unit <= 247:
+        raise ValueError(f"Modbus unit id must be 0..247, got {unit}")
+    return unit
+

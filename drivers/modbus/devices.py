@@ -1,0 +1,195 @@
+"""Modbus implementations of the `drivers.devices` protocols (Meter, Switch, Counter).
+
+Contract: each object reads or writes its device through its `ModbusBus` per its
+profile, raises `DeviceError` (never anything else from I/O) and records every
+operation's outcome in its `health`. Made by `ModbusBus.meter/switch/counter`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from drivers.devices import DeviceError, MeterReading, SwitchMismatch
+from drivers.modbus.frames import (
+    READ_COILS,
+    READ_HOLDING_REGISTERS,
+    READ_INPUT_REGISTERS,
+    ReadRequest,
+    WriteCoil,
+    WriteRegister,
+    WriteRegisters,
+)
+from drivers.modbus.health import DeviceHealth
+from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up
+from drivers.profile import Field, Kind, Profile
+
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBus
+
+
+def _expect_kind(profile: Profile, kind: Kind) -> None:
+    if profile.kind != kind:
+        raise ValueError(f"profile {profile.name} is a {profile.kind}, not a {kind}")
+
+
+class ModbusMeter:
+    """An electricity meter read in the fewest requests its profile allows."""
+
+    def __init__(self, bus: ModbusBus, name: str, unit: int, profile: Profile, *,
+                 health: DeviceHealth) -> None:
+        _expect_kind(profile, "meter")
+        self.name = name
+        self.unit = unit
+        self.profile = profile
+        self.health = health
+        self._bus = bus
+        slots = [Slot(f.name, f.table, f.address, f.width) for f in profile.fields.values()]
+        self._plan: list[tuple[ReadRequest, list[tuple[Field, int]]]] = [
+            (
+                ReadRequest(block.function, block.address, block.count),
+                [(profile.fields[fname], offset) for fname, offset in block.offsets],
+            )
+            for block in plan_reads(slots, max_registers=profile.max_read_registers)
+        ]
+
+    @property
+    def requests_per_read(self) -> int:
+        """How many Modbus requests one `read()` takes."""
+        return len(self._plan)
+
+    async def read(self) -> MeterReading:
+        """One reading: energy rounded to the nearest Wh, the rest as floats."""
+        values: dict[str, float] = {}
+        try:
+            for request, fields in self._plan:
+                words = await self._bus.read_registers(self.name, self.unit, request)
+                for f, offset in fields:
+                    value = decode_value(words, offset, f.type, f.word_order) * f.scale
+                    if not math.isfinite(value):
+                        raise DeviceError(self.name, f"{f.name} is {value} (register not a number)")
+                    values[f.name] = value
+        except DeviceError as exc:
+            self.health.failed(exc.message)
+            raise
+        mono = time.monotonic()
+        self.health.succeeded(mono)
+        return MeterReading(
+            energy_wh=round_half_up(values["energy_wh"]),
+            power_w=values["power_w"],
+            mono=mono,
+            wall=time.time(),
+            voltage_v=values.get("voltage_v"),
+            current_a=values.get("current_a"),
+            pf=values.get("pf"),
+        )
+
+
+class ModbusSwitch:
+    """A relay channel (coil or holding register); `on` is after `invert`."""
+
+    def __init__(self, bus: ModbusBus, name: str, unit: int, profile: Profile, *,
+                 channel: int, invert: bool, health: DeviceHealth) -> None:
+        _expect_kind(profile, "switch")
+        if channel < 0:
+            raise ValueError(f"channel must be >= 0, got {channel}")
+        self.name = name
+        self.unit = unit
+        self.profile = profile
+        self.channel = channel
+        self.invert = invert
+        self.health = health
+        self._bus = bus
+        self._field = f = profile.fields["state"]
+        self._address = f.at_channel(channel)
+        if self._address + f.width > 0x10000:
+            raise ValueError(f"channel {channel} is beyond the address space")
+        function = READ_COILS if f.table == "coil" else READ_HOLDING_REGISTERS
+        self._read = ReadRequest(function, self._address, f.width)
+
+    def _write_request(self, on_wire: bool) -> WriteCoil | WriteRegister | WriteRegisters:
+        f = self._field
+        if f.table == "coil":
+            return WriteCoil(self._address, on_wire)
+        words = encode_value(f.on if on_wire else f.off, f.type, f.word_order)
+        if len(words) == 1:
+            return WriteRegister(self._address, words[0])
+        return WriteRegisters(self._address, words)
+
+    async def _read_state(self, command: bool) -> bool:
+        f = self._field
+        if f.table == "coil":
+            bits = await self._bus.read_coils(self.name, self.unit, self._read, command=command)
+            on_wire = bits[0]
+        else:
+            words = await self._bus.read_registers(self.name, self.unit, self._read,
+                                                   command=command)
+            value = decode_value(words, 0, f.type, f.word_order)
+            if value == f.on:
+                on_wire = True
+            elif value == f.off:
+                on_wire = False
+            else:
+                raise DeviceError(self.name, f"state register holds {value}, "
+                                  f"neither on ({f.on}) nor off ({f.off})")
+        return on_wire != self.invert
+
+    async def set(self, on: bool) -> None:
+        """Command the switch, then read it back.
+
+        Raises `SwitchMismatch` when it answers but reads back the other state,
+        `DeviceError` when it does not answer. Goes ahead of routine polls.
+        """
+        try:
+            await self._bus.write(self.name, self.unit, self._write_request(on != self.invert))
+            actual = await self._read_state(command=True)
+        except DeviceError as exc:
+            self.health.failed(exc.message)
+            raise
+        self.health.succeeded(time.monotonic())
+        if actual != on:
+            raise SwitchMismatch(self.name, on, actual)
+
+    async def get(self) -> bool:
+        """The switch's present state (True: supply flows / water runs)."""
+        try:
+            state = await self._read_state(command=False)
+        except DeviceError as exc:
+            self.health.failed(exc.message)
+            raise
+        self.health.succeeded(time.monotonic())
+        return state
+
+
+class ModbusCounter:
+    """A pulse counter channel: the raw count (`bits` wide; the caller handles the wrap)."""
+
+    def __init__(self, bus: ModbusBus, name: str, unit: int, profile: Profile, *,
+                 channel: int, health: DeviceHealth) -> None:
+        _expect_kind(profile, "counter")
+        if channel < 0:
+            raise ValueError(f"channel must be >= 0, got {channel}")
+        self.name = name
+        self.unit = unit
+        self.profile = profile
+        self.channel = channel
+        self.health = health
+        self._bus = bus
+        self._field = f = profile.fields["count"]
+        self.bits = 16 * f.width
+        address = f.at_channel(channel)
+        if address + f.width > 0x10000:
+            raise ValueError(f"channel {channel} is beyond the address space")
+        function = READ_HOLDING_REGISTERS if f.table == "holding" else READ_INPUT_REGISTERS
+        self._read = ReadRequest(function, address, f.width)
+
+    async def read(self) -> int:
+        """The raw count."""
+        try:
+            words = await self._bus.read_registers(self.name, self.unit, self._read)
+        except DeviceError as exc:
+            self.health.failed(exc.message)
+            raise
+        self.health.succeeded(time.monotonic())
+        return int(decode_value(words, 0, self._field.type, self._field.word_order))

@@ -1,0 +1,86 @@
+"""Per-device health: online/offline from consecutive failures, and how often to poll.
+
+Contract: a device is online until `OFFLINE_AFTER` operations in a row have failed,
+and online again at its first success. `poll_delay(base_s)` is `base_s` while online
+and grows (doubling, capped at `OFFLINE_POLL_MAX_S`) while offline, so a dead device
+costs its bus at most one timeout per that period instead of one per poll.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# Three failed operations in a row: one lost frame (noise on RS-485) is not an outage.
+OFFLINE_AFTER = 3
+# An offline device is still tried at least this often, so it comes back within it.
+OFFLINE_POLL_MAX_S = 15.0
+
+# Called with (device name, online, detail) on every change of `online`.
+HealthSink = Callable[[str, bool, str], None]
+
+
+@dataclass
+class DeviceHealth:
+    """Failure bookkeeping of one device; mutated only by the bus that owns it."""
+
+    device: str
+    bus: str
+    unit: int
+    on_change: HealthSink | None = None
+    online: bool = True
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_ok_mono: float | None = None
+    failures_total: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def succeeded(self, now: float) -> None:
+        """Record a successful operation."""
+        self.last_ok_mono = now
+        if self.consecutive_failures == 0:
+            return
+        was_online = self.online
+        log.info("modbus_device_recovered", device=self.device, bus=self.bus, unit=self.unit,
+                 after_failures=self.consecutive_failures)
+        self.consecutive_failures = 0
+        self.last_error = ""
+        self.online = True
+        if not was_online and self.on_change is not None:
+            self.on_change(self.device, True, "")
+
+    def failed(self, error: str) -> None:
+        """Record a failed operation (after the bus' retries)."""
+        self.consecutive_failures += 1
+        self.failures_total += 1
+        self.last_error = error
+        if self.consecutive_failures == 1:
+            log.warning("modbus_device_failed", device=self.device, bus=self.bus, unit=self.unit,
+                        error=error)
+        else:
+            log.debug("modbus_device_failed", device=self.device, bus=self.bus, unit=self.unit,
+                      error=error, attempt=self.consecutive_failures)
+        if self.online and self.consecutive_failures >= OFFLINE_AFTER:
+            self.online = False
+            log.warning("modbus_device_offline", device=self.device, bus=self.bus, unit=self.unit,
+                        failures=self.consecutive_failures, error=error)
+            if self.on_change is not None:
+                self.on_change(self.device, False, error)
+
+    def poll_delay(self, base_s: float) -> float:
+        """Seconds until the next routine poll of this device.
+
+        `base_s` while online; offline, `base_s * 2**k` for the k-th failure past the
+        threshold, capped at max(`base_s`, `OFFLINE_POLL_MAX_S`), with +-10 % jitter
+        so that dead devices on one bus do not retry in lockstep.
+        """
+        if self.online:
+            return base_s
+        k = min(self.consecutive_failures - OFFLINE_AFTER + 1, 16)
+        delay = min(base_s * 2.0**k, max(base_s, OFFLINE_POLL_MAX_S))
+        return delay * self._rng.uniform(0.9, 1.1)

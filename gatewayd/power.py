@@ -1,0 +1,492 @@
+"""Electricity at run time: poll each room's meter, apply the rules, drive its breaker.
+
+Contract:
+- Every room has its own poll loop; a meter or breaker that fails affects
+  only its room. A meter that keeps failing is polled less often
+  (`DeviceHealth.poll_delay`) and raises `meter_offline`; the room's timers
+  (curfew, reclose, lockout) keep running without it.
+- A decision's events, the charge and the room's state commit in one store
+  transaction before the breaker is touched.
+- At start every breaker is read; the gateway acts only where the rules say
+  the state is wrong (see `PowerService.start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from drivers.devices import DeviceError, Meter, MeterReading, Switch, SwitchMismatch
+from gatewayd import pricing
+from gatewayd.alarms import Alarms
+from gatewayd.clock import Clock
+from gatewayd.config import Config, PowerRules, Room
+from gatewayd.curfew import in_window
+from gatewayd.ledger import Ledger
+from gatewayd.power_policy import (
+    Alarm,
+    BalanceLow,
+    Charge,
+    Context,
+    Cut,
+    Outcome,
+    Reading,
+    Report,
+    Restore,
+    RoomState,
+    remote_cut,
+    remote_restore,
+    step,
+)
+from gatewayd.store import Store, Txn
+from gatewayd.supervisor import Heartbeat
+
+log = structlog.get_logger(__name__)
+
+# A breaker that failed a command is commanded again at most this often.
+BREAKER_RETRY_S = 10.0
+# At start, read this many breakers at once (the bus owners queue the rest).
+START_CONCURRENCY = 32
+
+
+def meter_device(room: str) -> str:
+    return f"meter:{room}"
+
+
+def breaker_device(room: str) -> str:
+    return f"breaker:{room}"
+
+
+@dataclass
+class RoomRuntime:
+    cfg: Room
+    meter: Meter
+    breaker: Switch
+    state: RoomState = field(default_factory=RoomState)
+    breaker_on: bool | None = None       # last known; None: unknown
+    next_read: float = 0.0
+    next_breaker_try: float = 0.0
+    last: MeterReading | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    persisted: tuple[Any, ...] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+
+class PowerService:
+    """The `power` component: every room's meter, rules and breaker."""
+
+    name = "power"
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        ledger: Ledger,
+        alarms: Alarms,
+        clock: Clock,
+        devices: Mapping[str, tuple[Meter, Switch]],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.ledger = ledger
+        self.alarms = alarms
+        self.clock = clock
+        self.poll_s = config.gateway.poll_interval_s
+        self.heartbeat_s: float | None = max(30.0, 10 * self.poll_s)
+        self.rate = pricing.fen_per_quantity(config.tariffs.power.price, config.tariffs.power.unit)
+        self.rooms = {
+            r.id: RoomRuntime(r, *devices[r.id]) for r in config.rooms
+        }
+        self.by_account = {r.account: self.rooms[r.id] for r in config.rooms}
+        self._curfew_rooms: frozenset[str] | None = None  # rooms under curfew now
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # --- time ---------------------------------------------------------------------
+
+    def _to_wall(self, mono: float | None, now_mono: float, now_wall: float) -> float | None:
+        return None if mono is None else now_wall + (mono - now_mono)
+
+    def _to_mono(self, wall: float | None, now_mono: float, now_wall: float,
+                 longest: float) -> float | None:
+        """A persisted deadline on this boot's monotonic clock, clamped to its longest
+        possible length so that a wall clock jump cannot stretch or skip it."""
+        if wall is None:
+            return None
+        return now_mono + min(max(wall - now_wall, 0.0), longest)
+
+    # --- persistence --------------------------------------------------------------
+
+    def _row(self, rt: RoomRuntime, now_mono: float, now_wall: float) -> tuple[Any, ...]:
+        s = rt.state
+
+        def w(mono: float | None) -> float | None:
+            return self._to_wall(mono, now_mono, now_wall)
+
+        return (
+            s.baseline_wh, pricing.carry_to_text(s.carry), s.accrued_wh, s.accrued_fen,
+            s.chain_from_wh, int(s.low_sent), int(s.hold), s.cut_reason, s.trip_reason,
+            w(s.reclose_at), w(s.lockout_until), json.dumps([w(t) for t in s.trips]),
+            s.max_power_w, w(s.accrued_since), w(s.baseline_at),
+        )
+
+    @staticmethod
+    def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The part of a row whose change must be written (times move every poll)."""
+        return (*row[:9], row[9] is None, row[10] is None, row[11], row[12],
+                row[13] is None)
+
+    def _save(self, txn: Txn, rt: RoomRuntime, row: tuple[Any, ...]) -> None:
+        txn.execute(
+            "INSERT INTO rooms (room, baseline_wh, carry, accrued_wh, accrued_fen, chain_from_wh, "
+            "low_sent, hold, cut_reason, trip_reason, reclose_at, lockout_until, trips, "
+            "max_power_w, accrued_since, baseline_wall) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (room) DO UPDATE SET baseline_wh = excluded.baseline_wh, "
+            "carry = excluded.carry, accrued_wh = excluded.accrued_wh, "
+            "accrued_fen = excluded.accrued_fen, chain_from_wh = excluded.chain_from_wh, "
+            "low_sent = excluded.low_sent, hold = excluded.hold, cut_reason = excluded.cut_reason, "
+            "trip_reason = excluded.trip_reason, reclose_at = excluded.reclose_at, "
+            "lockout_until = excluded.lockout_until, trips = excluded.trips, "
+            "max_power_w = excluded.max_power_w, accrued_since = excluded.accrued_since, "
+            "baseline_wall = excluded.baseline_wall",
+            (rt.id, *row),
+        )
+
+    def _load(self, rows: list[tuple[Any, ...]]) -> None:
+        now_mono, now_wall = self.clock.mono(), self.clock.wall()
+        for row in rows:
+            rt = self.rooms.get(row[0])
+            if rt is None:
+                continue  # a room removed from the config keeps its row for the record
+            (_, baseline, carry, acc_wh, acc_fen, chain, low, hold, cut, trip, reclose, lockout,
+             trips, max_w, acc_since, base_wall) = row
+            rules = self._rules(rt)
+
+            def m(wall: float | None, longest: float) -> float | None:
+                return self._to_mono(wall, now_mono, now_wall, longest)
+
+            rt.state = RoomState(
+                baseline_wh=baseline,
+                baseline_at=(None if base_wall is None
+                             else now_mono - max(now_wall - base_wall, 0.0)),
+                carry=pricing.carry_from_text(carry),
+                accrued_wh=acc_wh,
+                accrued_fen=acc_fen,
+                chain_from_wh=chain,
+                accrued_since=(None if acc_since is None
+                               else now_mono - min(max(now_wall - acc_since, 0.0),
+                                                   rules.report_interval_s)),
+                low_sent=bool(low),
+                hold=bool(hold),
+                cut_reason=cut,
+                trip_reason=trip,
+                reclose_at=m(reclose, rules.reclose_after_s),
+                lockout_until=m(lockout, rules.lockout_s),
+                trips=tuple(now_mono - min(max(now_wall - x, 0.0), rules.lockout_window_s)
+                            for x in json.loads(trips)),
+                max_power_w=max_w,
+            )
+            rt.persisted = self._key(self._row(rt, now_mono, now_wall))
+
+    # --- context ------------------------------------------------------------------
+
+    def _rules(self, rt: RoomRuntime) -> PowerRules:
+        return rt.cfg.rules
+
+    def _context(self, rt: RoomRuntime, now: float) -> Context:
+        account = rt.cfg.account
+        return Context(
+            now=now,
+            rules=self._rules(rt),
+            resistive_cutoff=rt.cfg.resistive_cutoff,
+            rate=self.rate,
+            balance_fen=self.ledger.balance(account),
+            account_known=self.ledger.is_known(account),
+            curfew=self._curfew_rooms is not None and rt.id in self._curfew_rooms,
+        )
+
+    def _update_curfew(self) -> list[tuple[str, str, str, bool]]:
+        """Recompute which rooms a curfew covers now; return clock alarm changes."""
+        changes: list[tuple[str, str, str, bool]] = []
+        if not self.config.curfews:
+            self._curfew_rooms = frozenset()
+            return changes
+        synced = self.clock.synced()
+        if not synced:
+            if self.alarms.raise_("clock_unsynced", "clock", "curfews skipped: clock not synchronised"):
+                changes.append(("clock_unsynced", "clock",
+                                "curfews skipped: clock not synchronised", True))
+            self._curfew_rooms = frozenset()
+            return changes
+        if self.alarms.clear("clock_unsynced", "clock"):
+            changes.append(("clock_unsynced", "clock", "", False))
+        local = self.clock.local()
+        active = [c for c in self.config.curfews if in_window(c, local)]
+        self._curfew_rooms = frozenset(
+            r for r in self.rooms if any(r not in c.except_rooms for c in active)
+        )
+        return changes
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load room state, read every breaker, act only where the rules say it is wrong.
+
+        A breaker found on while the rules want it cut is cut (and reported). A
+        breaker found off that the rules want on is switched on only when the
+        store says the gateway cut it and the reason has lapsed; one found off
+        for no recorded reason is left off, held, with `breaker_mismatch`
+        (restore it with room.restore once it is safe).
+        """
+        rows = await self.store.read(lambda t: t.execute(
+            "SELECT room, baseline_wh, carry, accrued_wh, accrued_fen, chain_from_wh, low_sent, "
+            "hold, cut_reason, trip_reason, reclose_at, lockout_until, trips, max_power_w, "
+            "accrued_since, baseline_wall FROM rooms").fetchall())
+        self._load(rows)
+        clock_changes = self._update_curfew()
+        if clock_changes:
+            await self._alarm_events(clock_changes)
+        sem = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def read_one(rt: RoomRuntime) -> None:
+            async with sem:
+                try:
+                    rt.breaker_on = await rt.breaker.get()
+                except DeviceError as e:
+                    log.warning("breaker_unreadable_at_start", room=rt.id, error=e.message)
+
+        await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
+        for rt in self.rooms.values():
+            if rt.breaker_on is False and rt.state.cut_reason is None:
+                await self._found_off(rt)
+        for rt in self.rooms.values():
+            await self.evaluate(rt, None, startup=True)
+        log.info("power_started", rooms=len(self.rooms),
+                 cut=sum(1 for r in self.rooms.values() if r.state.cut_reason))
+
+    async def _found_off(self, rt: RoomRuntime) -> None:
+        detail = ("breaker found off at start with no cut recorded: left off and held; "
+                  "room.restore switches it on")
+        rt.state = replace(rt.state, hold=True, cut_reason="remote")
+        await self._commit(rt, Outcome(rt.state), extra_alarms=[
+            ("breaker_mismatch", breaker_device(rt.id), detail, True)])
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for rt in self.rooms.values():
+                tg.create_task(self._room_loop(rt), name=f"room-{rt.id}")
+            tg.create_task(self._ticker(heartbeat), name="power-ticker")
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def _ticker(self, heartbeat: Heartbeat) -> None:
+        """Curfew and clock once a second for all rooms; the component's heartbeat."""
+        while True:
+            before = self._curfew_rooms
+            changes = self._update_curfew()
+            if changes:
+                await self._alarm_events(changes)
+            if before != self._curfew_rooms:
+                for rt in self.rooms.values():
+                    rt.wake.set()
+            heartbeat.beat()
+            await asyncio.sleep(1.0)
+
+    async def _room_loop(self, rt: RoomRuntime) -> None:
+        loop_next = self.clock.mono()
+        while True:
+            now = self.clock.mono()
+            reading: MeterReading | None = None
+            if now >= rt.next_read:
+                try:
+                    reading = await rt.meter.read()
+                except DeviceError:
+                    reading = None  # the bus logs and the health callback alarms
+                health = getattr(rt.meter, "health", None)
+                delay = health.poll_delay(self.poll_s) if health is not None else self.poll_s
+                rt.next_read = now + delay - 0.01
+            try:
+                await self.evaluate(rt, reading)
+            except Exception:
+                log.exception("room_evaluation_failed", room=rt.id)
+            loop_next += self.poll_s
+            now = self.clock.mono()
+            loop_next = max(loop_next, now)  # fell behind (slow bus): do not burst
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(loop_next - now):
+                    await rt.wake.wait()
+            rt.wake.clear()
+
+    # --- the rules, carried out ---------------------------------------------------
+
+    async def evaluate(self, rt: RoomRuntime, reading: MeterReading | None,
+                       *, startup: bool = False) -> None:
+        async with rt.lock:
+            now = self.clock.mono()
+            r = None
+            if reading is not None:
+                rt.last = reading
+                r = Reading(reading.energy_wh, reading.power_w, reading.pf, reading.mono)
+            out = step(rt.state, self._context(rt, now), r)
+            await self._carry_out(rt, out, startup=startup)
+
+    async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False) -> None:
+        if startup and rt.breaker_on is True and out.state.cut_reason is not None and not any(
+            isinstance(d, Cut) for d in out.decisions
+        ):
+            # Recorded as cut, found on: cut it again, and say so.
+            out.decisions.append(Cut(out.state.cut_reason, None))
+        await self._commit(rt, out)
+        await self._drive_breaker(rt)
+
+    async def _commit(self, rt: RoomRuntime, out: Outcome,
+                      extra_alarms: list[tuple[str, str, str, bool]] | None = None) -> None:
+        now_mono, now_wall = self.clock.mono(), self.clock.wall()
+        row = self._row(rt if out.state is rt.state else replace(rt, state=out.state),
+                        now_mono, now_wall)
+        key = self._key(row)
+        if not out.decisions and not extra_alarms and key == rt.persisted:
+            rt.state = out.state
+            return
+        account = rt.cfg.account
+        stamp = self.clock.stamp(now_wall)
+        room = rt.id
+
+        def job(txn: Txn) -> tuple[int, bool]:
+            charged = sum(d.fen for d in out.decisions if isinstance(d, Charge))
+            if charged or any(isinstance(d, Report) for d in out.decisions):
+                balance, known = Ledger.debit(txn, account, charged)
+            else:
+                current = Ledger.read(txn, account)
+                balance, known = current if current is not None else (0, False)
+            for d in out.decisions:
+                if isinstance(d, Report):
+                    txn.event("power.usage", {
+                        "room": room, "account": account, "wh": d.wh, "amount_fen": d.fen,
+                        "meter_wh_from": d.meter_wh_from, "meter_wh_to": d.meter_wh_to,
+                        "balance_fen": balance}, ts=stamp, wall=now_wall)
+                elif isinstance(d, Cut):
+                    txn.event("breaker.cut", {"room": room, "reason": d.reason,
+                                              "power_w": d.power_w}, ts=stamp, wall=now_wall)
+                elif isinstance(d, Restore):
+                    txn.event("breaker.restored", {"room": room, "reason": d.reason},
+                              ts=stamp, wall=now_wall)
+                elif isinstance(d, BalanceLow):
+                    txn.event("balance.low", {"account": account, "balance_fen": balance},
+                              ts=stamp, wall=now_wall)
+                elif isinstance(d, Alarm):
+                    txn.event("alarm", {"code": d.code, "device": meter_device(room),
+                                        "detail": d.detail, "active": d.active},
+                              ts=stamp, wall=now_wall)
+            for code, device, detail, active in extra_alarms or ():
+                txn.event("alarm", {"code": code, "device": device, "detail": detail,
+                                    "active": active}, ts=stamp, wall=now_wall)
+            self._save(txn, rt, row)
+            return balance, known
+
+        balance, known = await self.store.run(job)
+        self.ledger.note(account, balance, known)
+        rt.state = out.state
+        rt.persisted = key
+        for d in out.decisions:
+            if isinstance(d, Cut | Restore):
+                log.info("breaker_cut" if isinstance(d, Cut) else "breaker_restored",
+                         room=room, reason=d.reason)
+
+    async def _drive_breaker(self, rt: RoomRuntime) -> None:
+        """Make the breaker follow the rules; a failed command is retried every
+        BREAKER_RETRY_S with `breaker_mismatch` raised until it follows."""
+        now = self.clock.mono()
+        if now < rt.next_breaker_try:
+            return
+        if rt.breaker_on is None:
+            try:
+                rt.breaker_on = await rt.breaker.get()
+            except DeviceError:
+                rt.next_breaker_try = now + BREAKER_RETRY_S
+                return
+        want_on = rt.state.cut_reason is None
+        if rt.breaker_on == want_on:
+            return
+        device = breaker_device(rt.id)
+        try:
+            await rt.breaker.set(want_on)
+        except DeviceError as e:
+            rt.next_breaker_try = now + BREAKER_RETRY_S
+            rt.breaker_on = e.actual if isinstance(e, SwitchMismatch) else None
+            detail = f"commanded {'on' if want_on else 'off'}: {e.message}"
+            log.error("breaker_command_failed", room=rt.id, error=e.message)
+            if self.alarms.raise_("breaker_mismatch", device, detail):
+                await self._alarm_events([("breaker_mismatch", device, detail, True)])
+            return
+        rt.breaker_on = want_on
+        if self.alarms.clear("breaker_mismatch", device):
+            await self._alarm_events([("breaker_mismatch", device, "", False)])
+
+    async def _alarm_events(self, changes: list[tuple[str, str, str, bool]]) -> None:
+        now_wall = self.clock.wall()
+        stamp = self.clock.stamp(now_wall)
+
+        def job(txn: Txn) -> None:
+            for code, device, detail, active in changes:
+                txn.event("alarm", {"code": code, "device": device, "detail": detail,
+                                    "active": active}, ts=stamp, wall=now_wall)
+
+        await self.store.run(job)
+
+    def meter_health_changed(self, device: str, online: bool, detail: str) -> None:
+        """Bus health callback (sync, on the loop): record meter_offline raise/clear."""
+        room = device.removeprefix("meter:")
+        if room not in self.rooms or not device.startswith("meter:"):
+            return
+        changed = (self.alarms.clear("meter_offline", device) if online
+                   else self.alarms.raise_("meter_offline", device, detail))
+        if changed:
+            task = asyncio.get_running_loop().create_task(
+                self._alarm_events([("meter_offline", device, detail, not online)]))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    # --- commands (center link) ----------------------------------------------------
+
+    def room(self, room_id: str) -> RoomRuntime | None:
+        return self.rooms.get(room_id)
+
+    async def balance_changed(self, account: str) -> None:
+        """A credit or sync changed `account`: re-evaluate its room now."""
+        rt = self.by_account.get(account)
+        if rt is not None:
+            await self.evaluate(rt, None)
+
+    async def cut(self, room_id: str, *, hold: bool) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = remote_cut(rt.state, self._context(rt, self.clock.mono()), hold=hold)
+            await self._carry_out(rt, out)
+        return rt
+
+    async def restore(self, room_id: str) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = remote_restore(rt.state, self._context(rt, self.clock.mono()))
+            await self._carry_out(rt, out)
+        return rt
+
+    async def limit(self, room_id: str, max_power_w: int) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = Outcome(replace(rt.state, max_power_w=max_power_w))
+            await self._carry_out(rt, out)
+        return rt

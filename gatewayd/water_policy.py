@@ -1,0 +1,175 @@
+"""Water points as pure functions (behaviour.md "Water" and "Accounts and cards").
+
+`check_tap` decides whether a card may open a closed point. `advance` charges
+an open session for what was measured since the last call and says whether
+it must end. No I/O and no clocks: times come in (monotonic seconds).
+
+Quantities are integers before they are priced: the volume is
+`floor(pulses * ml_per_pulse)` recomputed from the session's total pulses (no
+drift), time is whole seconds since the session opened. A point is billed by
+volume when its tariff is per litre, by time when per minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+
+from gatewayd import pricing
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    uid: str
+    account: str
+    kind: str
+    status: str        # active, lost, cancelled
+    expires: date | None  # valid through this day (building time zone)
+
+
+@dataclass(frozen=True, slots=True)
+class TapFacts:
+    """What the gateway knows at a tap on a closed point."""
+
+    card: Card | None
+    kinds: frozenset[str]
+    today: date
+    balance_fen: int
+    account_known: bool
+    min_balance_fen: int
+    step_fen: int
+    offline: bool              # the center is unreachable
+    offline_spent_fen: int     # by this card today while offline
+    offline_limit_fen: int
+
+
+def check_tap(f: TapFacts) -> str | None:
+    """The refusal reason, or None when the session may start."""
+    card = f.card
+    if card is None:
+        return "unknown"
+    if card.status == "lost":
+        return "lost"
+    if card.status == "cancelled":
+        return "cancelled"
+    if card.status != "active":
+        return "unknown"
+    if card.expires is not None and f.today > card.expires:
+        return "expired"
+    if card.kind not in f.kinds:
+        return "kind"
+    if not f.account_known:
+        return "unknown_account"
+    if f.balance_fen < max(f.min_balance_fen, f.step_fen):
+        return "balance"
+    if f.offline and f.offline_spent_fen + f.step_fen > f.offline_limit_fen:
+        return "offline_limit"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An open session. Counts are raw counter values; times monotonic."""
+
+    session: str
+    point: str
+    card: str
+    account: str
+    service: str
+    offline: bool
+    started_wall: float
+    started_mono: float
+    counter_start: int | None = None
+    pulses: int = 0             # counted since the start (wraps handled)
+    counter_last: int | None = None
+    volume_ml: int = 0
+    seconds: int = 0
+    charged_fen: int = 0
+    carry: Fraction = Fraction(0)
+    last_flow_mono: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    by_volume: bool            # tariff per L (else per min)
+    rate: Fraction             # fen per mL or per second
+    ml_per_pulse: Decimal      # 0 without a flow meter
+    counter_bits: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    step_fen: int
+    max_session_s: float
+    idle_close_s: float
+    offline_limit_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    session: Session
+    charge_fen: int            # to debit now
+    end: str | None            # end_reason when the session must end now
+
+
+def pulses_between(last: int, now: int, bits: int) -> int:
+    """Pulses from `last` to `now` on a counter that wraps at 2**bits."""
+    return (now - last) % (1 << bits)
+
+
+def advance(
+    s: Session,
+    billing: Billing,
+    limits: Limits,
+    *,
+    now: float,
+    count: int | None,
+    balance_fen: int,
+    offline_spent_fen: int = 0,
+    final: bool = False,
+) -> Advance:
+    """Charge what was measured up to `now` (`count`: the counter now, or None).
+
+    With `final` the session is ending anyway: charge and do not decide an end.
+    """
+    pulses = s.pulses
+    last_flow = s.last_flow_mono
+    counter_last = s.counter_last
+    if count is not None and counter_last is not None:
+        delta = pulses_between(counter_last, count, billing.counter_bits)
+        if delta:
+            pulses += delta
+            last_flow = now
+        counter_last = count
+    elif count is not None:
+        counter_last = count
+    volume = int(pulses * billing.ml_per_pulse) if billing.ml_per_pulse else 0
+    elapsed = max(now - s.started_mono, 0.0)
+    seconds = min(int(elapsed), int(limits.max_session_s))
+    quantity = (volume - s.volume_ml) if billing.by_volume else (seconds - s.seconds)
+    fen, carry = pricing.charge(max(quantity, 0), billing.rate, s.carry)
+    new = replace(
+        s, pulses=pulses, counter_last=counter_last, volume_ml=volume, seconds=seconds,
+        charged_fen=s.charged_fen + fen, carry=carry, last_flow_mono=last_flow,
+    )
+    end = None
+    if not final:
+        left = balance_fen - fen
+        if left < limits.step_fen:
+            end = "balance"
+        elif s.offline and offline_spent_fen + fen + limits.step_fen > limits.offline_limit_fen:
+            end = "balance"  # the offline day limit is the card's balance here
+        elif elapsed >= limits.max_session_s:
+            end = "max_duration"
+        elif billing.ml_per_pulse and now - last_flow >= limits.idle_close_s:
+            end = "idle"
+    return Advance(new, fen, end)
+
+
+def billing_for(price_yuan: Decimal, unit: str, ml_per_pulse: Decimal = Decimal(0),
+                counter_bits: int = 32) -> Billing:
+    """How a point is billed: per mL when the tariff is per litre, else per second."""
+    return Billing(by_volume=unit == "L", rate=pricing.fen_per_quantity(price_yuan, unit),
+                   ml_per_pulse=ml_per_pulse, counter_bits=counter_bits)
