@@ -50,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="check a config file and the profiles it uses")
     check.add_argument("file", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
     check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="show the running daemon's state (safe while it runs)")
+    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.set_defaults(func=cmd_status)
     return p
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gatewayd.status_cmd import render
+
+    try:
+        config = load_config(args.config, check_files=False)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"{e.path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return render(config.gateway.state_dir, as_json=args.json)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import structlog
 
@@ -16,6 +17,7 @@ from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
 from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sdnotify import Notifier
+from gatewayd.snapshot import Snapshot
 from gatewayd.store import Store
 from gatewayd.supervisor import Component, Heartbeat, Supervisor
 from gatewayd.water import WaterService, valve_device
@@ -46,6 +48,20 @@ class StoreProbe:
 
     async def shutdown(self) -> None:
         return None
+
+
+async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterService) -> None:
+    """Prices set by the center (tariff.set) outlive restarts and win over the file's."""
+    rows = await store.read(lambda t: t.execute(
+        "SELECT key, value FROM meta WHERE key LIKE 'tariff.%'").fetchall())
+    for key, value in rows:
+        service = key.removeprefix("tariff.")
+        price, unit = value.split()
+        log.info("tariff_from_center", service=service, price=price, unit=unit)
+        if service == "power":
+            power.set_tariff(Decimal(price), unit)
+        else:
+            water.set_tariff(service, Decimal(price), unit)
 
 
 def make_reader(r: Reader, debounce_s: float) -> CardReader:
@@ -84,8 +100,11 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
                  for r in config.readers.values()},
         center_online=lambda: False,  # no center link yet: every session is offline
     )
+    await apply_saved_tariffs(store, power, water)
+    snapshot = Snapshot(config, store, clock, ledger=ledger, cards=cards, alarms=alarms,
+                        power=power, water=water)
     # Shutdown order matters: water first (stop taps, close valves, end sessions).
-    components: list[Component] = [water, power, StoreProbe(store)]
+    components: list[Component] = [water, power, snapshot, StoreProbe(store)]
     supervisor = Supervisor(components, notifier)
     log.info("starting", building=config.gateway.building, summary=config.summary())
     await hardware.start()

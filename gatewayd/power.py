@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -40,6 +41,7 @@ from gatewayd.power_policy import (
     Report,
     Restore,
     RoomState,
+    limit_w,
     remote_cut,
     remote_restore,
     step,
@@ -342,22 +344,26 @@ class PowerService:
             out = step(rt.state, self._context(rt, now), r)
             await self._carry_out(rt, out, startup=startup)
 
-    async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False) -> None:
+    async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False,
+                         also: Callable[[Txn, RoomState], None] | None = None) -> None:
         if startup and rt.breaker_on is True and out.state.cut_reason is not None and not any(
             isinstance(d, Cut) for d in out.decisions
         ):
             # Recorded as cut, found on: cut it again, and say so.
             out.decisions.append(Cut(out.state.cut_reason, None))
-        await self._commit(rt, out)
+        await self._commit(rt, out, also=also)
         await self._drive_breaker(rt)
 
     async def _commit(self, rt: RoomRuntime, out: Outcome,
-                      extra_alarms: list[tuple[str, str, str, bool]] | None = None) -> None:
+                      extra_alarms: list[tuple[str, str, str, bool]] | None = None,
+                      also: Callable[[Txn, RoomState], None] | None = None) -> None:
+        """Record the outcome's charge, events and room state in one transaction
+        (with `also`, e.g. a command's result, in the same one)."""
         now_mono, now_wall = self.clock.mono(), self.clock.wall()
         row = self._row(rt if out.state is rt.state else replace(rt, state=out.state),
                         now_mono, now_wall)
         key = self._key(row)
-        if not out.decisions and not extra_alarms and key == rt.persisted:
+        if not out.decisions and not extra_alarms and also is None and key == rt.persisted:
             rt.state = out.state
             return
         account = rt.cfg.account
@@ -394,6 +400,8 @@ class PowerService:
                 txn.event("alarm", {"code": code, "device": device, "detail": detail,
                                     "active": active}, ts=stamp, wall=now_wall)
             self._save(txn, rt, row)
+            if also is not None:
+                also(txn, out.state)
             return balance, known
 
         balance, known = await self.store.run(job)
@@ -470,23 +478,53 @@ class PowerService:
         if rt is not None:
             await self.evaluate(rt, None)
 
-    async def cut(self, room_id: str, *, hold: bool) -> RoomRuntime:
+    async def cut(self, room_id: str, *, hold: bool,
+                  also: Callable[[Txn, RoomState], None] | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
             out = remote_cut(rt.state, self._context(rt, self.clock.mono()), hold=hold)
-            await self._carry_out(rt, out)
+            await self._carry_out(rt, out, also=also)
         return rt
 
-    async def restore(self, room_id: str) -> RoomRuntime:
+    async def restore(self, room_id: str,
+                      also: Callable[[Txn, RoomState], None] | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
             out = remote_restore(rt.state, self._context(rt, self.clock.mono()))
-            await self._carry_out(rt, out)
+            await self._carry_out(rt, out, also=also)
         return rt
 
-    async def limit(self, room_id: str, max_power_w: int) -> RoomRuntime:
+    async def limit(self, room_id: str, max_power_w: int,
+                    also: Callable[[Txn, RoomState], None] | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
             out = Outcome(replace(rt.state, max_power_w=max_power_w))
-            await self._carry_out(rt, out)
+            await self._carry_out(rt, out, also=also)
         return rt
+
+    def set_tariff(self, price: Decimal, unit: str) -> None:
+        """A new electricity price from now on (carried fractions stay as they are)."""
+        self.rate = pricing.fen_per_quantity(price, unit)
+
+    def describe(self, rt: RoomRuntime) -> dict[str, Any]:
+        """A room as `state.get` and the status view show it."""
+        s, last = rt.state, rt.last
+        return {
+            "room": rt.id, "account": rt.cfg.account,
+            "balance_fen": self.ledger.balance(rt.cfg.account),
+            "account_known": self.ledger.is_known(rt.cfg.account),
+            "breaker": "unknown" if rt.breaker_on is None else ("on" if rt.breaker_on else "off"),
+            "cut_reason": s.cut_reason, "hold": s.hold,
+            "lockout": s.lockout_until is not None,
+            "max_power_w": limit_w(s, rt.cfg.rules),
+            "online": self.meter_online(rt),
+            "power_w": None if last is None else last.power_w,
+            "energy_wh": None if last is None else last.energy_wh,
+            "voltage_v": None if last is None else last.voltage_v,
+            "current_a": None if last is None else last.current_a,
+            "pf": None if last is None else last.pf,
+            "accrued_fen": s.accrued_fen,
+        }
+
+    def meter_online(self, rt: RoomRuntime) -> bool:
+        return not self.alarms.is_active("meter_offline", meter_device(rt.id)) and rt.last is not None

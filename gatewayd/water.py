@@ -449,6 +449,39 @@ class WaterService:
         """Nothing to do at once: open sessions read the balance every tick."""
         return
 
+    def tariff_problem(self, service: str, unit: str) -> str | None:
+        """Why a tariff cannot apply here (a per-litre price needs flow meters)."""
+        if unit != "L":
+            return None
+        blind = [p.id for p in self.points.values() if p.cfg.service == service and p.flow is None]
+        if blind:
+            return f"points without a flow meter cannot be billed per litre: {', '.join(blind)}"
+        return None
+
+    def set_tariff(self, service: str, price: Decimal, unit: str) -> None:
+        """A new price from now on, open sessions included (their carry is kept)."""
+        for pt in self.points.values():
+            if pt.cfg.service == service:
+                pt.billing = billing_for(price, unit, pt.billing.ml_per_pulse,
+                                         pt.billing.counter_bits)
+
+    def describe(self, pt: PointRuntime) -> dict[str, Any]:
+        s = pt.session
+        return {
+            "point": pt.id, "service": pt.cfg.service, "state": pt.state,
+            "card": None if s is None else s.card,
+            "volume_ml": None if s is None else s.volume_ml,
+            "seconds": None if s is None else s.seconds,
+            "amount_fen": None if s is None else s.charged_fen,
+            "offline": None if s is None else s.offline,
+            "fault": pt.fault,
+        }
+
+    def open_charges(self, account: str) -> int:
+        """Fen charged by open sessions of `account` (debited, not yet reported)."""
+        return sum(p.session.charged_fen for p in self.points.values()
+                   if p.session is not None and p.session.account == account)
+
 
 def _spend(txn: Txn, card: str, day: str, fen: int) -> None:
     txn.execute(

@@ -1,0 +1,383 @@
+"""Applying the center's commands (center-link.md "Commands").
+
+Contract:
+- `handle(payload, topic_kind)` never raises. Checks come from
+  `gatewayd.commands.accept_command` (JSON, id, to, type, args, signature,
+  age). A refused command's result is returned for the link to publish at
+  once and its id is NOT remembered: a forged command must not be able to
+  claim the id of a genuine one.
+- An accepted command, the ledger change and event it causes, and its result
+  commit in one store transaction; the result then leaves through the outbox
+  (class 0). A repeated id is answered with the first result and
+  `"duplicate": true`, never applied again.
+- Commands are applied one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gatewayd.cards import Cards
+from gatewayd.clock import Clock
+from gatewayd.commands import (
+    AccountCredit,
+    AccountSync,
+    CardBlock,
+    CardPut,
+    CardsLoad,
+    CardUnblock,
+    CommandRejection,
+    EventsResend,
+    ParsedCommand,
+    RoomCut,
+    RoomLimit,
+    RoomRestore,
+    StateGet,
+    TariffSet,
+    TopicKind,
+    accept_command,
+)
+from gatewayd.config import Config
+from gatewayd.ledger import Ledger
+from gatewayd.power import PowerService
+from gatewayd.power_policy import RoomState
+from gatewayd.store import Store, Txn
+from gatewayd.water import WaterService
+from gatewayd.water_policy import Card
+from gatewayd.wire import ErrorCode, as_duplicate, encode_result_error, encode_result_ok
+
+log = structlog.get_logger(__name__)
+
+DEBIT_TYPES = ("water.session", "power.usage")
+
+
+class Refused(Exception):
+    """A command that is well-formed but cannot be applied (not_found, conflict)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CommandService:
+    """The center link's command handler."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        *,
+        ledger: Ledger,
+        cards: Cards,
+        power: PowerService,
+        water: WaterService,
+        public_key: Ed25519PublicKey | None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.ledger = ledger
+        self.cards = cards
+        self.power = power
+        self.water = water
+        self.public_key = public_key
+        self.status = status
+        self._lock = asyncio.Lock()
+        self.applied = 0
+        self.refused = 0
+
+    async def handle(self, payload: bytes, topic_kind: TopicKind) -> bytes | None:
+        center = self.config.center
+        try:
+            checked = accept_command(
+                payload, topic_kind=topic_kind, building=self.config.gateway.building,
+                public_key=self.public_key, now=self.clock.wall(), clock_synced=self.clock.synced(),
+                max_age_s=center.max_command_age_s if center else 300.0,
+                insecure_unsigned=bool(center and center.insecure_unsigned_commands),
+            )
+            if isinstance(checked, CommandRejection):
+                self.refused += 1
+                log.warning("command_refused", id=checked.id, code=str(checked.code),
+                            message=checked.message)
+                return checked.encode()
+            async with self._lock:
+                return await self._apply(checked)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not kill the link: answer `internal`
+            log.exception("command_failed")
+            cid = _id_of(payload)
+            return encode_result_error(cid, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+    async def _apply(self, cmd: ParsedCommand) -> bytes | None:
+        first = await self.store.read(lambda t: t.execute(
+            "SELECT result FROM commands WHERE id = ?", (cmd.id,)).fetchone())
+        if first is not None:
+            log.info("command_duplicate", id=cmd.id, type=str(cmd.type))
+            return as_duplicate(bytes(first[0]))
+        try:
+            await self._dispatch(cmd)
+        except Refused as e:
+            self.refused += 1
+            log.warning("command_not_applied", id=cmd.id, type=str(cmd.type), code=str(e.code),
+                        message=e.message)
+            encoded = encode_result_error(cmd.id, e.code, e.message)
+            await self.store.run(self._remember(cmd.id, encoded))
+            return None
+        self.applied += 1
+        log.info("command_applied", id=cmd.id, type=str(cmd.type))
+        return None
+
+    def _remember(self, cid: str, result: bytes) -> Callable[[Txn], None]:
+        def job(txn: Txn) -> None:
+            txn.execute("INSERT INTO commands (id, received, result) VALUES (?, ?, ?)",
+                        (cid, time.time(), result))
+        return job
+
+    async def _dispatch(self, cmd: ParsedCommand) -> None:
+        a = cmd.args
+        if isinstance(a, AccountCredit):
+            await self._credit(cmd, a)
+        elif isinstance(a, AccountSync):
+            await self._sync(cmd, a)
+        elif isinstance(a, CardPut):
+            await self._card_put(cmd, a)
+        elif isinstance(a, CardBlock | CardUnblock):
+            await self._card_block(cmd, a.card, blocked=isinstance(a, CardBlock))
+        elif isinstance(a, CardsLoad):
+            await self._cards_load(cmd, a)
+        elif isinstance(a, TariffSet):
+            await self._tariff(cmd, a)
+        elif isinstance(a, RoomCut | RoomRestore | RoomLimit):
+            await self._room(cmd, a)
+        elif isinstance(a, EventsResend):
+            await self._resend(cmd, a)
+        elif isinstance(a, StateGet):
+            await self._state(cmd, a)
+        else:  # ping
+            await self.store.run(self._remember(cmd.id, encode_result_ok(cmd.id, {})))
+
+    # --- money ----------------------------------------------------------------------
+
+    async def _credit(self, cmd: ParsedCommand, a: AccountCredit) -> None:
+        stamp_wall = self.clock.wall()
+        stamp = self.clock.stamp(stamp_wall)
+
+        def job(txn: Txn) -> int:
+            balance = Ledger.credit(txn, a.account, a.amount_fen)
+            txn.event("account.credited", {"account": a.account, "amount_fen": a.amount_fen,
+                                           "balance_fen": balance, "command": cmd.id},
+                      ts=stamp, wall=stamp_wall)
+            self._remember(cmd.id, encode_result_ok(
+                cmd.id, {"account": a.account, "balance_fen": balance}))(txn)
+            return balance
+
+        balance = await self.store.run(job)
+        self.ledger.note(a.account, balance, True)
+        await self._balance_changed(a.account)
+
+    async def _sync(self, cmd: ParsedCommand, a: AccountSync) -> None:
+        """balance = center's figure - own debits with seq > through_seq - accrued unreported."""
+        open_water = self.water.open_charges(a.account)
+
+        def job(txn: Txn) -> dict[str, Any]:
+            last = txn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            if a.through_seq > last:
+                raise Refused(ErrorCode.CONFLICT,
+                              f"through_seq {a.through_seq} is beyond this building's last "
+                              f"seq {last}")
+            unseen = 0
+            for (payload,) in txn.execute(
+                "SELECT payload FROM events WHERE seq > ? AND type IN (?, ?)",
+                (a.through_seq, *DEBIT_TYPES),
+            ):
+                ev = _loads(payload)
+                if ev.get("account") == a.account:
+                    unseen += int(ev.get("amount_fen", 0))
+            accrued = txn.execute(
+                "SELECT COALESCE(SUM(accrued_fen), 0) FROM rooms WHERE room IN "
+                "(SELECT value FROM json_each(?))", (_json_list(self._rooms_of(a.account)),),
+            ).fetchone()[0]
+            balance = a.balance_fen - unseen - int(accrued) - open_water
+            Ledger.set_balance(txn, a.account, balance)
+            result = {"account": a.account, "balance_fen": balance, "unreported_fen":
+                      unseen + int(accrued) + open_water}
+            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+            return result
+
+        result = await self.store.run(job)
+        self.ledger.note(a.account, int(result["balance_fen"]), True)
+        await self._balance_changed(a.account)
+
+    def _rooms_of(self, account: str) -> list[str]:
+        return [r.id for r in self.config.rooms if r.account == account]
+
+    async def _balance_changed(self, account: str) -> None:
+        await self.power.balance_changed(account)
+        await self.water.balance_changed(account)
+
+    # --- cards ----------------------------------------------------------------------
+
+    async def _card_put(self, cmd: ParsedCommand, a: CardPut) -> None:
+        card = Card(a.card, a.account, str(a.kind), str(a.status), a.expires)
+
+        def job(txn: Txn) -> None:
+            Cards.put(txn, card)
+            self._remember(cmd.id, encode_result_ok(cmd.id, {"card": card.uid}))(txn)
+
+        await self.store.run(job)
+        self.cards.note(card)
+
+    async def _card_block(self, cmd: ParsedCommand, uid: str, *, blocked: bool) -> None:
+        card = self.cards.get(uid)
+        if card is None:
+            raise Refused(ErrorCode.NOT_FOUND, f"no card {uid}")
+        if blocked:
+            new = Card(card.uid, card.account, card.kind, "lost", card.expires)
+        else:
+            if card.status == "cancelled":
+                raise Refused(ErrorCode.CONFLICT, f"card {uid} is cancelled, not lost")
+            new = Card(card.uid, card.account, card.kind, "active", card.expires)
+
+        def job(txn: Txn) -> None:
+            Cards.put(txn, new)
+            self._remember(cmd.id, encode_result_ok(cmd.id, {"card": uid, "status": new.status}))(txn)
+
+        await self.store.run(job)
+        self.cards.note(new)
+
+    async def _cards_load(self, cmd: ParsedCommand, a: CardsLoad) -> None:
+        current = self.cards.version
+        if current is not None and a.version < current:
+            raise Refused(ErrorCode.CONFLICT,
+                          f"version {a.version} is older than the loaded version {current}")
+        new = [Card(c.card, c.account, str(c.kind), str(c.status), c.expires) for c in a.cards]
+
+        def job(txn: Txn) -> None:
+            if a.full:
+                Cards.clear(txn)
+            for card in new:
+                Cards.put(txn, card)
+            Cards.set_version(txn, a.version)
+            self._remember(cmd.id, encode_result_ok(
+                cmd.id, {"version": a.version, "full": a.full, "cards": len(new)}))(txn)
+
+        await self.store.run(job)
+        if a.full:
+            self.cards.replace_all(new, a.version)
+        else:
+            for card in new:
+                self.cards.note(card)
+            self.cards.version = a.version
+
+    # --- tariffs and rooms ----------------------------------------------------------
+
+    async def _tariff(self, cmd: ParsedCommand, a: TariffSet) -> None:
+        service, unit = str(a.service), str(a.unit)
+        if service != "power":
+            problem = self.water.tariff_problem(service, unit)
+            if problem:
+                raise Refused(ErrorCode.CONFLICT, problem)
+
+        def job(txn: Txn) -> None:
+            txn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value", (f"tariff.{service}", f"{a.price} {unit}"))
+            self._remember(cmd.id, encode_result_ok(
+                cmd.id, {"service": service, "price": str(a.price), "unit": unit}))(txn)
+
+        await self.store.run(job)
+        if service == "power":
+            self.power.set_tariff(a.price, unit)
+        else:
+            self.water.set_tariff(service, a.price, unit)
+
+    async def _room(self, cmd: ParsedCommand, a: RoomCut | RoomRestore | RoomLimit) -> None:
+        if self.power.room(a.room) is None:
+            raise Refused(ErrorCode.NOT_FOUND, f"no room {a.room!r} in this building")
+
+        def remember(txn: Txn, state: RoomState) -> None:
+            # The state the command leads to: a restore leaves a room cut while
+            # its balance or a curfew still says so.
+            result = {"room": a.room, "cut": state.cut_reason is not None,
+                      "cut_reason": state.cut_reason, "hold": state.hold}
+            if isinstance(a, RoomLimit):
+                result["max_power_w"] = a.max_power_w
+            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+
+        if isinstance(a, RoomCut):
+            await self.power.cut(a.room, hold=a.hold, also=remember)
+        elif isinstance(a, RoomRestore):
+            await self.power.restore(a.room, also=remember)
+        else:
+            await self.power.limit(a.room, a.max_power_w, also=remember)
+
+    # --- events and state -------------------------------------------------------------
+
+    async def _resend(self, cmd: ParsedCommand, a: EventsResend) -> None:
+        def job(txn: Txn) -> None:
+            last = txn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            to_seq = a.to_seq if a.to_seq is not None else last
+            first_kept = txn.execute(
+                "SELECT MIN(seq) FROM events WHERE seq BETWEEN ? AND ?", (a.from_seq, to_seq)
+            ).fetchone()[0]
+            n = txn.execute(
+                "UPDATE events SET published = NULL WHERE seq BETWEEN ? AND ?", (a.from_seq, to_seq)
+            ).rowcount
+            result: dict[str, Any] = {"from_seq": a.from_seq, "to_seq": to_seq, "queued": n}
+            if n < max(to_seq - a.from_seq + 1, 0):
+                result["not_kept_before"] = first_kept
+            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+
+        await self.store.run(job)
+
+    async def _state(self, cmd: ParsedCommand, a: StateGet) -> None:
+        result: dict[str, Any]
+        if a.room is not None:
+            rt = self.power.room(a.room)
+            if rt is None:
+                raise Refused(ErrorCode.NOT_FOUND, f"no room {a.room!r} in this building")
+            result = {"room": self.power.describe(rt)}
+        elif a.account is not None:
+            known = self.ledger.is_known(a.account) or a.account in self.ledger.balances
+            if not known:
+                raise Refused(ErrorCode.NOT_FOUND, f"no account {a.account!r} here")
+            result = {"account": {"account": a.account, "balance_fen": self.ledger.balance(a.account),
+                                  "known": self.ledger.is_known(a.account)}}
+        elif a.card is not None:
+            card = self.cards.get(a.card)
+            if card is None:
+                raise Refused(ErrorCode.NOT_FOUND, f"no card {a.card}")
+            result = {"card": {"card": card.uid, "account": card.account, "kind": card.kind,
+                               "status": card.status,
+                               "expires": card.expires.isoformat() if card.expires else None}}
+        else:
+            result = dict(self.status()) if self.status else {}
+        await self.store.run(self._remember(cmd.id, encode_result_ok(cmd.id, result)))
+
+
+def _id_of(payload: bytes) -> str | None:
+    try:
+        obj = _loads(payload)
+    except Exception:
+        return None
+    cid = obj.get("id") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, str) and 1 <= len(cid) <= 64 else None
+
+
+def _loads(payload: bytes) -> Any:
+    return json.loads(payload)
+
+
+def _json_list(items: list[str]) -> str:
+    return json.dumps(items)
