@@ -46,7 +46,7 @@ from gatewayd.power_policy import (
     remote_restore,
     step,
 )
-from gatewayd.store import Store, Txn
+from gatewayd.store import Store, StoreError, Txn
 from gatewayd.supervisor import Heartbeat
 
 log = structlog.get_logger(__name__)
@@ -351,7 +351,17 @@ class PowerService:
         ):
             # Recorded as cut, found on: cut it again, and say so.
             out.decisions.append(Cut(out.state.cut_reason, None))
-        await self._commit(rt, out, also=also)
+        try:
+            await self._commit(rt, out, also=also)
+        except StoreError as e:
+            # The disk is full or failing: the decision cannot be recorded. A cut
+            # still happens (fire and money safety come first); the room's state
+            # is not advanced, so the same decision, with its events and charges,
+            # is recorded at the first evaluation after the store recovers.
+            log.error("power_decision_not_recorded", room=rt.id, error=str(e))
+            if out.state.cut_reason is not None and also is None:
+                await self._drive_breaker(rt, want_on=False)
+            raise
         await self._drive_breaker(rt)
 
     async def _commit(self, rt: RoomRuntime, out: Outcome,
@@ -413,9 +423,9 @@ class PowerService:
                 log.info("breaker_cut" if isinstance(d, Cut) else "breaker_restored",
                          room=room, reason=d.reason)
 
-    async def _drive_breaker(self, rt: RoomRuntime) -> None:
-        """Make the breaker follow the rules; a failed command is retried every
-        BREAKER_RETRY_S with `breaker_mismatch` raised until it follows."""
+    async def _drive_breaker(self, rt: RoomRuntime, want_on: bool | None = None) -> None:
+        """Make the breaker follow the rules (or `want_on`); a failed command is
+        retried every BREAKER_RETRY_S with `breaker_mismatch` raised until it follows."""
         now = self.clock.mono()
         if now < rt.next_breaker_try:
             return
@@ -425,7 +435,8 @@ class PowerService:
             except DeviceError:
                 rt.next_breaker_try = now + BREAKER_RETRY_S
                 return
-        want_on = rt.state.cut_reason is None
+        if want_on is None:
+            want_on = rt.state.cut_reason is None
         if rt.breaker_on == want_on:
             return
         device = breaker_device(rt.id)
