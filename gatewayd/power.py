@@ -406,6 +406,7 @@ class PowerService:
                     txn.event("alarm", {"code": d.code, "device": meter_device(room),
                                         "detail": d.detail, "active": d.active},
                               ts=stamp, wall=now_wall)
+                    log.warning(d.code, room=room, detail=d.note or d.detail)
             for code, device, detail, active in extra_alarms or ():
                 txn.event("alarm", {"code": code, "device": device, "detail": detail,
                                     "active": active}, ts=stamp, wall=now_wall)

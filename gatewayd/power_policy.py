@@ -101,9 +101,12 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
+    """`detail` is text for people, except meter_jump: the uncharged Wh (center-link.md)."""
+
     code: str
-    detail: str
+    detail: str | int
     active: bool = True
+    note: str = ""  # the explanation, for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +175,8 @@ def _meter(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> int:
     plausible = 2 * limit_w(s, ctx.rules) * elapsed / 3600 + 1
     if delta > plausible:
         _new_chain(s, ctx, r, out, Alarm(
-            "meter_jump", f"{delta} Wh uncharged: energy rose from {s.baseline_wh} to "
-            f"{r.energy_wh} Wh in {elapsed:.0f} s (at most {plausible:.0f} Wh plausible)"))
+            "meter_jump", delta, note=f"{delta} Wh uncharged: energy rose from {s.baseline_wh} "
+            f"to {r.energy_wh} Wh in {elapsed:.0f} s (at most {plausible:.0f} Wh plausible)"))
         return 0
     s.baseline_at = r.at
     if delta == 0:

@@ -23,6 +23,7 @@ import pytest
 from gatewayd.ledger import Ledger
 from gatewayd.sim.modbus import SimBuilding
 from gatewayd.store import Store
+from gatewayd.wire import decode_event
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = SimBuilding.RELAY_BASE
@@ -109,7 +110,11 @@ def events(tmp: Path, type_: str | None = None) -> list[dict[str, Any]]:
         conn.close()
     except sqlite3.OperationalError:
         return []
-    out = [json.loads(r[0]) for r in rows]
+    # Every payload must be a valid contract event (wire.decode_event is strict).
+    out = []
+    for (payload,) in rows:
+        decode_event(payload)
+        out.append(json.loads(payload))
     return [e for e in out if type_ is None or e["type"] == type_]
 
 
