@@ -12,6 +12,7 @@ volume when its tariff is per litre, by time when per minute.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
@@ -145,7 +146,9 @@ def advance(
         counter_last = count
     elif count is not None:
         counter_last = count
-    volume = int(pulses * billing.ml_per_pulse) if billing.ml_per_pulse else 0
+    # Exact: Decimal arithmetic rounds to its context's precision (28 digits),
+    # which could round a volume up to the next mL.
+    volume = math.floor(pulses * Fraction(billing.ml_per_pulse)) if billing.ml_per_pulse else 0
     elapsed = max(now - s.started_mono, 0.0)
     seconds = min(int(elapsed), int(limits.max_session_s))
     quantity = (volume - s.volume_ml) if billing.by_volume else (seconds - s.seconds)

@@ -156,7 +156,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _running_pcscd() -> int | None:
     try:
-        pid = int(PCSCD_PIDFILE.read_text().strip())
+        pid = int(PCSCD_PIDFILE.read_text().strip("\x00 \n"))  # pcscd writes "PID\n\0"
     except (OSError, ValueError):
         return None
     return pid if _pid_alive(pid) else None

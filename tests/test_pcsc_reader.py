@@ -17,11 +17,10 @@ from tests.cardreader_fixtures import (
     Recorder,
     no_leaked_tasks,
     no_leaked_threads,
-    pcscd,
     running,
 )
 
-__all__ = ["no_leaked_tasks", "no_leaked_threads", "pcscd"]  # fixtures used by name
+__all__ = ["no_leaked_tasks", "no_leaked_threads"]  # fixtures used by name
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.usefixtures("no_leaked_threads", "no_leaked_tasks")]
 
