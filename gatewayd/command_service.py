@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gatewayd import outbox
 from gatewayd.cards import Cards
 from gatewayd.clock import Clock
 from gatewayd.commands import (
@@ -326,17 +327,12 @@ class CommandService:
 
     async def _resend(self, cmd: ParsedCommand, a: EventsResend) -> None:
         def job(txn: Txn) -> None:
-            last = txn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            to_seq = a.to_seq if a.to_seq is not None else last
-            first_kept = txn.execute(
-                "SELECT MIN(seq) FROM events WHERE seq BETWEEN ? AND ?", (a.from_seq, to_seq)
-            ).fetchone()[0]
-            n = txn.execute(
-                "UPDATE events SET published = NULL WHERE seq BETWEEN ? AND ?", (a.from_seq, to_seq)
-            ).rowcount
-            result: dict[str, Any] = {"from_seq": a.from_seq, "to_seq": to_seq, "queued": n}
-            if n < max(to_seq - a.from_seq + 1, 0):
-                result["not_kept_before"] = first_kept
+            r = outbox.resend(txn, a.from_seq, a.to_seq)
+            result: dict[str, Any] = {"from_seq": r.from_seq, "to_seq": r.to_seq,
+                                      "queued": r.queued}
+            if r.missing:
+                # Seqs no longer kept (older than keep_events_days), as inclusive ranges.
+                result["missing"] = [list(m) for m in r.missing]
             self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
 
         await self.store.run(job)

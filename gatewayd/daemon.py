@@ -6,17 +6,21 @@ import asyncio
 from decimal import Decimal
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from drivers.cardreader.factory import open_reader
 from drivers.devices import CardReader
 from gatewayd.alarms import Alarms
 from gatewayd.cards import Cards
+from gatewayd.center import CenterLink
 from gatewayd.clock import Clock
+from gatewayd.command_service import CommandService
 from gatewayd.config import Config, Reader
 from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
 from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sdnotify import Notifier
+from gatewayd.signing import load_public_key
 from gatewayd.snapshot import Snapshot
 from gatewayd.store import Store
 from gatewayd.supervisor import Component, Heartbeat, Supervisor
@@ -64,6 +68,19 @@ async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterSer
             water.set_tariff(service, Decimal(price), unit)
 
 
+def _public_key(config: Config) -> Ed25519PublicKey | None:
+    center = config.center
+    assert center is not None
+    if center.insecure_unsigned_commands:
+        log.warning("insecure_unsigned_commands",
+                    detail="center.insecure_unsigned_commands = true: unsigned commands are "
+                    "accepted. Lab use only: anyone who can publish on the broker can move "
+                    "money and cut power.")
+    if center.command_public_key_file is None:
+        return None
+    return load_public_key(center.command_public_key_file)
+
+
 def make_reader(r: Reader, debounce_s: float) -> CardReader:
     if r.type == "serial":
         return open_reader(r.id, "serial", debounce_s=debounce_s, port=r.port,
@@ -89,6 +106,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     hardware.on_health(power.meter_health_changed)
     cards = Cards()
     await store.read(cards.load)
+    link: CenterLink | None = None  # made below; sessions ask it whether the center is reachable
     water = WaterService(
         config, store, ledger=ledger, cards=cards, alarms=alarms, clock=clock,
         devices={
@@ -98,13 +116,24 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
         },
         readers={r.id: make_reader(r, config.gateway.tap_debounce_s)
                  for r in config.readers.values()},
-        center_online=lambda: False,  # no center link yet: every session is offline
+        center_online=lambda: link is not None and link.connected,
     )
     await apply_saved_tariffs(store, power, water)
     snapshot = Snapshot(config, store, clock, ledger=ledger, cards=cards, alarms=alarms,
                         power=power, water=water)
-    # Shutdown order matters: water first (stop taps, close valves, end sessions).
-    components: list[Component] = [water, power, snapshot, StoreProbe(store)]
+    if config.center is not None:
+        commands = CommandService(
+            config, store, clock, ledger=ledger, cards=cards, power=power, water=water,
+            public_key=_public_key(config), status=snapshot.status_fields)
+        link = CenterLink(config, store, clock, handler=commands,
+                          status=snapshot.status_fields, telemetry=snapshot.telemetry)
+        snapshot.center = link.view
+    # Shutdown order is the spec's: water first (stop taps, close valves, end
+    # sessions), then power, then the center link (publish, say offline, disconnect).
+    components: list[Component] = [water, power, snapshot]
+    if link is not None:
+        components.append(link)
+    components.append(StoreProbe(store))
     supervisor = Supervisor(components, notifier)
     log.info("starting", building=config.gateway.building, summary=config.summary())
     await hardware.start()

@@ -155,6 +155,73 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE water_sessions ADD COLUMN pulses INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the center link's outbox (gatewayd/outbox.py): telemetry queued while
+    # offline, and exact per-class counts and bytes of what is unpublished,
+    # kept by triggers so that the cap and the status `pending` cost one row
+    # read instead of a scan of the backlog.
+    """
+    CREATE TABLE telemetry (
+        id INTEGER PRIMARY KEY,
+        wall REAL NOT NULL,                    -- epoch seconds when it was taken
+        payload BLOB NOT NULL                  -- the complete JSON message
+    );
+    CREATE TABLE outbox_pending (
+        class INTEGER PRIMARY KEY,             -- delivery class, as events.class
+        count INTEGER NOT NULL,
+        bytes INTEGER NOT NULL                 -- payload bytes
+    );
+    INSERT INTO outbox_pending (class, count, bytes) VALUES (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0);
+    UPDATE outbox_pending SET
+        count = (SELECT COUNT(*) FROM commands WHERE published IS NULL),
+        bytes = (SELECT COALESCE(SUM(length(result)), 0) FROM commands WHERE published IS NULL)
+        WHERE class = 0;
+    UPDATE outbox_pending SET
+        count = (SELECT COUNT(*) FROM events WHERE published IS NULL AND class = outbox_pending.class),
+        bytes = (SELECT COALESCE(SUM(length(payload)), 0) FROM events
+                 WHERE published IS NULL AND class = outbox_pending.class)
+        WHERE class IN (1, 2);
+    CREATE INDEX commands_pending ON commands (received) WHERE published IS NULL;
+    CREATE TRIGGER events_outbox_insert AFTER INSERT ON events WHEN new.published IS NULL
+    BEGIN
+        UPDATE outbox_pending SET count = count + 1, bytes = bytes + length(new.payload)
+            WHERE class = new.class;
+    END;
+    CREATE TRIGGER events_outbox_update AFTER UPDATE OF published, class, payload ON events
+    BEGIN
+        UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.payload)
+            WHERE class = old.class AND old.published IS NULL;
+        UPDATE outbox_pending SET count = count + 1, bytes = bytes + length(new.payload)
+            WHERE class = new.class AND new.published IS NULL;
+    END;
+    CREATE TRIGGER events_outbox_delete AFTER DELETE ON events WHEN old.published IS NULL
+    BEGIN
+        UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.payload)
+            WHERE class = old.class;
+    END;
+    CREATE TRIGGER commands_outbox_insert AFTER INSERT ON commands WHEN new.published IS NULL
+    BEGIN
+        UPDATE outbox_pending SET count = count + 1, bytes = bytes + length(new.result) WHERE class = 0;
+    END;
+    CREATE TRIGGER commands_outbox_update AFTER UPDATE OF published, result ON commands
+    BEGIN
+        UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.result)
+            WHERE class = 0 AND old.published IS NULL;
+        UPDATE outbox_pending SET count = count + 1, bytes = bytes + length(new.result)
+            WHERE class = 0 AND new.published IS NULL;
+    END;
+    CREATE TRIGGER commands_outbox_delete AFTER DELETE ON commands WHEN old.published IS NULL
+    BEGIN
+        UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.result) WHERE class = 0;
+    END;
+    CREATE TRIGGER telemetry_outbox_insert AFTER INSERT ON telemetry
+    BEGIN
+        UPDATE outbox_pending SET count = count + 1, bytes = bytes + length(new.payload) WHERE class = 3;
+    END;
+    CREATE TRIGGER telemetry_outbox_delete AFTER DELETE ON telemetry
+    BEGIN
+        UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.payload) WHERE class = 3;
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
