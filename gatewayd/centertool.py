@@ -125,21 +125,36 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 # --- send ------------------------------------------------------------------------
 
 
-def parse_args_list(items: list[str]) -> dict[str, Any]:
-    """`["amount_fen=500", "account=s1"]` -> `{"amount_fen": 500, "account": "s1"}`.
+# Arguments the contract types as strings: taken as written, so that room 102,
+# card 0042 or price 0.60 are not read as numbers.
+STRING_ARGS = frozenset({"account", "card", "room", "service", "price", "unit", "kind",
+                         "status", "expires"})
 
-    A value that parses as JSON is taken as JSON (numbers, true/false/null,
+
+def parse_args_list(items: list[str]) -> dict[str, Any]:
+    """`["amount_fen=500", "room=102"]` -> `{"amount_fen": 500, "room": "102"}`.
+
+    Arguments the contract types as strings (STRING_ARGS) stay strings. Any
+    other value that parses as JSON is taken as JSON (numbers, true/false/null,
     lists, objects, "quoted strings"); anything else is a string.
+    `key:=JSON` always takes the value as JSON (e.g. `room:=102` for a number).
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"expected key=value, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+        force_json = key.endswith(":")
+        key = key.removesuffix(":")
+        if not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        value: Any = raw
+        if force_json or key not in STRING_ARGS:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                if force_json:
+                    raise ValueError(f"{key}: not JSON: {raw!r}") from None
         out[key] = value
     return out
 

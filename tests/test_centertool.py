@@ -61,9 +61,12 @@ def test_keygen_refuses_to_overwrite_without_force(keys: tuple[Path, Path], caps
 
 def test_key_value_arguments_are_json_when_they_parse() -> None:
     assert parse_args_list(["amount_fen=500", "account=s2023001", "hold=true", "cards=[1,2]",
-                            'o={"a":1}', "price=0.56", 'quoted="42"', "empty="]) == {
+                            'o={"a":1}', "price=0.56", 'quoted="42"', "empty=", "room=102",
+                            "card=0042", "n:=7"]) == {
         "amount_fen": 500, "account": "s2023001", "hold": True, "cards": [1, 2], "o": {"a": 1},
-        "price": 0.56, "quoted": "42", "empty": ""}
+        "price": "0.56", "quoted": "42", "empty": "", "room": "102", "card": "0042", "n": 7}
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_args_list(["x:=nope"])
     with pytest.raises(ValueError, match="key=value"):
         parse_args_list(["novalue"])
 
