@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo deps venv lint typecheck pytest bench clean
+.PHONY: test demo deps venv lint typecheck pytest bench soak clean
 
 # Debian packages the tests and the demo need; skipped when already installed.
 deps:
@@ -42,12 +42,21 @@ test: venv
 	$(BIN)/mypy --strict
 	$(BIN)/pytest -q
 
+# The simulated building with the real daemon. Non-interactive form:
+#   make demo ARGS="--duration 30"
 demo: venv
-	$(BIN)/gatewayd check-config conf/example.toml
-	@echo "The simulated building (gatewayd demo) is not built yet: see README.md."
+	$(BIN)/gatewayd demo $(ARGS)
 
+# Benchmarks print figures; they assert nothing.
 bench: venv
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/daemon_poll.py
+	$(BIN)/python bench/tap.py
+	$(BIN)/python bench/outbox.py
+
+# Reliability campaigns, full length (the short versions run in make test).
+soak: venv
+	$(BIN)/python -m tests.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from gatewayd import __version__, centertool, logs
+from gatewayd import __version__, centertool, demo, logs
 from gatewayd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from gatewayd.store import Store, StoreError
 
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
 
+    demo.add_subcommand(sub)
     centertool.add_subcommands(sub)
     return p
 

@@ -18,6 +18,7 @@ from gatewayd.command_service import CommandService
 from gatewayd.config import Config, Reader
 from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
+from gatewayd.metrics import MetricsEndpoint
 from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sdnotify import Notifier
 from gatewayd.signing import load_public_key
@@ -134,6 +135,9 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     if link is not None:
         components.append(link)
     components.append(StoreProbe(store))
+    if config.metrics is not None:
+        components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
+                                          alarms=alarms, center=link.view if link else None))
     supervisor = Supervisor(components, notifier)
     log.info("starting", building=config.gateway.building, summary=config.summary())
     await hardware.start()

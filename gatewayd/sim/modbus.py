@@ -12,6 +12,16 @@ registers 0x0000..0x0157; what a unit does depends on its kind:
 - pulse counter (`SimCounter`): u32 counts, high word first, channel n at holding
   2n; a count rises with the channel's set flow (pulses/s), computed when read.
 
+Coupling, as wired in a real building: `SimEndpoint.follow(relay, channel, fn)`
+calls `fn(on, now)` whenever that relay channel switches (a Modbus write to
+coil n or holding register n, or `set_coil`). `SimBuilding.couple(room, relay,
+channel)` puts a room's meter behind a breaker: while the coil is off the
+meter reads 0 W and its energy stands still, though the load stays plugged in
+(it draws again when the supply returns). `SimBuilding.couple_flow(counter,
+channel, relay, relay_channel)` puts a flow counter behind a valve: its count
+rises only while the valve's coil is on. Uncoupled meters and counters behave
+as before (always supplied, always flowing).
+
 Faults per unit (`set_fault`): `silent` (replies dropped, the client times out),
 `exception` (every access answers an exception code), `garbage` (replies replaced
 by random bytes); and `drop_connections()` for TCP.
@@ -40,7 +50,7 @@ import struct
 import sys
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +62,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 Fault = Literal["silent", "exception", "garbage"]
 Kind = Literal["meter", "relay", "counter"]
+# Called with (on, monotonic time of the switch) when a relay channel switches.
+SwitchFollower = Callable[[bool, float], None]
+# Function codes that write a relay channel: coils (5, 15), holding registers (6, 16).
+SWITCH_WRITES = frozenset({5, 6, 15, 16})
 
 # SDM120 input register addresses (float32, high word first).
 REG_VOLTAGE = 0x0000
@@ -76,7 +90,11 @@ def _f32(value: float) -> tuple[int, int]:
 
 @dataclass
 class SimMeter:
-    """A meter's physical state; energy is integrated up to `now` when read."""
+    """A meter's physical state; energy is integrated up to `now` when read.
+
+    `power_w` is the load plugged in; it is drawn only while `supplied` (the
+    room's breaker is on, see `SimBuilding.couple`).
+    """
 
     unit: int
     power_w: float = 0.0
@@ -84,20 +102,32 @@ class SimMeter:
     voltage_v: float = 230.0
     energy_kwh: float = 0.0
     last_mono: float = field(default_factory=time.monotonic)
+    supplied: bool = True
+
+    @property
+    def drawn_w(self) -> float:
+        """The power the meter measures now: the load, or 0 while the supply is cut."""
+        return self.power_w if self.supplied else 0.0
 
     def advance(self, now: float) -> None:
         """Integrate power into energy up to `now`."""
         dt = max(0.0, now - self.last_mono)
-        self.energy_kwh += self.power_w * dt / 3_600_000.0
+        self.energy_kwh += self.drawn_w * dt / 3_600_000.0
         self.last_mono = now
+
+    def set_supplied(self, on: bool, now: float) -> None:
+        """The breaker switched at `now`: energy so far is integrated at the old state."""
+        self.advance(now)
+        self.supplied = on
 
     def fill(self, registers: list[int], base: int) -> None:
         """Write the meter's values into the input register block starting at `base`."""
-        current = self.power_w / (self.voltage_v * self.pf) if self.pf > 0 else 0.0
+        power = self.drawn_w
+        current = power / (self.voltage_v * self.pf) if self.pf > 0 else 0.0
         apparent = self.voltage_v * current
-        reactive = (max(apparent**2 - self.power_w**2, 0.0)) ** 0.5
+        reactive = (max(apparent**2 - power**2, 0.0)) ** 0.5
         for address, value in (
-            (REG_VOLTAGE, self.voltage_v), (REG_CURRENT, current), (REG_POWER, self.power_w),
+            (REG_VOLTAGE, self.voltage_v), (REG_CURRENT, current), (REG_POWER, power),
             (REG_APPARENT, apparent), (REG_REACTIVE, reactive), (REG_PF, self.pf),
             (REG_FREQUENCY, 50.0), (REG_IMPORT_KWH, self.energy_kwh), (REG_EXPORT_KWH, 0.0),
             (REG_TOTAL_KWH, self.energy_kwh),
@@ -108,24 +138,33 @@ class SimMeter:
 
 @dataclass
 class SimCounter:
-    """A pulse counter's state: `flow[ch]` pulses per second raise `counts[ch]`."""
+    """A pulse counter's state: `flow[ch]` pulses per second raise `counts[ch]`
+    while `open[ch]` (the valve upstream is open, see `SimBuilding.couple_flow`)."""
 
     unit: int
     channels: int = 8
     flow: list[float] = field(default_factory=list)
     counts: list[float] = field(default_factory=list)
     last_mono: float = field(default_factory=time.monotonic)
+    open: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.flow = self.flow or [0.0] * self.channels
         self.counts = self.counts or [0.0] * self.channels
+        self.open = self.open or [True] * self.channels
 
     def advance(self, now: float) -> None:
         """Add the pulses counted up to `now`."""
         dt = max(0.0, now - self.last_mono)
         for ch in range(self.channels):
-            self.counts[ch] += self.flow[ch] * dt
+            if self.open[ch]:
+                self.counts[ch] += self.flow[ch] * dt
         self.last_mono = now
+
+    def set_open(self, channel: int, on: bool, now: float) -> None:
+        """The valve of `channel` switched at `now`: pulses so far count at the old state."""
+        self.advance(now)
+        self.open[channel] = on
 
     def fill(self, registers: list[int], base: int) -> None:
         """Write the u32 counts (wrapping at 2**32) into the holding block at `base`."""
@@ -143,6 +182,9 @@ class SimEndpoint:
         self.meters = {u: SimMeter(u) for u in meters}
         self.counters = {u: SimCounter(u) for u in counters}
         self.relays = set(relays)
+        # Each relay channel's state: the last value written to coil n or holding register n.
+        self.switch_state: dict[int, list[bool]] = {u: [False] * COILS for u in relays}
+        self._followers: dict[tuple[int, int], list[SwitchFollower]] = {}
         self.faults: dict[int, Fault] = {}
         self.exception_code = ExcCodes.DEVICE_FAILURE
         # (unit, function) of every request received, newest last.
@@ -174,10 +216,14 @@ class SimEndpoint:
         self, unit: int, function_code: int, start_address: int, address: int,
                       count: int, registers: list[int],
                       set_values: list[int] | list[bool] | None) -> ExcCodes | None:
-        del address, count, set_values
+        del count
         if self.faults.get(unit) == "exception":
             return self.exception_code
         now = time.monotonic()
+        if set_values is not None and function_code in SWITCH_WRITES and unit in self.relays:
+            # Called before pymodbus stores the values, which it then always does.
+            for i, value in enumerate(set_values):
+                self._switched(unit, address + i, bool(value), now)
         if function_code == 4 and (meter := self.meters.get(unit)) is not None:
             meter.advance(now)
             meter.fill(registers, start_address)
@@ -185,6 +231,47 @@ class SimEndpoint:
             counter.advance(now)
             counter.fill(registers, start_address)
         return None
+
+    def _switched(self, unit: int, channel: int, on: bool, now: float) -> None:
+        states = self.switch_state[unit]
+        if not 0 <= channel < len(states) or states[channel] is on:
+            return
+        states[channel] = on
+        for follower in self._followers.get((unit, channel), ()):
+            follower(on, now)
+
+    def follow(self, unit: int, channel: int, follower: SwitchFollower) -> None:
+        """Call `follower(on, now)` at every switch of relay `unit` channel `channel`,
+        and once now with its present state."""
+        if unit not in self.relays:
+            raise ValueError(f"unit {unit} is not a relay board on this endpoint")
+        if not 0 <= channel < COILS:
+            raise ValueError(f"relay channel must be 0..{COILS - 1}, got {channel}")
+        self._followers.setdefault((unit, channel), []).append(follower)
+        follower(self.switch_state[unit][channel], time.monotonic())
+
+    def unfollow(self, unit: int, channel: int, follower: SwitchFollower) -> None:
+        """Stop calling `follower` (no error if it was not following)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._followers[(unit, channel)].remove(follower)
+
+    async def switched(self, unit: int, channel: int, on: bool) -> None:
+        """Return once relay `unit` channel `channel` is `on` (at once if it already is)."""
+        reached = asyncio.Event()
+
+        def follower(state: bool, now: float) -> None:
+            if state is on:
+                reached.set()
+
+        self.follow(unit, channel, follower)
+        try:
+            await reached.wait()
+        finally:
+            self.unfollow(unit, channel, follower)
+
+    def switch_on(self, unit: int, channel: int) -> bool:
+        """Whether relay `unit` channel `channel` is on (no Modbus round trip)."""
+        return self.switch_state[unit][channel]
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending or not data:
@@ -331,6 +418,24 @@ class SimBuilding:
         c = self.endpoints[0].counters[self.COUNTER_BASE + counter]
         c.advance(time.monotonic())
         c.flow[channel] = pulses_per_s
+
+    def couple(self, room: int, relay: int, channel: int) -> None:
+        """Wire room index `room`'s supply through channel `channel` of relay board
+        index `relay` (unit RELAY_BASE + relay): the meter draws only while that coil
+        is on. Coils start off: switch them on (`set_coil`) before the gateway starts,
+        as an electrician would."""
+        self.endpoints[0].follow(self.RELAY_BASE + relay, channel, self.meter(room).set_supplied)
+
+    def couple_flow(self, counter: int, channel: int, relay: int, relay_channel: int) -> None:
+        """Put channel `channel` of counter index `counter` behind the valve on channel
+        `relay_channel` of relay board index `relay`: water flows only while it is open."""
+        c = self.endpoints[0].counters[self.COUNTER_BASE + counter]
+        self.endpoints[0].follow(self.RELAY_BASE + relay, relay_channel,
+                                 functools.partial(_set_open, c, channel))
+
+
+def _set_open(counter: SimCounter, channel: int, on: bool, now: float) -> None:
+    counter.set_open(channel, on, now)
 
 
 class SimRtu:
