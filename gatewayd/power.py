@@ -74,6 +74,7 @@ class RoomRuntime:
     breaker_on: bool | None = None       # last known; None: unknown
     next_read: float = 0.0
     next_breaker_try: float = 0.0
+    switch_pending: bool = False         # a committed cut/restore not yet on the coil
     last: MeterReading | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -172,7 +173,8 @@ class PowerService:
             if rt is None:
                 continue  # a room removed from the config keeps its row for the record
             (_, baseline, carry, acc_wh, acc_fen, chain, low, hold, cut, trip, reclose, lockout,
-             trips, max_w, acc_since, base_wall) = row
+             trips, max_w, acc_since, base_wall, pending) = row
+            rt.switch_pending = bool(pending)
             rules = self._rules(rt)
 
             def m(wall: float | None, longest: float) -> float | None:
@@ -254,7 +256,7 @@ class PowerService:
         rows = await self.store.read(lambda t: t.execute(
             "SELECT room, baseline_wh, carry, accrued_wh, accrued_fen, chain_from_wh, low_sent, "
             "hold, cut_reason, trip_reason, reclose_at, lockout_until, trips, max_power_w, "
-            "accrued_since, baseline_wall FROM rooms").fetchall())
+            "accrued_since, baseline_wall, switch_pending FROM rooms").fetchall())
         self._load(rows)
         clock_changes = self._update_curfew()
         if clock_changes:
@@ -270,7 +272,7 @@ class PowerService:
 
         await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
         for rt in self.rooms.values():
-            if rt.breaker_on is False and rt.state.cut_reason is None:
+            if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
                 await self._found_off(rt)
         for rt in self.rooms.values():
             await self.evaluate(rt, None, startup=True)
@@ -346,9 +348,8 @@ class PowerService:
 
     async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False,
                          also: Callable[[Txn, RoomState], None] | None = None) -> None:
-        if startup and rt.breaker_on is True and out.state.cut_reason is not None and not any(
-            isinstance(d, Cut) for d in out.decisions
-        ):
+        if (startup and rt.breaker_on is True and out.state.cut_reason is not None
+                and not rt.switch_pending and not any(isinstance(d, Cut) for d in out.decisions)):
             # Recorded as cut, found on: cut it again, and say so.
             out.decisions.append(Cut(out.state.cut_reason, None))
         try:
@@ -379,6 +380,7 @@ class PowerService:
         account = rt.cfg.account
         stamp = self.clock.stamp(now_wall)
         room = rt.id
+        switching = any(isinstance(d, Cut | Restore) for d in out.decisions)
 
         def job(txn: Txn) -> tuple[int, bool]:
             charged = sum(d.fen for d in out.decisions if isinstance(d, Charge))
@@ -411,6 +413,8 @@ class PowerService:
                 txn.event("alarm", {"code": code, "device": device, "detail": detail,
                                     "active": active}, ts=stamp, wall=now_wall)
             self._save(txn, rt, row)
+            if switching:
+                txn.execute("UPDATE rooms SET switch_pending = 1 WHERE room = ?", (room,))
             if also is not None:
                 also(txn, out.state)
             return balance, known
@@ -419,6 +423,7 @@ class PowerService:
         self.ledger.note(account, balance, known)
         rt.state = out.state
         rt.persisted = key
+        rt.switch_pending = rt.switch_pending or switching
         for d in out.decisions:
             if isinstance(d, Cut | Restore):
                 log.info("breaker_cut" if isinstance(d, Cut) else "breaker_restored",
@@ -436,9 +441,12 @@ class PowerService:
             except DeviceError:
                 rt.next_breaker_try = now + BREAKER_RETRY_S
                 return
+        following = want_on is None
         if want_on is None:
             want_on = rt.state.cut_reason is None
         if rt.breaker_on == want_on:
+            if following and rt.switch_pending:
+                await self._switch_done(rt)
             return
         device = breaker_device(rt.id)
         try:
@@ -452,8 +460,16 @@ class PowerService:
                 await self._alarm_events([("breaker_mismatch", device, detail, True)])
             return
         rt.breaker_on = want_on
+        if following and rt.switch_pending:
+            await self._switch_done(rt)
         if self.alarms.clear("breaker_mismatch", device):
             await self._alarm_events([("breaker_mismatch", device, "", False)])
+
+    async def _switch_done(self, rt: RoomRuntime) -> None:
+        """The breaker follows the recorded decision: nothing left to finish."""
+        await self.store.run(lambda t: t.execute(
+            "UPDATE rooms SET switch_pending = 0 WHERE room = ?", (rt.id,)))
+        rt.switch_pending = False
 
     async def _alarm_events(self, changes: list[tuple[str, str, str, bool]]) -> None:
         now_wall = self.clock.wall()

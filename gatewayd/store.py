@@ -222,6 +222,12 @@ MIGRATIONS: list[str] = [
         UPDATE outbox_pending SET count = count - 1, bytes = bytes - length(old.payload) WHERE class = 3;
     END;
     """,
+    # 4: a breaker decision committed but not yet carried out (a crash between
+    # the commit and the coil write): finished at the next start, not mistaken
+    # for a breaker switched by hand.
+    """
+    ALTER TABLE rooms ADD COLUMN switch_pending INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -488,7 +494,7 @@ class Store:
             for _, fut, _ in live:
                 fut.set_exception(StoreError(f"cannot begin a transaction: {e}"))
             return
-        for job, fut, _write in live:
+        for job, fut, write in live:
             seq_before = self._next_seq
             events_before = len(txn.events)
             conn.execute("SAVEPOINT job")
@@ -500,9 +506,16 @@ class Store:
                     conn.execute("RELEASE job")
                 self._next_seq = seq_before
                 del txn.events[events_before:]
+                if isinstance(e, sqlite3.Error):
+                    # Disk full, I/O error: callers handle StoreError, not sqlite3.
+                    e = StoreError(f"{e}")
                 outcomes.append((fut, False, e))
                 continue
             conn.execute("RELEASE job")
+            if not write:
+                # A read's answer does not depend on the group's commit.
+                _resolve(fut, True, result)
+                continue
             outcomes.append((fut, True, result))
         try:
             conn.execute("COMMIT")
@@ -524,10 +537,14 @@ class Store:
                 except Exception:
                     log.exception("store_listener_failed")
         for fut, ok, value in outcomes:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            _resolve(fut, ok, value)
+
+
+def _resolve(fut: Future[Any], ok: bool, value: Any) -> None:
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
 
 
 def _statements(script: str) -> list[str]:

@@ -34,7 +34,7 @@ from gatewayd.cards import Cards
 from gatewayd.clock import Clock
 from gatewayd.config import Config, Point
 from gatewayd.ledger import Ledger
-from gatewayd.store import Store, Txn
+from gatewayd.store import Store, StoreError, Txn
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water_policy import (
     Billing,
@@ -331,7 +331,15 @@ class WaterService:
             balance_fen=self.ledger.balance(s.account),
             offline_spent_fen=self.offline_spent.get((s.card, self._today()), 0),
         )
-        await self._commit_progress(pt, step.session, step.charge_fen)
+        try:
+            await self._commit_progress(pt, step.session, step.charge_fen)
+        except StoreError:
+            # The store cannot record the charge (disk full): a session that
+            # must end still stops the water now; its charge and water.session
+            # are recorded once the store recovers (the session is not advanced).
+            if step.end is not None:
+                await self._close_valve(pt)
+            raise
         if step.end is not None:
             await self._end(pt, step.end)
 

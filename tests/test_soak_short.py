@@ -1,0 +1,21 @@
+"""The short form of every reliability campaign (tests/soak, docs/reliability.md).
+
+Each must run its checks and find no violation; `python -m tests.soak` runs
+the full forms and prints the table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.soak.campaigns import CAMPAIGNS, SHORT, can_mount
+
+
+@pytest.mark.parametrize("name", list(CAMPAIGNS))
+async def test_campaign_short(name: str) -> None:
+    if name == "disk_full" and not can_mount():
+        pytest.skip("the disk campaign mounts a small tmpfs: needs root on Linux")
+    row = await CAMPAIGNS[name](SHORT[name])
+    assert row.checks > 0, f"{name} checked nothing"
+    assert row.iterations == SHORT[name]
+    assert not row.violations, "\n".join([*row.notes, *row.violations[:30]])
