@@ -283,6 +283,7 @@ class PowerService:
         detail = ("breaker found off at start with no cut recorded: left off and held; "
                   "room.restore switches it on")
         rt.state = replace(rt.state, hold=True, cut_reason="remote")
+        self.alarms.raise_("breaker_mismatch", breaker_device(rt.id), detail)
         await self._commit(rt, Outcome(rt.state), extra_alarms=[
             ("breaker_mismatch", breaker_device(rt.id), detail, True)])
 

@@ -1,0 +1,70 @@
+"""`gatewayd status`: what staff see on the box while the daemon runs, and after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from gatewayd.sim.modbus import SimBuilding
+from tests.test_power import ROOT, Daemon
+
+RELAY = SimBuilding.RELAY_BASE
+
+
+async def status(config: Path, *extra: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd.cli", "status", "-c", str(config), *extra, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_status_while_running_and_after(tmp_path: Path) -> None:
+    sim = await SimBuilding.tcp(2, per_endpoint=2)
+    try:
+        await sim.endpoints[0].set_coil(RELAY, 0, True)  # room 102's breaker stays off
+        sim.set_load(0, 480)
+        config = tmp_path / "gateway.toml"
+        config.write_text(f"""
+[gateway]
+building = "b07"
+state_dir = "{tmp_path / 'state'}"
+poll_interval_s = 0.2
+[[buses]]
+name = "b"
+type = "tcp"
+host = "127.0.0.1"
+port = {sim.ports[0]}
+""" + "".join(
+            f'[[rooms]]\nid = "{101 + i}"\n'
+            f'meter = {{ bus = "b", unit = {i + 1}, profile = "eastron-sdm120" }}\n'
+            f'breaker = {{ bus = "b", unit = {RELAY}, profile = "relay-board", channel = {i} }}\n'
+            for i in range(2)))
+        code, out = await status(config)
+        assert code == 3 and "not running" in out
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            for _ in range(100):
+                code, out = await status(config, "--json")
+                doc = json.loads(out)
+                rooms = {r["room"]: r for r in (doc["status"] or {}).get("rooms", [])}
+                if code == 0 and rooms.get("101", {}).get("power_w"):
+                    break
+                await asyncio.sleep(0.2)
+            assert doc["running"] is True and doc["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+            assert rooms["101"]["breaker"] == "on" and abs(rooms["101"]["power_w"] - 480) < 1
+            # Found off with no cut recorded: held, and the alarm says so.
+            assert rooms["102"]["breaker"] == "off" and rooms["102"]["hold"] is True
+            code, out = await status(config)
+            assert code == 0
+            assert "building b07" in out and "breaker_mismatch breaker:102" in out
+            assert "101" in out and "480" in out
+        finally:
+            assert await daemon.stop() == 0
+        code, out = await status(config)
+        assert code == 3 and "not running" in out and "last known state" in out
+    finally:
+        await sim.stop()
