@@ -1,21 +1,32 @@
-"""Active alarms: raised once, cleared once, counted for the status document.
+"""Active alarms: raised once, cleared once, recorded as `alarm` events, counted.
 
-`raise_`/`clear` return whether the state changed: the caller then records
-the `alarm` event (center-link.md "Events") in its own store transaction.
+`report(code, device, detail, active)` changes the registry and, when the
+state changed, records the `alarm` event (center-link.md "Events"). Sync
+callbacks (device health, reader status) use `report_soon`. `raise_`/`clear`
+only change the registry, for callers that record the event in a transaction
+of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from typing import Any
 
 import structlog
+
+from gatewayd.clock import Clock
+from gatewayd.store import Store, Txn
 
 log = structlog.get_logger(__name__)
 
 
 class Alarms:
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None, clock: Clock | None = None) -> None:
         self.active: dict[tuple[str, str], str] = {}
+        self._store = store
+        self._clock = clock
+        self._pending: set[asyncio.Task[Any]] = set()
 
     def raise_(self, code: str, device: str, detail: str) -> bool:
         if (code, device) in self.active:
@@ -35,3 +46,27 @@ class Alarms:
 
     def counts(self) -> Counter[str]:
         return Counter(code for code, _ in self.active)
+
+    async def report(self, code: str, device: str, detail: str, active: bool) -> None:
+        """Raise or clear; record the event when that changed anything."""
+        changed = self.raise_(code, device, detail) if active else self.clear(code, device)
+        if changed:
+            await self._record(code, device, detail if active else "", active)
+
+    def report_soon(self, code: str, device: str, detail: str, active: bool) -> None:
+        """`report` from synchronous code running on the event loop."""
+        task = asyncio.get_running_loop().create_task(self.report(code, device, detail, active))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _record(self, code: str, device: str, detail: str, active: bool) -> None:
+        if self._store is None or self._clock is None:
+            return  # a registry without a store (unit tests): nothing to record
+        wall = self._clock.wall()
+        stamp = self._clock.stamp(wall)
+
+        def job(txn: Txn) -> None:
+            txn.event("alarm", {"code": code, "device": device, "detail": detail,
+                                "active": active}, ts=stamp, wall=wall)
+
+        await self._store.run(job)

@@ -99,7 +99,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
     ledger = Ledger()
     await store.read(ledger.load)
-    alarms = Alarms()
+    alarms = Alarms(store, clock)
     hardware = Hardware(config)
     power = PowerService(
         config, store, ledger=ledger, alarms=alarms, clock=clock,

@@ -113,7 +113,6 @@ class PowerService:
         }
         self.by_account = {r.account: self.rooms[r.id] for r in config.rooms}
         self._curfew_rooms: frozenset[str] | None = None  # rooms under curfew now
-        self._pending: set[asyncio.Task[None]] = set()
 
     # --- time ---------------------------------------------------------------------
 
@@ -220,27 +219,22 @@ class PowerService:
             curfew=self._curfew_rooms is not None and rt.id in self._curfew_rooms,
         )
 
-    def _update_curfew(self) -> list[tuple[str, str, str, bool]]:
-        """Recompute which rooms a curfew covers now; return clock alarm changes."""
-        changes: list[tuple[str, str, str, bool]] = []
+    async def _update_curfew(self) -> None:
+        """Recompute which rooms a curfew covers now (none while the clock is untrusted)."""
         if not self.config.curfews:
             self._curfew_rooms = frozenset()
-            return changes
-        synced = self.clock.synced()
-        if not synced:
-            if self.alarms.raise_("clock_unsynced", "clock", "curfews skipped: clock not synchronised"):
-                changes.append(("clock_unsynced", "clock",
-                                "curfews skipped: clock not synchronised", True))
+            return
+        if not self.clock.synced():
+            await self.alarms.report("clock_unsynced", "clock",
+                                     "curfews skipped: clock not synchronised", True)
             self._curfew_rooms = frozenset()
-            return changes
-        if self.alarms.clear("clock_unsynced", "clock"):
-            changes.append(("clock_unsynced", "clock", "", False))
+            return
+        await self.alarms.report("clock_unsynced", "clock", "", False)
         local = self.clock.local()
         active = [c for c in self.config.curfews if in_window(c, local)]
         self._curfew_rooms = frozenset(
             r for r in self.rooms if any(r not in c.except_rooms for c in active)
         )
-        return changes
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -258,9 +252,7 @@ class PowerService:
             "hold, cut_reason, trip_reason, reclose_at, lockout_until, trips, max_power_w, "
             "accrued_since, baseline_wall, switch_pending FROM rooms").fetchall())
         self._load(rows)
-        clock_changes = self._update_curfew()
-        if clock_changes:
-            await self._alarm_events(clock_changes)
+        await self._update_curfew()
         sem = asyncio.Semaphore(START_CONCURRENCY)
 
         async def read_one(rt: RoomRuntime) -> None:
@@ -300,9 +292,7 @@ class PowerService:
         """Curfew and clock once a second for all rooms; the component's heartbeat."""
         while True:
             before = self._curfew_rooms
-            changes = self._update_curfew()
-            if changes:
-                await self._alarm_events(changes)
+            await self._update_curfew()
             if before != self._curfew_rooms:
                 for rt in self.rooms.values():
                     rt.wake.set()
@@ -457,14 +447,12 @@ class PowerService:
             rt.breaker_on = e.actual if isinstance(e, SwitchMismatch) else None
             detail = f"commanded {'on' if want_on else 'off'}: {e.message}"
             log.error("breaker_command_failed", room=rt.id, error=e.message)
-            if self.alarms.raise_("breaker_mismatch", device, detail):
-                await self._alarm_events([("breaker_mismatch", device, detail, True)])
+            await self.alarms.report("breaker_mismatch", device, detail, True)
             return
         rt.breaker_on = want_on
         if following and rt.switch_pending:
             await self._switch_done(rt)
-        if self.alarms.clear("breaker_mismatch", device):
-            await self._alarm_events([("breaker_mismatch", device, "", False)])
+        await self.alarms.report("breaker_mismatch", device, "", False)
 
     async def _switch_done(self, rt: RoomRuntime) -> None:
         """The breaker follows the recorded decision: nothing left to finish."""
@@ -472,29 +460,10 @@ class PowerService:
             "UPDATE rooms SET switch_pending = 0 WHERE room = ?", (rt.id,)))
         rt.switch_pending = False
 
-    async def _alarm_events(self, changes: list[tuple[str, str, str, bool]]) -> None:
-        now_wall = self.clock.wall()
-        stamp = self.clock.stamp(now_wall)
-
-        def job(txn: Txn) -> None:
-            for code, device, detail, active in changes:
-                txn.event("alarm", {"code": code, "device": device, "detail": detail,
-                                    "active": active}, ts=stamp, wall=now_wall)
-
-        await self.store.run(job)
-
     def meter_health_changed(self, device: str, online: bool, detail: str) -> None:
-        """Bus health callback (sync, on the loop): record meter_offline raise/clear."""
-        room = device.removeprefix("meter:")
-        if room not in self.rooms or not device.startswith("meter:"):
-            return
-        changed = (self.alarms.clear("meter_offline", device) if online
-                   else self.alarms.raise_("meter_offline", device, detail))
-        if changed:
-            task = asyncio.get_running_loop().create_task(
-                self._alarm_events([("meter_offline", device, detail, not online)]))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        """Bus health callback (sync, on the loop): meter_offline raised or cleared."""
+        if device.startswith("meter:") and device.removeprefix("meter:") in self.rooms:
+            self.alarms.report_soon("meter_offline", device, detail, not online)
 
     # --- commands (center link) ----------------------------------------------------
 

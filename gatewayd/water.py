@@ -127,7 +127,6 @@ class WaterService:
         self.accepting = False
         self.offline_spent: dict[tuple[str, str], int] = {}
         self.taps = 0
-        self._pending: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -194,17 +193,9 @@ class WaterService:
         device = reader_device(reader.name)
 
         def status(online: bool, detail: str) -> None:
-            changed = (self.alarms.clear("reader_offline", device) if online
-                       else self.alarms.raise_("reader_offline", device, detail))
-            if changed:
-                self._spawn(self._alarm("reader_offline", device, detail, not online))
+            self.alarms.report_soon("reader_offline", device, detail, not online)
 
         await reader.run(self.on_tap, status)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
 
     async def on_tap(self, tap: Tap) -> None:
         """A card at a reader: start, stop or refuse, with one `tap` event."""
@@ -434,22 +425,13 @@ class WaterService:
             return
         if pt.fault is not None:
             pt.fault = None
-            if self.alarms.clear("valve_fault", valve_device(pt.id)):
-                await self._alarm("valve_fault", valve_device(pt.id), "", False)
+            await self.alarms.report("valve_fault", valve_device(pt.id), "", False)
 
     async def _valve_failed(self, pt: PointRuntime, detail: str) -> None:
         pt.fault = detail
         log.error("valve_fault", point=pt.id, detail=detail)
-        if self.alarms.raise_("valve_fault", valve_device(pt.id), detail):
-            await self._alarm("valve_fault", valve_device(pt.id), detail, True)
+        await self.alarms.report("valve_fault", valve_device(pt.id), detail, True)
         pt.wake.set()
-
-    async def _alarm(self, code: str, device: str, detail: str, active: bool) -> None:
-        now_wall = self.clock.wall()
-        stamp = self.clock.stamp(now_wall)
-        await self.store.run(lambda txn: txn.event(
-            "alarm", {"code": code, "device": device, "detail": detail, "active": active},
-            ts=stamp, wall=now_wall))
 
     # --- for commands and status --------------------------------------------------
 
