@@ -23,7 +23,7 @@ from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sdnotify import Notifier
 from gatewayd.signing import load_public_key
 from gatewayd.snapshot import Snapshot
-from gatewayd.store import Store, StoreError
+from gatewayd.store import Store, StoreError, Txn
 from gatewayd.supervisor import Component, Heartbeat, Supervisor
 from gatewayd.water import WaterService, valve_device
 
@@ -33,14 +33,21 @@ log = structlog.get_logger(__name__)
 STORE_PROBE_S = 5.0
 
 
+def _touch(txn: Txn) -> None:
+    """A write that commits (and so fsyncs): proves the disk still takes writes."""
+    txn.execute("INSERT INTO meta (key, value) VALUES ('probe', '1') "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+
+
 class StoreProbe:
     """Proves the store's writer thread still commits: a tiny job every few seconds."""
 
     name = "store"
     heartbeat_s: float | None = 4 * STORE_PROBE_S
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, alarms: Alarms | None = None) -> None:
         self.store = store
+        self.alarms = alarms
 
     async def start(self) -> None:
         await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
@@ -49,10 +56,17 @@ class StoreProbe:
         while True:
             try:
                 await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
+                await self.store.run(_touch)
             except StoreError as e:
                 # The writer answered; the disk did not. A restart cannot free a
-                # disk, so this still counts as alive (the failures are logged).
+                # disk, so this still counts as alive. The alarm lives in memory
+                # only (it cannot be stored): logs, metrics and status show it.
                 log.error("store_probe_failed", error=str(e))
+                if self.alarms is not None:
+                    self.alarms.raise_("store_failing", "store", str(e))
+            else:
+                if self.alarms is not None:
+                    await self.alarms.report("store_failing", "store", "", False)
             heartbeat.beat()
             await asyncio.sleep(STORE_PROBE_S)
 
@@ -139,7 +153,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     components: list[Component] = [water, power, snapshot]
     if link is not None:
         components.append(link)
-    components.append(StoreProbe(store))
+    components.append(StoreProbe(store, alarms))
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))

@@ -157,6 +157,9 @@ class AlarmCode(StrEnum):
     VALVE_FAULT = "valve_fault"
     CLOCK_UNSYNCED = "clock_unsynced"
     OUTBOX_FULL = "outbox_full"
+    # Added: the store could not commit (disk full or failing); raised in memory
+    # only (logs, metrics, status.json), its clearing is recorded once it recovers.
+    STORE_FAILING = "store_failing"
 
 
 class CutReason(StrEnum):

@@ -277,6 +277,7 @@ def test_enumerations_match_the_contract() -> None:
         "valve_fault",
         "clock_unsynced",
         "outbox_full",
+        "store_failing",  # added (the contract's list "includes" these codes)
     ]
     assert [r.value for r in CutReason] == ["balance", "overload", "resistive", "curfew", "remote", "lockout"]
     assert [r.value for r in RestoreReason] == ["balance", "reclose", "lockout_end", "curfew_end", "remote"]
