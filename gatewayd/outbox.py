@@ -292,9 +292,13 @@ def enforce_cap(txn: Txn, max_bytes: int, *, ts: str, wall: float | None = None)
     if freed < excess:
         more, n_events = _drop_oldest(
             txn, excess - freed,
+            # Alarms are kept: few, and the operators' only view of faults (the
+            # outbox_full raise itself among them, found by the outage campaign).
             select="SELECT seq, length(payload) FROM events WHERE published IS NULL"
-                   f" AND class = {CLASS_EVENT} AND seq > ? ORDER BY seq LIMIT ?",
-            delete=f"DELETE FROM events WHERE published IS NULL AND class = {CLASS_EVENT} AND seq <= ?",
+                   f" AND class = {CLASS_EVENT} AND type != 'alarm' AND seq > ?"
+                   " ORDER BY seq LIMIT ?",
+            delete=f"DELETE FROM events WHERE published IS NULL AND class = {CLASS_EVENT}"
+                   " AND type != 'alarm' AND seq <= ?",
         )
         freed += more
     if n_telemetry:

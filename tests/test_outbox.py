@@ -137,9 +137,11 @@ def test_cap_drops_other_events_only_after_telemetry_and_never_money(store: Stor
         "SELECT seq FROM events WHERE published IS NULL AND type != 'alarm' ORDER BY seq")])
     assert pending_seqs == [seqs[1], seqs[3], seqs[5]]  # every money event kept
     assert store.call(outbox.dropped_counts) == (1, 3)
-    # Again: the money events and the alarm stay, nothing else to drop.
+    # Again: the money events and the alarm stay, nothing else to drop (alarms are
+    # never dropped: the outbox_full raise must reach the center before its clear).
     out = store.call(lambda txn: outbox.enforce_cap(txn, 1, ts=TS))
-    assert out.dropped_events == 1 and out.over_cap  # the alarm event itself, class 2
+    assert out.dropped_events == 0 and out.over_cap
+    assert [a["active"] for a in alarm_events(store)] == [True]
     assert store.call(lambda t: t.execute("SELECT COUNT(*) FROM events WHERE class = 1").fetchone()[0]) == 3
 
 

@@ -116,6 +116,7 @@ class Layout:
     curfews: list[str] = field(default_factory=list)  # raw [[power.curfew]] bodies
     bus_timeout_s: float = 0.3
     extra_endpoints: int = 0          # empty endpoints beyond those the meters need
+    center: dict[str, Any] = field(default_factory=dict)  # a [center] section when not empty
 
     @property
     def state_dir(self) -> Path:
@@ -204,6 +205,8 @@ class Layout:
                 f'valve = {{ bus = "e0", unit = {vu}, profile = "relay-board", channel = {vch} }}',
                 flow,
             ]
+        if self.center:
+            lines += ["[center]", *(f"{k} = {_toml(v)}" for k, v in self.center.items())]
         path = self.workdir / "gateway.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -496,7 +499,7 @@ def read_store(db: Path, attempts: int = 20) -> StoreSnapshot:
                               "SELECT seq, id, type, payload FROM events ORDER BY seq")]
                 accounts = conn.execute("SELECT account, balance_fen, known FROM accounts").fetchall()
                 cols = ("room", "accrued_fen", "accrued_wh", "cut_reason", "hold", "baseline_wh",
-                        "chain_from_wh", "reclose_at")
+                        "chain_from_wh", "reclose_at", "switch_pending")
                 rooms = {r[0]: dict(zip(cols, r, strict=True)) for r in conn.execute(
                     f"SELECT {', '.join(cols)} FROM rooms")}
                 scols = ("point", "session", "account", "card", "charged_fen")
@@ -513,6 +516,59 @@ def read_store(db: Path, attempts: int = 20) -> StoreSnapshot:
         return StoreSnapshot(events, {a: b for a, b, _ in accounts}, {a for a, _, k in accounts if k},
                              rooms, sessions)
     raise AssertionError("unreachable")
+
+
+@dataclass
+class Outbox:
+    """The delivery side of the store: which events are published, what waits, what the cap
+    dropped (gatewayd/outbox.py)."""
+
+    published: dict[str, int]        # event id -> seq, acknowledged by the broker
+    unpublished: dict[str, int]      # event id -> seq, waiting
+    types: dict[int, str]            # seq -> type, every event kept
+    pending: dict[int, tuple[int, int]]   # class -> (count, bytes)
+    meta: dict[str, str]
+    telemetry_queued: int
+
+    def meta_int(self, key: str) -> int:
+        return int(self.meta.get(key, "0") or 0)
+
+
+def read_outbox(db: Path, attempts: int = 20) -> Outbox:
+    """`published`, `outbox_pending`, `meta` and the queued telemetry, read-only, in one read."""
+    for attempt in range(attempts):
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                conn.execute("BEGIN")
+                rows = conn.execute("SELECT seq, id, type, published FROM events").fetchall()
+                pend = {k: (c, b) for k, c, b in conn.execute(
+                    "SELECT class, count, bytes FROM outbox_pending")}
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                tele = conn.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+            continue
+        return Outbox({i: s for s, i, _, p in rows if p is not None},
+                      {i: s for s, i, _, p in rows if p is None},
+                      {s: t for s, _, t, _ in rows}, pend, meta, tele)
+    raise AssertionError("unreachable")
+
+
+def rss_of(pid: int) -> int:
+    """VmRSS of a process in kB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 # --- invariants ------------------------------------------------------------------------
