@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from gatewayd.clock import Clock
-from gatewayd.store import Store, Txn
+from gatewayd.store import Store, StoreError, Txn
 
 log = structlog.get_logger(__name__)
 
@@ -69,4 +69,9 @@ class Alarms:
             txn.event("alarm", {"code": code, "device": device, "detail": detail,
                                 "active": active}, ts=stamp, wall=wall)
 
-        await self._store.run(job)
+        try:
+            await self._store.run(job)
+        except StoreError as e:
+            # Disk full or failing: the registry still holds the alarm (logs,
+            # metrics, status show it); only its event is lost.
+            log.error("alarm_not_recorded", code=code, device=device, active=active, error=str(e))

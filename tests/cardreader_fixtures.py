@@ -227,3 +227,16 @@ def pcscd() -> Iterator[Pcscd]:
             yield daemon
         finally:
             daemon.stop()
+
+
+# vpcd can hide a card swap: a card placed while pcscd has not yet polled the
+# removal of the previous test's card (every ~400 ms) is never reported. Each
+# PC/SC test starts after a settling pause longer than a few of those polls.
+VPCD_SETTLE_S = 1.5
+
+
+@pytest.fixture
+def vpcd_idle() -> None:
+    """Wait until pcscd has certainly noticed the last card removal (before the
+    test's event loop exists, so no thread or task checks see this wait)."""
+    time.sleep(VPCD_SETTLE_S)

@@ -22,7 +22,8 @@ from tests.cardreader_fixtures import (
 
 __all__ = ["no_leaked_tasks", "no_leaked_threads"]  # fixtures used by name
 
-pytestmark = [pytest.mark.pcsc, pytest.mark.usefixtures("no_leaked_threads", "no_leaked_tasks")]
+pytestmark = [pytest.mark.pcsc,
+              pytest.mark.usefixtures("vpcd_idle", "no_leaked_threads", "no_leaked_tasks")]
 
 
 class FakeClock:

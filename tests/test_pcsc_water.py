@@ -27,7 +27,7 @@ from tests.test_water import balance, notify, start, valve, valve_becomes
 
 __all__ = ["notify"]  # fixtures used by name
 
-pytestmark = pytest.mark.pcsc
+pytestmark = [pytest.mark.pcsc, pytest.mark.usefixtures("vpcd_idle")]
 
 RELAY = SimBuilding.RELAY_BASE
 COUNTER = SimBuilding.COUNTER_BASE
