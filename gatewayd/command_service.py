@@ -202,12 +202,12 @@ class CommandService:
                 "SELECT payload FROM events WHERE seq > ? AND type IN (?, ?)",
                 (a.through_seq, *DEBIT_TYPES),
             ):
-                ev = _loads(payload)
+                ev = json.loads(payload)
                 if ev.get("account") == a.account:
                     unseen += int(ev.get("amount_fen", 0))
             accrued = txn.execute(
                 "SELECT COALESCE(SUM(accrued_fen), 0) FROM rooms WHERE room IN "
-                "(SELECT value FROM json_each(?))", (_json_list(self._rooms_of(a.account)),),
+                "(SELECT value FROM json_each(?))", (json.dumps(self._rooms_of(a.account)),),
             ).fetchone()[0]
             balance = a.balance_fen - unseen - int(accrued) - open_water
             Ledger.set_balance(txn, a.account, balance)
@@ -364,16 +364,8 @@ class CommandService:
 
 def _id_of(payload: bytes) -> str | None:
     try:
-        obj = _loads(payload)
+        obj = json.loads(payload)
     except Exception:
         return None
     cid = obj.get("id") if isinstance(obj, dict) else None
     return cid if isinstance(cid, str) and 1 <= len(cid) <= 64 else None
-
-
-def _loads(payload: bytes) -> Any:
-    return json.loads(payload)
-
-
-def _json_list(items: list[str]) -> str:
-    return json.dumps(items)

@@ -6,7 +6,7 @@ covers Monday 23:30 to Tuesday 06:00.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from gatewayd.config import DAYS, Curfew
@@ -24,6 +24,9 @@ def in_window(curfew: Curfew, local: datetime) -> bool:
     )
 
 
-def curfew_applies(curfews: Sequence[Curfew], room: str, local: datetime) -> bool:
-    """Whether any window covers `room` at the local time `local`."""
-    return any(room not in c.except_rooms and in_window(c, local) for c in curfews)
+def rooms_under_curfew(
+    curfews: Sequence[Curfew], rooms: Iterable[str], local: datetime
+) -> frozenset[str]:
+    """The rooms a window covers at the local time `local` (excepted rooms left out)."""
+    active = [c for c in curfews if in_window(c, local)]
+    return frozenset(r for r in rooms if any(r not in c.except_rooms for c in active))

@@ -55,7 +55,6 @@ class StoreProbe:
     async def run(self, heartbeat: Heartbeat) -> None:
         while True:
             try:
-                await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
                 await self.store.run(_touch)
             except StoreError as e:
                 # The writer answered; the disk did not. A restart cannot free a

@@ -7,13 +7,10 @@ Health changes of every device arrive at one sink, named by device
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from drivers.devices import Counter, Meter, Switch
 from drivers.modbus.bus import ModbusBus
+from drivers.modbus.health import HealthSink
 from gatewayd.config import Bus, Config, DeviceRef
-
-HealthSink = Callable[[str, bool, str], None]
 
 
 class Hardware:

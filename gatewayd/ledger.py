@@ -38,10 +38,6 @@ class Ledger:
         if known:
             self.known.add(account)
 
-    @property
-    def unknown_count(self) -> int:
-        return sum(1 for a in self.balances if a not in self.known)
-
     # --- inside store jobs --------------------------------------------------------
 
     @staticmethod

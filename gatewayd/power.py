@@ -28,7 +28,7 @@ from gatewayd import pricing
 from gatewayd.alarms import Alarms
 from gatewayd.clock import Clock
 from gatewayd.config import Config, PowerRules, Room
-from gatewayd.curfew import in_window
+from gatewayd.curfew import rooms_under_curfew
 from gatewayd.ledger import Ledger
 from gatewayd.power_policy import (
     Alarm,
@@ -230,11 +230,7 @@ class PowerService:
             self._curfew_rooms = frozenset()
             return
         await self.alarms.report("clock_unsynced", "clock", "", False)
-        local = self.clock.local()
-        active = [c for c in self.config.curfews if in_window(c, local)]
-        self._curfew_rooms = frozenset(
-            r for r in self.rooms if any(r not in c.except_rooms for c in active)
-        )
+        self._curfew_rooms = rooms_under_curfew(self.config.curfews, self.rooms, self.clock.local())
 
     # --- lifecycle ----------------------------------------------------------------
 

@@ -235,11 +235,12 @@ class WaterService:
         now_wall = self.clock.wall()
         today = self.clock.local(now_wall).date()
         offline = not self.center_online()
-        reason = check_tap(self._facts(pt, tap.uid, today, offline))
+        facts = self._facts(pt, tap.uid, today, offline)
+        reason = check_tap(facts)
         if reason is not None:
             await self._tap_event(tap, pt.id, granted=False, reason=reason)
             return
-        card = self.cards.get(tap.uid)
+        card = facts.card
         assert card is not None
         now = self.clock.mono()
         session = Session(
@@ -373,12 +374,7 @@ class WaterService:
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
         day = self._today()
-        fields = {
-            "session": s.session, "point": s.point, "service": s.service, "card": s.card,
-            "account": s.account, "started": self.clock.stamp(s.started_wall), "ended": stamp,
-            "volume_ml": s.volume_ml, "seconds": s.seconds, "amount_fen": s.charged_fen,
-            "end_reason": reason, "offline": s.offline,
-        }
+        fields = self._session_fields(s, reason, stamp)
 
         def job(txn: Txn) -> tuple[int, bool]:
             if fen and s.offline:
@@ -398,16 +394,20 @@ class WaterService:
         log.info("session_ended", point=pt.id, card=s.card, reason=reason,
                  volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
 
+    def _session_fields(self, s: Session, reason: str, ended: str) -> dict[str, Any]:
+        """The `water.session` event of a session ending now, with its whole charge."""
+        return {
+            "session": s.session, "point": s.point, "service": s.service, "card": s.card,
+            "account": s.account, "started": self.clock.stamp(s.started_wall), "ended": ended,
+            "volume_ml": s.volume_ml, "seconds": s.seconds, "amount_fen": s.charged_fen,
+            "end_reason": reason, "offline": s.offline,
+        }
+
     async def _finish_orphan(self, s: Session) -> None:
         """A session row for a point no longer configured: report what was charged."""
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
-        fields = {
-            "session": s.session, "point": s.point, "service": s.service, "card": s.card,
-            "account": s.account, "started": self.clock.stamp(s.started_wall), "ended": stamp,
-            "volume_ml": s.volume_ml, "seconds": s.seconds, "amount_fen": s.charged_fen,
-            "end_reason": "restart", "offline": s.offline,
-        }
+        fields = self._session_fields(s, "restart", stamp)
 
         def job(txn: Txn) -> None:
             txn.event("water.session", fields, ts=stamp, wall=now_wall)

@@ -9,7 +9,7 @@ import pytest
 
 from gatewayd.clock import Clock, kernel_ntp_synced
 from gatewayd.config import Curfew
-from gatewayd.curfew import curfew_applies, in_window
+from gatewayd.curfew import in_window, rooms_under_curfew
 
 SH = ZoneInfo("Asia/Shanghai")
 NIGHT = Curfew(days=frozenset({"mon"}), start=time(23, 30), end=time(6, 0),
@@ -36,10 +36,11 @@ def test_same_day_window_and_exceptions() -> None:
     assert in_window(NOON, sat_noon)
     assert not in_window(NOON, sat_noon.replace(hour=13))
     monday_night = datetime(2026, 11, 23, 23, 45, tzinfo=SH)
-    assert curfew_applies([NIGHT], "102", monday_night)
-    assert not curfew_applies([NIGHT], "101", monday_night)  # excepted room
-    assert curfew_applies([NOON, NIGHT], "102", monday_night)
-    assert not curfew_applies([], "102", monday_night)
+    rooms = ["101", "102", "103"]
+    assert rooms_under_curfew([NIGHT], rooms, monday_night) == {"102", "103"}  # 101 excepted
+    assert rooms_under_curfew([NOON, NIGHT], rooms, monday_night) == {"102", "103"}
+    assert rooms_under_curfew([NOON], rooms, monday_night) == set()
+    assert rooms_under_curfew([], rooms, monday_night) == set()
 
 
 def test_clock_sync_modes_and_local_time() -> None:

@@ -15,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
 from gatewayd.sim.modbus import SimBuilding
 from gatewayd.sim.vcard import VirtualCard
-from gatewayd.store import Store
-from gatewayd.water_policy import Card
 from tests.cardreader_fixtures import Pcscd
 from tests.test_power import Daemon, events, until
-from tests.test_water import balance, notify, start, valve, valve_becomes
+from tests.test_water import balance, notify, seed, start, valve, valve_becomes
 
 __all__ = ["notify"]  # fixtures used by name
 
@@ -83,14 +79,6 @@ flow = {{ bus = "b", unit = {COUNTER}, profile = "pulse-counter", channel = 0, m
     return path
 
 
-def seed(tmp: Path) -> None:
-    store = Store.open(tmp / "state", "b07")
-    try:
-        store.call(lambda t: Ledger.credit(t, "stu-1", 1000))
-        store.call(lambda t: Cards.put(t, Card(CARD, "stu-1", "student", "active", None)))
-    finally:
-        store.close()
-
 
 def card_taps(tmp: Path) -> list[str]:
     return [e["reason"] for e in events(tmp, "tap") if e["card"] == CARD]
@@ -100,7 +88,7 @@ async def test_a_card_on_the_pcsc_reader_opens_and_closes_a_drinking_point(
     tmp_path: Path, building: SimBuilding, pcscd: Pcscd, notify: socket.socket
 ) -> None:
     sim = building
-    seed(tmp_path)
+    seed(tmp_path, ((CARD, "active"),))
     daemon = Daemon(write_config(tmp_path, sim))
     await start(daemon, notify, tmp_path)
     try:

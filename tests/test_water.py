@@ -76,12 +76,14 @@ flow = {{ bus = "b", unit = {COUNTER}, profile = "pulse-counter", channel = 0, m
     return path
 
 
-def seed(tmp: Path) -> None:
+def seed(tmp: Path, cards: tuple[tuple[str, str], ...] = ((CARD, "active"), (LOST, "lost"))) -> None:
+    """Account stu-1 with 10 yuan, known to the center, and its cards (uid, status)."""
     store = Store.open(tmp / "state", "b07")
     try:
         store.call(lambda t: Ledger.credit(t, "stu-1", 1000))
-        store.call(lambda t: Cards.put(t, Card(CARD, "stu-1", "student", "active", None)))
-        store.call(lambda t: Cards.put(t, Card(LOST, "stu-1", "student", "lost", None)))
+        for uid, status in cards:
+            store.call(lambda t, u=uid, st=status: Cards.put(  # type: ignore[misc]
+                t, Card(u, "stu-1", "student", st, None)))
     finally:
         store.close()
 
