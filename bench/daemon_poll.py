@@ -27,7 +27,9 @@ breaker's coil write arriving at the simulator:
 - overload: rooms go to 2000 W (limit 1500) at T; the condition of the brief,
   "over the limit for trip_after_s", is met at T + trip_after_s. The rule
   (behaviour.md) starts the timer at the first reading above the limit, so
-  this figure includes up to one poll period of timer start by design.
+  this figure includes up to one poll period of timer start by design; the
+  daemon reads the meter again the moment the timer runs out (not at the
+  next poll), so the cut follows the timer within one request.
 
 Each is also given from the last meter request before the cut (the reading
 that decided it) to the cut: the gateway's own processing. Target: one poll

@@ -5,6 +5,8 @@ Contract:
   only its room. A meter that keeps failing is polled less often
   (`DeviceHealth.poll_delay`) and raises `meter_offline`; the room's timers
   (curfew, reclose, lockout) keep running without it.
+- An overload timer that runs out between two polls gets a reading of its
+  own at that moment (`_trip_read_at`), so the cut does not wait for the poll.
 - A decision's events, the charge and the room's state commit in one store
   transaction before the breaker is touched.
 - At start every breaker is read; the gateway acts only where the rules say
@@ -55,6 +57,9 @@ log = structlog.get_logger(__name__)
 BREAKER_RETRY_S = 10.0
 # At start, read this many breakers at once (the bus owners queue the rest).
 START_CONCURRENCY = 32
+# An overload read is taken this long after the timer runs out (asyncio timers
+# may fire a clock tick early; the reading's time must be past the deadline).
+TRIP_READ_MARGIN_S = 0.002
 
 
 def meter_device(room: str) -> str:
@@ -73,6 +78,7 @@ class RoomRuntime:
     state: RoomState = field(default_factory=RoomState)
     breaker_on: bool | None = None       # last known; None: unknown
     next_read: float = 0.0
+    read_at: float = float("-inf")       # when the last meter read started
     next_breaker_try: float = 0.0
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
     last: MeterReading | None = None
@@ -296,11 +302,12 @@ class PowerService:
             await asyncio.sleep(1.0)
 
     async def _room_loop(self, rt: RoomRuntime) -> None:
-        loop_next = self.clock.mono()
+        next_tick = self.clock.mono()
         while True:
             now = self.clock.mono()
             reading: MeterReading | None = None
             if now >= rt.next_read:
+                rt.read_at = now
                 try:
                     reading = await rt.meter.read()
                 except DeviceError:
@@ -312,13 +319,30 @@ class PowerService:
                 await self.evaluate(rt, reading)
             except Exception:
                 log.exception("room_evaluation_failed", room=rt.id)
-            loop_next += self.poll_s
             now = self.clock.mono()
-            loop_next = max(loop_next, now)  # fell behind (slow bus): do not burst
+            if now >= next_tick:
+                next_tick = max(next_tick + self.poll_s, now)  # fell behind: do not burst
+            wake_at = next_tick
+            trip_read = self._trip_read_at(rt)
+            if trip_read is not None and trip_read < wake_at:
+                wake_at = rt.next_read = trip_read
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(loop_next - now):
+                async with asyncio.timeout(max(wake_at - now, 0.0)):
                     await rt.wake.wait()
             rt.wake.clear()
+
+    def _trip_read_at(self, rt: RoomRuntime) -> float | None:
+        """When the overload timer runs out before the next poll, read the meter
+        right then: the first reading above the limit taken `trip_after_s` after
+        the timer started cuts the room, so the cut comes within one poll period
+        of the condition being met, not two."""
+        over = rt.state.over_since
+        if over is None:
+            return None
+        at = over + self._rules(rt).trip_after_s + TRIP_READ_MARGIN_S
+        if at <= rt.read_at or at >= rt.next_read:
+            return None  # already read after it, or the next poll comes first
+        return at
 
     # --- the rules, carried out ---------------------------------------------------
 

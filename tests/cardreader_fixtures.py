@@ -208,18 +208,23 @@ class Pcscd:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def pcscd() -> Iterator[Pcscd]:
-    """The session's pcscd with vpcd (skipped, with the reason, where it cannot run)."""
+def pcscd_unavailable() -> str | None:
+    """Why a private pcscd with vpcd cannot run here, or None when it can."""
     if shutil.which("pcscd") is None or not VPCD_DRIVER.exists():
-        pytest.skip("pcscd or vsmartcard-vpcd is not installed (make deps installs them)")
+        return "pcscd or vsmartcard-vpcd is not installed (make deps installs them)"
     if importlib.util.find_spec("smartcard") is None:
-        pytest.skip("pyscard is not installed (pip install '.[pcsc]')")
+        return "pyscard is not installed (pip install '.[pcsc]')"
     if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is needed to see vpcd listening without placing a card")
+        return "ss (iproute2) is needed to see vpcd listening without placing a card"
     other = _running_pcscd()
     if other is not None:
-        pytest.skip(f"another pcscd (pid {other}) owns {PCSCD_SOCKET}; only one can run")
+        return f"another pcscd (pid {other}) owns {PCSCD_SOCKET}; only one can run"
+    return None
+
+
+@contextlib.contextmanager
+def private_pcscd() -> Iterator[Pcscd]:
+    """A started private pcscd on a free port pair, stopped at the end."""
     with tempfile.TemporaryDirectory(prefix="pcscd-test-") as workdir:
         daemon = Pcscd(Path(workdir), _free_port_pair())
         daemon.start()
@@ -227,6 +232,16 @@ def pcscd() -> Iterator[Pcscd]:
             yield daemon
         finally:
             daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def pcscd() -> Iterator[Pcscd]:
+    """The session's pcscd with vpcd (skipped, with the reason, where it cannot run)."""
+    why = pcscd_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with private_pcscd() as daemon:
+        yield daemon
 
 
 # vpcd can hide a card swap: a card placed while pcscd has not yet polled the

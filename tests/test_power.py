@@ -266,3 +266,34 @@ async def test_meter_offline_alarm_and_other_rooms_unaffected(
     assert code == 0
     usage = [e for e in events(tmp_path, "power.usage") if e["room"] == "105"]
     assert usage, "room 105 was charged and reported while 101 was offline"
+
+
+async def test_overload_is_checked_when_its_timer_runs_out_not_at_the_next_poll(
+    tmp_path: Path, building: SimBuilding
+) -> None:
+    """A slow poll (30 s) and a short trip timer (0.5 s): the meter is read again
+    when the timer runs out, and that reading cuts the room, long before the next
+    poll would have (behaviour.md: cut at the first reading above the limit taken
+    trip_after_s after the timer started)."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, True)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = write_config(tmp_path, sim)
+    config.write_text(config.read_text().replace("poll_interval_s = 0.2", "poll_interval_s = 30"))
+    sim.set_load(0, 2000)  # limit 1000 W
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        cut = await until(lambda: [e for e in events(tmp_path, "breaker.cut") if e["room"] == "101"],
+                          timeout=15)
+        assert cut[0]["reason"] == "overload"
+        assert cut[0]["power_w"] == pytest.approx(2000, rel=0.01)
+        await coil_becomes(sim, 0, False)
+        # Two reads of the meter (the first poll, the trip read), two requests each
+        # for this profile; other rooms had their first poll only.
+        assert sim.endpoints[0].request_count[1] == 4
+        assert sim.endpoints[0].request_count[2] == 2
+    finally:
+        code = await daemon.stop()
+    assert code == 0

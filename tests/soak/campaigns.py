@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,13 @@ from gatewayd.ledger import Ledger
 from gatewayd.power import PowerService, breaker_device, meter_device
 from gatewayd.sim.modbus import SimBuilding
 from gatewayd.sim.serial_card import PtyPort, frame
+from gatewayd.sim.vcard import VirtualCard
 from gatewayd.store import Store
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water import WaterService, valve_device
 from gatewayd.water_policy import Card
 from gatewayd.wire import rfc3339
+from tests.cardreader_fixtures import VPCD_READER, Pcscd, pcscd_unavailable, private_pcscd
 from tests.mqtt_fixtures import Broker, Collector, mosquitto
 from tests.soak.harness import (
     BUILDING,
@@ -698,29 +700,72 @@ def alarm_balance(s: StoreSnapshot) -> dict[tuple[str, str], bool]:
     return state
 
 
+# The test suite sets this to its session's pcscd: only one pcscd can run on a
+# machine (it always serves /run/pcscd/pcscd.comm), so the campaign restarts that one.
+SHARED_PCSCD: Pcscd | None = None
+PCSC_CARD = "04A1B2C3"
+
+
+@contextlib.contextmanager
+def campaign_pcscd() -> Iterator[tuple[Pcscd | None, str]]:
+    """A pcscd with vpcd for the campaign to restart, or None and why there is none."""
+    if SHARED_PCSCD is not None:
+        yield SHARED_PCSCD, ""
+        return
+    why = pcscd_unavailable()
+    if why is not None:
+        yield None, why
+        return
+    with private_pcscd() as daemon:
+        yield daemon, ""
+
+
+async def pcsc_tap(pc: Pcscd, db: Path, reader: str, card: str, timeout: float = 10.0) -> bool:
+    """Place the virtual card until the daemon records a tap from `reader`; lift it and
+    wait until pcscd has seen it go and the debounce window has passed."""
+    def taps() -> int:
+        return sum(1 for e in read_store(db).of("tap") if e["reader"] == reader)
+    before = taps()
+    async with VirtualCard(card, port=pc.port):
+        served = await until(lambda: taps() > before, timeout)
+    await asyncio.sleep(1.5)  # pcscd polls vpcd presence about every 400 ms; debounce 0.3 s
+    return bool(served)
+
+
 async def device_faults(iterations: int) -> Row:
-    """10 % of requests spoiled on one bus, meters vanishing, an endpoint flapping, a reader
-    unplugged, a valve failing; `iterations` rounds of all of them at once."""
+    """10 % of requests spoiled on one bus, meters vanishing, an endpoint flapping, a serial
+    reader unplugged, pcscd restarted, a valve failing; `iterations` rounds of all of them
+    at once."""
+    with campaign_pcscd() as (pc, why):
+        return await _device_faults(iterations, pc, why)
+
+
+async def _device_faults(iterations: int, pc: Pcscd | None, no_pcsc: str) -> Row:
     t0 = time.monotonic()
     rng = random.Random(3)
     checks = Checks()
     injected = 0
+    notes: list[str] = []
     async with workdir("faults") as tmp:
         # e0: 10 rooms, the relay boards and counters, 10 % of requests spoiled;
         # e1: 10 rooms, connections dropped; e2: 10 rooms, nothing wrong (the control).
-        layout = Layout(tmp, rooms=30, points=2, per_endpoint=10, poll_s=0.5,
-                        water_rules={"min_balance_fen": 10})
+        # Points 0 and 1 have serial readers; point 2 (when pcscd can run) a PC/SC one.
+        serial_points = 2
+        pcsc = {serial_points: VPCD_READER} if pc is not None else {}
+        layout = Layout(tmp, rooms=30, points=serial_points + len(pcsc), per_endpoint=10,
+                        poll_s=0.5, water_rules={"min_balance_fen": 10}, pcsc_readers=pcsc)
         sim = await start_building(layout, FlakyEndpoint)
         e0, e1, e2 = sim.endpoints[:3]
         assert isinstance(e0, FlakyEndpoint)
         e0.rate = 0.10
         for i in range(layout.rooms):
             sim.set_load(i, rng.uniform(50, 500))
-        ports = [PtyPort(layout.tty(j)) for j in range(layout.points)]
+        ports = [PtyPort(layout.tty(j)) for j in range(serial_points)]
         card = "0A0B0C0D0E"
         seed(layout.state_dir, {**{layout.account(i): 10_000_000 for i in range(layout.rooms)},
-                                "stu-1": 1_000_000},
-             [Card(card, "stu-1", "student", "active", None)])
+                                "stu-1": 1_000_000, "stu-2": 1_000_000},
+             [Card(card, "stu-1", "student", "active", None),
+              Card(PCSC_CARD, "stu-2", "student", "active", None)])
         daemon = Daemon(layout.config(sim), tmp, watchdog_usec=2_000_000)
         vanish = {(0, 1): "silent", (0, 2): "exception"}   # (endpoint, unit): fault
         valve_unit, _ = layout.valve(1)
@@ -737,6 +782,9 @@ async def device_faults(iterations: int) -> Row:
                 ports[0].unplug()
                 e0.set_fault(valve_unit, "exception")
                 injected += len(vanish) + 2
+                if pc is not None:
+                    await asyncio.to_thread(pc.stop)
+                    injected += 1
                 for _ in range(3):
                     await hold_card(ports[1], card)   # a tap on a failing valve: refused, alarmed
                     await asyncio.sleep(0.4)
@@ -748,12 +796,15 @@ async def device_faults(iterations: int) -> Row:
                     sim.endpoints[k].set_fault(unit, None)
                 ports[0].plug()
                 e0.set_fault(valve_unit, None)
+                if pc is not None:
+                    await asyncio.to_thread(pc.start)
 
                 def settled() -> bool:
                     return not any(alarm_balance(read_store(layout.db)).values())
                 ok = await until(settled, 45.0, step=0.5)
                 s = read_store(layout.db)
-                for dev in ("meter:101", "meter:102", "reader:r0", "valve:shower-2"):
+                pcsc_devices = [f"reader:r{j}" for j in pcsc]
+                for dev in ("meter:101", "meter:102", "reader:r0", "valve:shower-2", *pcsc_devices):
                     acode = {"meter": "meter_offline", "reader": "reader_offline",
                              "valve": "valve_fault"}[dev.split(":")[0]]
                     raised, cleared = alarm_pairs(s, acode, dev)
@@ -770,6 +821,12 @@ async def device_faults(iterations: int) -> Row:
                 await asyncio.sleep(0.5)
                 await hold_card(ports[0], card)   # close that session again
                 await asyncio.sleep(0.5)
+                if pc is not None:  # the PC/SC reader serves taps again after pcscd's restart
+                    opened = await pcsc_tap(pc, layout.db, f"r{serial_points}", PCSC_CARD)
+                    checks.check(opened, f"{label}: no tap from the PC/SC reader after pcscd "
+                                 "restarted")
+                    closed = await pcsc_tap(pc, layout.db, f"r{serial_points}", PCSC_CARD)
+                    checks.check(closed, f"{label}: the PC/SC reader's second tap not served")
             window = time.monotonic() - window0
             expected = window / layout.poll_s
             rates = {}
@@ -793,7 +850,9 @@ async def device_faults(iterations: int) -> Row:
                       checks, "end")
             checks.extend(1, daemon.log_problems())
             injected += sum(e0.injected.values())
-            notes = [f"spoiled requests {dict(e0.injected)}; slowest room's poll rate over "
+            if pc is None:
+                notes.append(f"pcscd restart not exercised: {no_pcsc}")
+            notes += [f"spoiled requests {dict(e0.injected)}; slowest room's poll rate over "
                      f"{window:.0f} s: " + ", ".join(f"{k} {v:.0%}" for k, v in rates.items())
                      + f"; watchdog longest gap {max(gaps, default=0):.2f} s"]
         finally:

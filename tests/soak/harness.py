@@ -98,7 +98,8 @@ class Layout:
     Room i: meter unit i % per_endpoint + 1 on endpoint i // per_endpoint (bus
     `e{k}`); breaker on relay board i // 16, channel i % 16 (endpoint 0). Point j:
     valve on relay board `room_boards + j // 16`, flow on counter j // 8 channel
-    j % 8, both on endpoint 0; reader `r{j}` on a pty in `workdir`.
+    j % 8, both on endpoint 0; reader `r{j}` on a pty in `workdir`, or a PC/SC
+    reader when `pcsc_readers` names one for the point.
     """
 
     workdir: Path
@@ -117,6 +118,7 @@ class Layout:
     bus_timeout_s: float = 0.3
     extra_endpoints: int = 0          # empty endpoints beyond those the meters need
     center: dict[str, Any] = field(default_factory=dict)  # a [center] section when not empty
+    pcsc_readers: dict[int, str] = field(default_factory=dict)  # point: PC/SC reader name prefix
 
     @property
     def state_dir(self) -> Path:
@@ -199,8 +201,10 @@ class Layout:
             fu, fch = self.flow(j)
             flow = (f'flow = {{ bus = "e0", unit = {fu}, profile = "pulse-counter", channel = {fch}, '
                     "ml_per_pulse = 10 }") if self.shower_unit == "L" else ""
+            reader = (['type = "pcsc"', f"name = {json.dumps(self.pcsc_readers[j])}"]
+                      if j in self.pcsc_readers else ['type = "serial"', f'port = "{self.tty(j)}"'])
             lines += [
-                "[[readers]]", f'id = "r{j}"', 'type = "serial"', f'port = "{self.tty(j)}"',
+                "[[readers]]", f'id = "r{j}"', *reader,
                 "[[points]]", f'id = "{self.point_id(j)}"', 'service = "shower"', f'reader = "r{j}"',
                 f'valve = {{ bus = "e0", unit = {vu}, profile = "relay-board", channel = {vch} }}',
                 flow,
