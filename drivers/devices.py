@@ -27,6 +27,9 @@ class MeterReading:
     `energy_wh` is the cumulative register scaled and rounded to whole Wh.
     `mono` is `time.monotonic()` when the answer arrived; `wall` is `time.time()`.
     Optional fields are None when the profile does not have them.
+    `energy_step_wh` is the smallest step the energy register can make at its
+    current value (one count times the scale; for a float32 register, one unit
+    in the last place, which grows with the value: ~2 Wh above 16,384 kWh).
     """
 
     energy_wh: int
@@ -36,6 +39,7 @@ class MeterReading:
     voltage_v: float | None = None
     current_a: float | None = None
     pf: float | None = None
+    energy_step_wh: float = 0.0
 
 
 class Meter(Protocol):

@@ -755,6 +755,13 @@ class CenterLink:
         await client.publish(self.topic_status, document, qos=1, retain=True, timeout=PUBACK_TIMEOUT_S)
         self._last_status_pending = messages
 
+    async def status_now(self) -> dict[str, Any]:
+        """The status document as it would be published now (`state.get` without args)."""
+        pending, last_seq = await self._store.read(_pending_and_last_seq)
+        document: dict[str, Any] = msgspec.json.decode(
+            self._status_document(self._fields(), pending.messages, last_seq))
+        return document
+
     def _status_document(self, fields: dict[str, Any], pending: int, last_seq: int) -> bytes:
         faults = fields.get("faults") or {}
         status = Status(

@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from gatewayd import __version__, centertool, demo, logs
-from gatewayd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from gatewayd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, warning_lines
 from gatewayd.store import Store, StoreError
 
 # Exit codes: 0 done, 1 failure at run time, 2 unusable config or state (do not restart).
@@ -67,8 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, check_files=False)
     except ConfigError as e:
-        for problem in e.problems:
-            print(f"{e.path}: {problem}", file=sys.stderr)
+        _print_lines(e.lines())
         return EXIT_CONFIG
     return render(config.gateway.state_dir, as_json=args.json)
 
@@ -77,13 +76,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
     except ConfigError as e:
-        for problem in e.problems:
-            print(f"{e.path}: {problem}", file=sys.stderr)
-        n = len(e.problems)
-        print(f"{e.path}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        _print_lines([*e.lines(), *warning_lines(e.warnings)])
         return EXIT_CONFIG
+    _print_lines(warning_lines(config.warnings))
     print(f"{args.file}: ok, {config.summary()}")
     return EXIT_OK
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    """Problems and warnings go to stderr, one a line (the spec's `place: message`)."""
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,8 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         for problem in e.problems:
             log.error("config_invalid", file=str(e.path), problem=str(problem))
-            print(f"{e.path}: {problem}", file=sys.stderr)
+        _print_lines(e.lines())
         return EXIT_CONFIG
+    for warning in config.warnings:
+        log.warning("config_warning", file=str(config.path), warning=str(warning))
     try:
         store = Store.open(config.gateway.state_dir, config.gateway.building)
     except StoreError as e:

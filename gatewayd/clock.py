@@ -19,9 +19,11 @@ from gatewayd.wire import rfc3339
 
 log = structlog.get_logger(__name__)
 
-# adjtimex(2): STA_UNSYNC in `status`, TIME_ERROR as the return value: not synced.
-STA_UNSYNC = 0x0040
-TIME_ERROR = 5
+# systemd-timedated's NTPSynchronized (what timedatectl shows): the kernel's
+# maximum error (adjtimex(2), microseconds) under its ceiling of 16 s. STA_UNSYNC
+# is ignored, as timedated does: chrony without rtcsync sets it on a synced clock
+# to keep the kernel off the RTC.
+MAXERROR_SYNCED_US = 16_000_000
 
 
 class _Timex(ctypes.Structure):
@@ -47,7 +49,11 @@ def kernel_ntp_synced() -> bool | None:
         return None
     if state < 0:
         return None
-    return state != TIME_ERROR and not tx.status & STA_UNSYNC
+    return synced_from_maxerror(tx.maxerror)
+
+
+def synced_from_maxerror(maxerror_us: int) -> bool:
+    return maxerror_us < MAXERROR_SYNCED_US
 
 
 class Clock:

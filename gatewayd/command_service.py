@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -82,7 +82,7 @@ class CommandService:
         power: PowerService,
         water: WaterService,
         public_key: Ed25519PublicKey | None,
-        status: Callable[[], dict[str, Any]] | None = None,
+        status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -107,6 +107,15 @@ class CommandService:
                 insecure_unsigned=bool(center and center.insecure_unsigned_commands),
             )
             if isinstance(checked, CommandRejection):
+                if checked.code is ErrorCode.STALE and checked.id is not None:
+                    # A repeat of an applied command (redelivered by the broker
+                    # after a crash, say) is answered with its first result, even
+                    # when it has grown old meanwhile: `stale` would tell the center
+                    # it was not applied. The signature was checked before the age.
+                    first = await self._first_result(checked.id)
+                    if first is not None:
+                        log.info("command_duplicate", id=checked.id)
+                        return as_duplicate(first)
                 self.refused += 1
                 log.warning("command_refused", id=checked.id, code=str(checked.code),
                             message=checked.message)
@@ -120,12 +129,16 @@ class CommandService:
             cid = _id_of(payload)
             return encode_result_error(cid, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
 
+    async def _first_result(self, cid: str) -> bytes | None:
+        row = await self.store.read(lambda t: t.execute(
+            "SELECT result FROM commands WHERE id = ?", (cid,)).fetchone())
+        return None if row is None else bytes(row[0])
+
     async def _apply(self, cmd: ParsedCommand) -> bytes | None:
-        first = await self.store.read(lambda t: t.execute(
-            "SELECT result FROM commands WHERE id = ?", (cmd.id,)).fetchone())
+        first = await self._first_result(cmd.id)
         if first is not None:
             log.info("command_duplicate", id=cmd.id, type=str(cmd.type))
-            return as_duplicate(bytes(first[0]))
+            return as_duplicate(first)
         try:
             await self._dispatch(cmd)
         except Refused as e:
@@ -192,7 +205,9 @@ class CommandService:
         open_water = self.water.open_charges(a.account)
 
         def job(txn: Txn) -> dict[str, Any]:
-            last = txn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            # The last seq assigned (events may have been pruned or dropped since).
+            row = txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            last = row[0] if row else 0
             if a.through_seq > last:
                 raise Refused(ErrorCode.CONFLICT,
                               f"through_seq {a.through_seq} is beyond this building's last "
@@ -244,7 +259,11 @@ class CommandService:
         if card is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no card {uid}")
         if blocked:
-            new = Card(card.uid, card.account, card.kind, "lost", card.expires)
+            if card.status == "cancelled":
+                # Cancelled is final: it stays cancelled (and its taps keep saying so).
+                new = card
+            else:
+                new = Card(card.uid, card.account, card.kind, "lost", card.expires)
         else:
             if card.status == "cancelled":
                 raise Refused(ErrorCode.CONFLICT, f"card {uid} is cancelled, not lost")
@@ -358,7 +377,7 @@ class CommandService:
                                "status": card.status,
                                "expires": card.expires.isoformat() if card.expires else None}}
         else:
-            result = dict(self.status()) if self.status else {}
+            result = dict(await self.status()) if self.status else {}
         await self.store.run(self._remember(cmd.id, encode_result_ok(cmd.id, result)))
 
 

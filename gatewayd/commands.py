@@ -538,11 +538,14 @@ def _room_restore(f: _Fields) -> RoomRestore:
 
 
 def _room_limit(f: _Fields) -> RoomLimit:
+    raw = f.get("max_power_w")
+    if type(raw) is float and raw.is_integer() and abs(raw) <= _MAX_INT:
+        raw = int(raw)  # 2000.0 from a JSON encoder that writes every number as a float
     return RoomLimit(
         room=_name(f.path("room"), f.get("room")),
         max_power_w=_int(
             f.path("max_power_w"),
-            f.get("max_power_w"),
+            raw,
             f"an integer >= {_MIN_POWER_LIMIT_W}",
             _MIN_POWER_LIMIT_W,
         ),
@@ -550,7 +553,7 @@ def _room_limit(f: _Fields) -> RoomLimit:
 
 
 def _events_resend(f: _Fields) -> EventsResend:
-    from_seq = _int(f.path("from_seq"), f.get("from_seq"), "an integer >= 1", 1)
+    from_seq = _int(f.path("from_seq"), f.get("from_seq"), "an integer >= 0", 0)
     raw_to = f.optional("to_seq")
     to_seq = None
     if raw_to is not None:

@@ -4,6 +4,11 @@
 `ConfigError` carrying every problem found, each with its place in the file
 (`rooms[3].meter.bus: no bus named "rs485-c"`). Profiles named by devices are
 loaded and checked here too, so a config that loads is one the daemon can run.
+Things worth saying that do not stop it (a curfew exception naming a room not
+in this file) are `warnings`, on the `Config` or the `ConfigError`.
+
+Relative paths (`state_dir`, `profiles_dir`, `*_file`) are taken from the
+config file's folder, never from the working directory.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import re
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time as dtime
 from decimal import Decimal
@@ -36,15 +41,32 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CARD_KINDS = ("teacher", "student", "merchant", "family", "temporary")
 SERVICES = ("shower", "drinking")
 DEFAULT_CONFIG_PATH = Path("/etc/gatewayd/gateway.toml")
+DEFAULT_STATE_DIR = "/var/lib/gatewayd"
+DEFAULT_PROFILES_DIR = "/etc/gatewayd/profiles"
 
 
 class ConfigError(Exception):
-    """The file cannot be used. `problems` lists every reason, with places."""
+    """The file cannot be used. `problems` lists every reason, with places;
+    `warnings` what else was found (not reasons on their own)."""
 
-    def __init__(self, path: Path, problems: list[Problem]) -> None:
+    def __init__(
+        self, path: Path, problems: list[Problem], warnings: Sequence[Problem] = ()
+    ) -> None:
         self.path = path
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+        self.warnings = tuple(warnings)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """What `check-config` prints: a header, then each problem as `place: message`."""
+        n = len(self.problems)
+        header = f"{self.path}: {n} problem{'s' if n != 1 else ''}:"
+        return [header, *(str(p) for p in self.problems)]
+
+
+def warning_lines(warnings: Sequence[Problem]) -> list[str]:
+    """Warnings as printed on stderr: `warning: place: message`."""
+    return [f"warning: {w}" for w in warnings]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +245,7 @@ class Config:
     points: tuple[Point, ...]
     metrics: Metrics | None
     profiles: Mapping[str, Profile] = field(default_factory=dict)
+    warnings: tuple[Problem, ...] = ()
 
     def summary(self) -> str:
         center = f"center {self.center.broker}" if self.center else "offline only (no [center])"
@@ -271,9 +294,10 @@ def load_config(path: Path | str, *, check_files: bool = True) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, [Problem("", f"invalid TOML: {e}")]) from e
     problems: list[Problem] = []
-    config = _Loader(path, data, problems, check_files).load()
+    loader = _Loader(path, data, problems, check_files)
+    config = loader.load()
     if problems or config is None:
-        raise ConfigError(path, problems)
+        raise ConfigError(path, problems, loader.warnings)
     return config
 
 
@@ -282,8 +306,11 @@ class _Loader:
         self, path: Path, data: dict[str, object], problems: list[Problem], check_files: bool
     ) -> None:
         self.path = path
+        # Relative paths in the file are relative to the file, wherever it was run from.
+        self.base = path.absolute().parent
         self.root = Table(dict(data), "", problems)
         self.problems = problems
+        self.warnings: list[Problem] = []
         self.check_files = check_files
         self.profiles: dict[str, Profile] = {}
         self.bad_profiles: dict[str, str] = {}
@@ -331,6 +358,7 @@ class _Loader:
             points=points,
             metrics=metrics,
             profiles=dict(self.profiles),
+            warnings=tuple(self.warnings),
         )
 
     def gateway(self, t: Table | None) -> GatewaySection:
@@ -353,45 +381,93 @@ class _Loader:
                 tz = "UTC"
         else:
             tz = system_timezone()
-        state_dir = Path(t.text("state_dir", "/var/lib/gatewayd"))
-        if self.check_files:
+        state_dir = self.directory(t, "state_dir", DEFAULT_STATE_DIR)
+        if state_dir is not None and self.check_files:
             self.check_state_dir(t, state_dir)
         poll = t.number("poll_interval_s", 1.0, minimum=0.1)
         debounce = t.number("tap_debounce_s", 1.5, above=0)
-        profiles_dir = Path(t.text("profiles_dir", "/etc/gatewayd/profiles"))
+        profiles_dir = self.directory(t, "profiles_dir", DEFAULT_PROFILES_DIR)
+        # The default folder may be missing (only shipped profiles); another one
+        # named in the file is checked, so that a typo is not silent.
+        if profiles_dir is not None and profiles_dir != Path(DEFAULT_PROFILES_DIR):
+            self.check_profiles_dir(t, profiles_dir)
         synced = t.text("clock_synced", "auto", choices=("auto", "yes", "no"))
         t.done()
         return GatewaySection(
             building=building,
             site=site,
             timezone=tz,
-            state_dir=state_dir,
+            state_dir=state_dir or Path(DEFAULT_STATE_DIR),
             poll_interval_s=poll,
             tap_debounce_s=debounce,
-            profiles_dir=profiles_dir,
+            profiles_dir=profiles_dir or Path(DEFAULT_PROFILES_DIR),
             clock_synced=synced,  # type: ignore[arg-type]
         )
 
+    def path_text(self, t: Table, key: str, *, required: bool = False) -> str | None:
+        """A path as written, or None when absent, empty or not usable (then a problem)."""
+        before = len(self.problems)
+        value = t.text(key, "", required=required)
+        if len(self.problems) > before or not value:
+            return None
+        if "\0" in value:
+            t.problem(key, "expected a path without NUL characters")
+            return None
+        return value
+
+    def resolve(self, value: str) -> Path:
+        """A path from the file: relative ones are taken from the file's folder."""
+        return self.base / value  # an absolute `value` replaces the base
+
+    def directory(self, t: Table, key: str, default: str) -> Path | None:
+        """A folder key: `default` when absent, None when wrong (a problem recorded)."""
+        if not t.has(key):
+            t.text(key)  # mark the key as read
+            return Path(default)
+        if t.data[key] == "":
+            t.text(key)
+            t.problem(key, 'expected a path, got ""')
+            return None
+        value = self.path_text(t, key)
+        return self.resolve(value) if value is not None else None
+
     def check_state_dir(self, t: Table, state_dir: Path) -> None:
-        if state_dir.exists():
-            if not state_dir.is_dir():
-                t.problem("state_dir", f"{state_dir} exists and is not a directory")
-            elif not os.access(state_dir, os.W_OK | os.X_OK):
-                t.problem("state_dir", f"{state_dir} is not writable by this user")
+        try:
+            if state_dir.exists():
+                if not state_dir.is_dir():
+                    t.problem("state_dir", f"{state_dir} exists and is not a directory")
+                elif not os.access(state_dir, os.W_OK | os.X_OK):
+                    t.problem("state_dir", f"{state_dir} is not writable by this user")
+                return
+            parent = state_dir.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+        except OSError as e:  # a name too long, a loop of links
+            t.problem("state_dir", f"cannot use {state_dir}: {e.strerror or e}")
             return
-        parent = state_dir.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
         if not os.access(parent, os.W_OK | os.X_OK):
             t.problem("state_dir", f"{state_dir} does not exist and {parent} is not writable")
 
+    def check_profiles_dir(self, t: Table, profiles_dir: Path) -> None:
+        try:
+            exists, is_dir = profiles_dir.exists(), profiles_dir.is_dir()
+        except OSError as e:
+            t.problem("profiles_dir", f"cannot use {profiles_dir}: {e.strerror or e}")
+            return
+        if not exists:
+            # A warning, not an error: the contract's own example names the
+            # default folder, which a site without profiles of its own lacks.
+            self.warnings.append(Problem(
+                t.at("profiles_dir"),
+                f"no such directory {show(str(profiles_dir))} (only the shipped profiles are used)"))
+        elif not is_dir:
+            t.problem("profiles_dir", f"{show(str(profiles_dir))} is not a directory")
+
     def file(self, t: Table, key: str, *, required: bool = False) -> Path | None:
-        value = t.text(key, "", required=required)
-        if not value:
+        value = self.path_text(t, key, required=required)
+        if value is None:
             return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.path.parent / path
+        path = self.resolve(value)
         if self.check_files:
             try:
                 with path.open("rb"):
@@ -488,7 +564,7 @@ class _Loader:
             sub = t.table(service)
             if sub is None:
                 continue
-            price = sub.decimal("price", required=True)
+            price = sub.decimal("price", defaults[service].price)
             unit = sub.text("unit", defaults[service].unit, choices=units[service])
             sub.done()
             out[service] = Tariff(price, unit)  # type: ignore[arg-type]
@@ -514,10 +590,14 @@ class _Loader:
         days = t.str_list("days", choices=DAYS, default=DAYS)
         start = t.text("from", "", required=True, pattern=HHMM_RE, pattern_text='"HH:MM"')
         end = t.text("to", "", required=True, pattern=HHMM_RE, pattern_text='"HH:MM"')
+        # The contract's own example excepts rooms a building may not have: a
+        # room not in this file is a warning, not an error (docs/decisions.md).
         excepted = t.str_list("except")
         for i, room in enumerate(excepted):
             if room not in room_ids:
-                t.problem(f"except[{i}]", f"no room with id {show(room)}")
+                self.warnings.append(Problem(
+                    t.at(f"except[{i}]"), f"no room {show(room)} in this file (ignored)"
+                ))
         if start and start == end:
             t.problem("to", "a curfew window must not start and end at the same time")
         t.done()
@@ -525,7 +605,7 @@ class _Loader:
             days=frozenset(days),
             start=_hhmm(start),
             end=_hhmm(end),
-            except_rooms=frozenset(excepted),
+            except_rooms=frozenset(r for r in excepted if r in room_ids),
         )
 
     def water(self, t: Table | None) -> WaterRules:
@@ -647,9 +727,11 @@ class _Loader:
         seen = self.room_ids
         for t in root.tables("rooms"):
             rid = t.text("id", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
-            if rid in seen:
+            # "" is an id that already failed: not a duplicate of the last one that did.
+            if rid and rid in seen:
                 t.problem("id", f"room {show(rid)} is defined twice")
-            seen.add(rid)
+            elif rid:
+                seen.add(rid)
             account = t.text(
                 "account", f"room-{building}-{rid}", pattern=ACCOUNT_RE, pattern_text=ACCOUNT_TEXT
             )
@@ -709,9 +791,10 @@ class _Loader:
         reader_owner: dict[str, str] = {}
         for t in root.tables("points"):
             pid = t.text("id", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
-            if pid in seen:
+            if pid and pid in seen:  # "" already failed: see rooms()
                 t.problem("id", f"point {show(pid)} is defined twice")
-            seen.add(pid)
+            elif pid:
+                seen.add(pid)
             service = t.text("service", "", required=True, choices=SERVICES)
             reader = t.text("reader", "", required=True)
             if reader and reader not in readers:

@@ -143,9 +143,10 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     if config.center is not None:
         commands = CommandService(
             config, store, clock, ledger=ledger, cards=cards, power=power, water=water,
-            public_key=_public_key(config), status=snapshot.status_fields)
+            public_key=_public_key(config))
         link = CenterLink(config, store, clock, handler=commands,
                           status=snapshot.status_fields, telemetry=snapshot.telemetry)
+        commands.status = link.status_now
         snapshot.center = link.view
     # Shutdown order is the spec's: water first (stop taps, close valves, end
     # sessions), then power, then the center link (publish, say offline, disconnect).

@@ -314,8 +314,9 @@ def enforce_cap(txn: Txn, max_bytes: int, *, ts: str, wall: float | None = None)
 
 
 def prune(txn: Txn, *, now: float, keep_events_days: float, limit: int = _CHUNK) -> int:
-    """Delete at most `limit` old rows: published events older than
-    `keep_events_days`, and published command results older than
+    """Delete at most `limit` old rows: events created and acknowledged more than
+    `keep_events_days` ago (a backlog drained after a long outage is kept that
+    long from its delivery), and published command results older than
     max(COMMAND_KEEP_MIN_DAYS, keep_events_days). Return how many were
     deleted; call again while it returns `limit` or more.
 
@@ -325,8 +326,8 @@ def prune(txn: Txn, *, now: float, keep_events_days: float, limit: int = _CHUNK)
     events_before = now - keep_events_days * _DAY_S
     commands_before = now - max(COMMAND_KEEP_MIN_DAYS, keep_events_days) * _DAY_S
     n = txn.execute(
-        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE wall < ? AND published IS NOT NULL"
-        " LIMIT ?)", (events_before, limit),
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE wall < ? AND published < ?"
+        " LIMIT ?)", (events_before, events_before, limit),
     ).rowcount
     n += txn.execute(
         "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands WHERE received < ?"

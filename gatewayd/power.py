@@ -81,6 +81,10 @@ class RoomRuntime:
     read_at: float = float("-inf")       # when the last meter read started
     next_breaker_try: float = 0.0
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
+    unverified: bool = False             # unreadable at start: first read decides as at start
+    # Cuts carried out while the store could not record them: (cut, ts, wall),
+    # written with the room's next successful commit.
+    unrecorded: list[tuple[Cut, str, float]] = field(default_factory=list)
     last: MeterReading | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -262,6 +266,7 @@ class PowerService:
                 try:
                     rt.breaker_on = await rt.breaker.get()
                 except DeviceError as e:
+                    rt.unverified = True
                     log.warning("breaker_unreadable_at_start", room=rt.id, error=e.message)
 
         await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
@@ -353,7 +358,8 @@ class PowerService:
             r = None
             if reading is not None:
                 rt.last = reading
-                r = Reading(reading.energy_wh, reading.power_w, reading.pf, reading.mono)
+                r = Reading(reading.energy_wh, reading.power_w, reading.pf, reading.mono,
+                            reading.energy_step_wh)
             out = step(rt.state, self._context(rt, now), r)
             await self._carry_out(rt, out, startup=startup)
 
@@ -366,15 +372,38 @@ class PowerService:
         try:
             await self._commit(rt, out, also=also)
         except StoreError as e:
-            # The disk is full or failing: the decision cannot be recorded. A cut
-            # still happens (fire and money safety come first); the room's state
-            # is not advanced, so the same decision, with its events and charges,
-            # is recorded at the first evaluation after the store recovers.
+            # The disk is full or failing: the decision cannot be recorded. The
+            # money does not move: the baseline stays, so the energy is charged,
+            # with its reports, at the first commit after the store recovers.
+            # The protection goes on: overload and resistive timers keep running,
+            # and a cut happens (fire and money safety come first), is kept in
+            # memory, and its event is written with that first commit. Nothing
+            # else is carried out (a restore waits for the store).
             log.error("power_decision_not_recorded", room=rt.id, error=str(e))
-            if out.state.cut_reason is not None and also is None:
-                await self._drive_breaker(rt, want_on=False)
+            if also is None:
+                self._advance_unrecorded(rt, out)
+                if out.state.cut_reason is not None:
+                    await self._drive_breaker(rt, want_on=False)
             raise
         await self._drive_breaker(rt)
+
+    def _advance_unrecorded(self, rt: RoomRuntime, out: Outcome) -> None:
+        """Take the protective part of an outcome the store refused (see `_carry_out`)."""
+        old, new = rt.state, out.state
+        cuts = [d for d in out.decisions if isinstance(d, Cut)]
+        if any(isinstance(d, Restore) for d in out.decisions):
+            return  # stays cut until the restore can be recorded
+        if cuts:
+            now_wall = self.clock.wall()
+            stamp = self.clock.stamp(now_wall)
+            rt.unrecorded += [(d, stamp, now_wall) for d in cuts]
+            rt.state = replace(new, baseline_wh=old.baseline_wh, baseline_at=old.baseline_at,
+                               carry=old.carry, accrued_wh=old.accrued_wh,
+                               accrued_fen=old.accrued_fen, chain_from_wh=old.chain_from_wh,
+                               accrued_since=old.accrued_since, low_sent=old.low_sent)
+        else:
+            rt.state = replace(old, over_since=new.over_since, last_power_w=new.last_power_w,
+                               meter_online=new.meter_online)
 
     async def _commit(self, rt: RoomRuntime, out: Outcome,
                       extra_alarms: list[tuple[str, str, str, bool]] | None = None,
@@ -385,15 +414,20 @@ class PowerService:
         row = self._row(rt if out.state is rt.state else replace(rt, state=out.state),
                         now_mono, now_wall)
         key = self._key(row)
-        if not out.decisions and not extra_alarms and also is None and key == rt.persisted:
+        if (not out.decisions and not extra_alarms and also is None and key == rt.persisted
+                and not rt.unrecorded):
             rt.state = out.state
             return
         account = rt.cfg.account
         stamp = self.clock.stamp(now_wall)
         room = rt.id
-        switching = any(isinstance(d, Cut | Restore) for d in out.decisions)
+        switching = any(isinstance(d, Cut | Restore) for d in out.decisions) or bool(rt.unrecorded)
+        unrecorded = list(rt.unrecorded)
 
         def job(txn: Txn) -> tuple[int, bool]:
+            for cut, cut_stamp, cut_wall in unrecorded:  # carried out while the disk was full
+                txn.event("breaker.cut", {"room": room, "reason": cut.reason,
+                                          "power_w": cut.power_w}, ts=cut_stamp, wall=cut_wall)
             charged = sum(d.fen for d in out.decisions if isinstance(d, Charge))
             if charged or any(isinstance(d, Report) for d in out.decisions):
                 balance, known = Ledger.debit(txn, account, charged)
@@ -432,6 +466,7 @@ class PowerService:
 
         balance, known = await self.store.run(job)
         self.ledger.note(account, balance, known)
+        del rt.unrecorded[:len(unrecorded)]
         rt.state = out.state
         rt.persisted = key
         rt.switch_pending = rt.switch_pending or switching
@@ -452,6 +487,13 @@ class PowerService:
             except DeviceError:
                 rt.next_breaker_try = now + BREAKER_RETRY_S
                 return
+            if rt.unverified:
+                # The start's check, late: a breaker off for no recorded reason
+                # is left off and held, never switched on because we restarted.
+                rt.unverified = False
+                if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
+                    await self._found_off(rt)
+                    return
         following = want_on is None
         if want_on is None:
             want_on = rt.state.cut_reason is None

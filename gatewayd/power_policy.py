@@ -67,6 +67,7 @@ class Reading:
     power_w: float
     pf: float | None
     at: float  # monotonic
+    step_wh: float = 0.0  # the energy register's smallest step at its value (MeterReading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +171,10 @@ def _meter(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> int:
             "meter_reset", f"energy register went back from {s.baseline_wh} to {r.energy_wh} Wh"))
         return 0
     elapsed = max(r.at - (s.baseline_at if s.baseline_at is not None else r.at), 0.0)
-    # What the room could draw at twice its limit in the elapsed time (plus one
-    # Wh of register rounding).
-    plausible = 2 * limit_w(s, ctx.rules) * elapsed / 3600 + 1
+    # What the room could draw at twice its limit in the elapsed time, plus one
+    # Wh of rounding and one step of the register (a float32 kWh register above
+    # 16,384 kWh moves in ~2 Wh steps; a 0.01 kWh register in 10 Wh steps).
+    plausible = 2 * limit_w(s, ctx.rules) * elapsed / 3600 + 1 + r.step_wh
     if delta > plausible:
         _new_chain(s, ctx, r, out, Alarm(
             "meter_jump", delta, note=f"{delta} Wh uncharged: energy rose from {s.baseline_wh} "

@@ -13,10 +13,15 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Plain decimal notation only: "0.56", "12", "0". Decimal() also takes "1e-2",
+# "-0", ".5", " 0.03 " and "1_0.0", none of which a price should be.
+DECIMAL_RE = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+DECIMAL_TEXT = 'a plain decimal string such as "0.56" (digits, at most one \'.\')'
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,29 +159,33 @@ class Table:
     def decimal(
         self,
         key: str,
+        default: Decimal = Decimal(0),
         *,
         required: bool = False,
         minimum: Decimal = Decimal(0),
         allow_number: bool = False,
     ) -> Decimal:
-        """A decimal written as a string ("0.56"): money must not pass through floats.
+        """A decimal written as a plain string ("0.56"): money must not pass through floats.
 
+        Only digits with at most one '.' are accepted: no sign, exponent,
+        spaces or '_', which `Decimal()` would take but a price must not have.
         With `allow_number`, a TOML number is taken exactly as written (not money)."""
         present, value = self._get(key, required)
         if not present:
-            return Decimal(0)
+            return default
         if allow_number and isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            self.problem(key, f'expected a decimal string such as "0.56", got {show(value)}')
-            return Decimal(0)
-        try:
+            number = Decimal(str(value))  # nan and inf parse, and fail below
+        elif isinstance(value, str) and DECIMAL_RE.fullmatch(value):
             number = Decimal(value)
-        except InvalidOperation:
-            number = Decimal("NaN")
+        elif isinstance(value, str):
+            self.problem(key, f"expected {DECIMAL_TEXT}, got {show(value)}")
+            return default
+        else:
+            self.problem(key, f'expected a decimal string such as "0.56", got {show(value)}')
+            return default
         if not number.is_finite() or number < minimum:
             self.problem(key, f"expected a decimal string >= {minimum}, got {show(value)}")
-            return Decimal(0)
+            return default
         return number
 
     def str_list(

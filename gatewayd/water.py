@@ -10,13 +10,19 @@ Contract:
   as its row; it ends with one `water.session` event carrying the whole charge.
 - On shutdown no tap is taken, every valve is closed and every session ended
   (`shutdown`), charged and committed.
-- A reader, valve or flow meter failing affects only its point.
+- A reader, valve or flow meter failing affects only its point. A flow meter
+  that stops answering raises `meter_offline` (device `flow:POINT`), ends the
+  point's session (`fault`) and makes the point refuse taps (`fault`) until a
+  probe every `FLOW_PROBE_S` finds it answering again (cleared).
+- Charges made while the center is unreachable count toward the card's
+  offline day limit, whenever the session started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +43,8 @@ from gatewayd.ledger import Ledger
 from gatewayd.store import Store, StoreError, Txn
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water_policy import (
+    Advance,
+    Alarm,
     Billing,
     Limits,
     Session,
@@ -50,12 +58,26 @@ log = structlog.get_logger(__name__)
 
 # A closed valve that failed to close is commanded again this often.
 VALVE_RETRY_S = 5.0
-# Consecutive flow meter failures that end a session with `fault`.
+# Consecutive flow meter failures that raise `meter_offline` and end a session
+# with `fault`: one lost frame (noise on RS-485) is not an outage.
 FLOW_FAILURES_FAULT = 3
+# An offline flow meter is read this often (+-10 %), so that the point serves
+# again by itself within seconds of the meter answering, at the cost of one
+# bus timeout per period.
+FLOW_PROBE_S = 5.0
+# After a crash the last counter reading's time is derived from the session
+# row (started + elapsed_s, whole seconds, the count read just before): the
+# flow bound allows this much more time, so that real flow during the outage
+# is never taken for a counter reset.
+RECOVERY_READ_MARGIN_S = 2.0
 
 
 def valve_device(point: str) -> str:
     return f"valve:{point}"
+
+
+def flow_device(point: str) -> str:
+    return f"flow:{point}"
 
 
 def reader_device(reader: str) -> str:
@@ -71,6 +93,8 @@ class PointRuntime:
     session: Session | None = None
     fault: str | None = None          # valve fault detail; None: the valve obeys
     flow_failures: int = 0
+    flow_offline: str | None = None   # why the flow meter is offline; None: it answers
+    probe_at: float = 0.0             # monotonic time of the next probe while offline
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -79,8 +103,13 @@ class PointRuntime:
         return self.cfg.id
 
     @property
+    def faulty(self) -> bool:
+        """The valve or the flow meter is failing: the point refuses taps."""
+        return self.fault is not None or self.flow_offline is not None
+
+    @property
     def state(self) -> str:
-        if self.fault is not None:
+        if self.faulty:
             return "fault"
         return "open" if self.session is not None else "closed"
 
@@ -150,12 +179,16 @@ class WaterService:
             # Time until this restart (the wall clock is all that survives a
             # reboot), capped at the longest a session may run.
             elapsed = min(max(now_wall - started, 0.0), self.limits.max_session_s)
+            # The last counter reading was committed with elapsed_s, so it was
+            # taken no earlier than started + elapsed_s: the time since then
+            # bounds the flow the counter may show now.
+            since_reading = max(now_wall - started - charged_s, 0.0) + RECOVERY_READ_MARGIN_S
             session = Session(
                 session=sid, point=point, card=card, account=account, service=service,
                 offline=bool(offline), started_wall=started, started_mono=now_mono - elapsed,
                 counter_start=c_start, counter_last=c_last, pulses=pulses, volume_ml=volume,
                 seconds=int(charged_s), charged_fen=charged, carry=pricing.carry_from_text(carry),
-                last_flow_mono=now_mono,
+                last_flow_mono=now_mono, counter_mono=now_mono - since_reading,
             )
             if pt is None:
                 log.warning("session_for_unknown_point", point=point, session=sid)
@@ -200,23 +233,21 @@ class WaterService:
     async def on_tap(self, tap: Tap) -> None:
         """A card at a reader: start, stop or refuse, with one `tap` event."""
         self.taps += 1
+        if not self.accepting:
+            return  # starting or stopping: the valves are being closed
         pt = self.by_reader.get(tap.reader)
         if pt is None:
             await self._tap_event(tap, None, granted=False, reason="no_point")
             return
-        if not self.accepting:
-            return  # stopping: the valves are being closed
         async with pt.lock:
-            if pt.session is not None:
-                if pt.session.card == tap.uid:
-                    await self._tap_event(tap, pt.id, granted=True, reason="stop")
-                    await self._end(pt, "tap")
-                else:
-                    await self._tap_event(tap, pt.id, granted=False, reason="busy")
+            if not self.accepting:
+                return  # shutdown began while this tap waited for the point
+            if pt.session is not None and pt.session.card == tap.uid:
+                await self._tap_event(tap, pt.id, granted=True, reason="stop")
+                await self._end(pt, "tap")
                 return
-            if pt.fault is not None:
-                await self._tap_event(tap, pt.id, granted=False, reason="fault")
-                return
+            # Another card at a busy or faulty point is refused by check_tap,
+            # after the card's own identity (a lost card is reported as lost).
             await self._open(pt, tap)
 
     def _facts(self, pt: PointRuntime, uid: str, today: date, offline: bool) -> TapFacts:
@@ -229,6 +260,7 @@ class WaterService:
             min_balance_fen=w.min_balance_fen, step_fen=w.step_fen, offline=offline,
             offline_spent_fen=self.offline_spent.get((uid, today.isoformat()), 0),
             offline_limit_fen=w.offline_limit_fen,
+            busy=pt.session is not None, fault=pt.faulty,
         )
 
     async def _open(self, pt: PointRuntime, tap: Tap) -> None:
@@ -282,49 +314,73 @@ class WaterService:
 
     # --- sessions -----------------------------------------------------------------
 
+    def _wait_s(self, pt: PointRuntime) -> float:
+        """How long the point's loop sleeps unless woken."""
+        if pt.session is not None or pt.fault is not None:
+            return self.poll_s
+        if pt.flow_offline is not None:
+            return max(pt.probe_at - self.clock.mono(), 0.0)
+        return 3600.0
+
     async def _point_loop(self, pt: PointRuntime) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s if pt.session or pt.fault else 3600):
+                async with asyncio.timeout(self._wait_s(pt)):
                     await pt.wake.wait()
             pt.wake.clear()
             try:
                 async with pt.lock:
                     if pt.session is not None:
                         await self._tick(pt)
-                    elif pt.fault is not None:
-                        await self._close_valve(pt)
+                    else:
+                        if pt.fault is not None:
+                            await self._close_valve(pt)
+                        if pt.flow_offline is not None and self.clock.mono() >= pt.probe_at:
+                            await self._read_flow(pt)  # clears the alarm when it answers
             except Exception:
                 log.exception("point_loop_failed", point=pt.id)
                 await asyncio.sleep(VALVE_RETRY_S)
 
     async def _read_flow(self, pt: PointRuntime) -> int | None:
+        """The counter now, or None; raises and clears `meter_offline` for `flow:POINT`."""
         if pt.flow is None:
             return None
         try:
             count = await pt.flow.read()
-        except DeviceError:
+        except DeviceError as e:
             pt.flow_failures += 1
+            pt.probe_at = self.clock.mono() + FLOW_PROBE_S * random.uniform(0.9, 1.1)
+            if pt.flow_failures >= FLOW_FAILURES_FAULT and pt.flow_offline is None:
+                pt.flow_offline = e.message or "no answer"
+                log.error("flow_meter_offline", point=pt.id, failures=pt.flow_failures,
+                          detail=pt.flow_offline)
+                await self.alarms.report("meter_offline", flow_device(pt.id), pt.flow_offline,
+                                         True)
             return None
         pt.flow_failures = 0
+        if pt.flow_offline is not None:
+            pt.flow_offline = None
+            log.info("flow_meter_back", point=pt.id)
+            await self.alarms.report("meter_offline", flow_device(pt.id), "", False)
         return count
 
     async def _tick(self, pt: PointRuntime) -> None:
         s = pt.session
         assert s is not None
         count = await self._read_flow(pt)
-        if pt.flow is not None and pt.flow_failures >= FLOW_FAILURES_FAULT:
+        if pt.flow_offline is not None:
             await self._end(pt, "fault")
             return
         if s.counter_start is None and count is not None:
             s = replace(s, counter_start=count)
+        offline = not self.center_online()
         step = advance(
             s, pt.billing, self.limits, now=self.clock.mono(), count=count,
-            balance_fen=self.ledger.balance(s.account),
+            balance_fen=self.ledger.balance(s.account), offline=offline,
             offline_spent_fen=self.offline_spent.get((s.card, self._today()), 0),
         )
         try:
-            await self._commit_progress(pt, step.session, step.charge_fen)
+            await self._commit_progress(pt, step)
         except StoreError:
             # The store cannot record the charge (disk full): a session that
             # must end still stops the water now; its charge and water.session
@@ -338,8 +394,10 @@ class WaterService:
     def _today(self) -> str:
         return self.clock.local().date().isoformat()
 
-    async def _commit_progress(self, pt: PointRuntime, s: Session, fen: int) -> None:
+    async def _commit_progress(self, pt: PointRuntime, step: Advance) -> None:
+        s, fen, offline_fen = step.session, step.charge_fen, step.offline_fen
         day = self._today()
+        record_alarm = self._alarm_job(pt, step.alarm)
 
         def job(txn: Txn) -> tuple[int, bool] | None:
             txn.execute(
@@ -348,37 +406,66 @@ class WaterService:
                 "WHERE point = ? AND session = ?",
                 (s.seconds, s.counter_start, s.counter_last, s.pulses, s.volume_ml, s.charged_fen,
                  pricing.carry_to_text(s.carry), pt.id, s.session))
+            record_alarm(txn)
             if fen == 0:
                 return None
-            if s.offline:
-                _spend(txn, s.card, day, fen)
+            if offline_fen:
+                _spend(txn, s.card, day, offline_fen)
             return Ledger.debit(txn, s.account, fen)
 
         result = await self.store.run(job)
         pt.session = s
+        self._alarm_logged(pt, step.alarm)
         if result is not None:
             self.ledger.note(s.account, *result)
-            if s.offline:
-                key = (s.card, day)
-                self.offline_spent[key] = self.offline_spent.get(key, 0) + fen
+            self._note_spend(s.card, day, offline_fen)
+
+    def _note_spend(self, card: str, day: str, offline_fen: int) -> None:
+        if offline_fen:
+            key = (card, day)
+            self.offline_spent[key] = self.offline_spent.get(key, 0) + offline_fen
+
+    def _alarm_job(self, pt: PointRuntime, alarm: Alarm | None) -> Callable[[Txn], None]:
+        """Records a one-off flow meter alarm in the caller's transaction (or nothing)."""
+        if alarm is None:
+            return lambda txn: None
+        wall = self.clock.wall()
+        stamp = self.clock.stamp(wall)
+        body = {"code": alarm.code, "device": flow_device(pt.id), "detail": alarm.detail,
+                "active": True}
+
+        def job(txn: Txn) -> None:
+            txn.event("alarm", body, ts=stamp, wall=wall)
+
+        return job
+
+    @staticmethod
+    def _alarm_logged(pt: PointRuntime, alarm: Alarm | None) -> None:
+        if alarm is not None:
+            log.warning(alarm.code, device=flow_device(pt.id), detail=alarm.detail)
 
     async def _end(self, pt: PointRuntime, reason: str) -> None:
         """Close the valve, charge the rest, record one `water.session` (lock held)."""
         s = pt.session
         assert s is not None
         await self._close_valve(pt)
-        count = await self._read_flow(pt) if pt.fault is None or reason != "fault" else None
+        # No read of a valve or flow meter that just failed: the session ends now.
+        failed = reason == "fault" and (pt.fault is not None or pt.flow_offline is not None)
+        count = None if failed else await self._read_flow(pt)
         step = advance(s, pt.billing, self.limits, now=self.clock.mono(), count=count,
-                       balance_fen=self.ledger.balance(s.account), final=True)
-        s, fen = step.session, step.charge_fen
+                       balance_fen=self.ledger.balance(s.account),
+                       offline=not self.center_online(), final=True)
+        s, fen, offline_fen = step.session, step.charge_fen, step.offline_fen
+        record_alarm = self._alarm_job(pt, step.alarm)
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
         day = self._today()
         fields = self._session_fields(s, reason, stamp)
 
         def job(txn: Txn) -> tuple[int, bool]:
-            if fen and s.offline:
-                _spend(txn, s.card, day, fen)
+            record_alarm(txn)
+            if offline_fen:
+                _spend(txn, s.card, day, offline_fen)
             result = Ledger.debit(txn, s.account, fen)
             txn.event("water.session", fields, ts=stamp, wall=now_wall)
             txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
@@ -387,9 +474,8 @@ class WaterService:
 
         result = await asyncio.shield(self.store.run(job))
         self.ledger.note(s.account, *result)
-        if fen and s.offline:
-            key = (s.card, day)
-            self.offline_spent[key] = self.offline_spent.get(key, 0) + fen
+        self._alarm_logged(pt, step.alarm)
+        self._note_spend(s.card, day, offline_fen)
         pt.session = None
         log.info("session_ended", point=pt.id, card=s.card, reason=reason,
                  volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
@@ -464,7 +550,8 @@ class WaterService:
             "seconds": None if s is None else s.seconds,
             "amount_fen": None if s is None else s.charged_fen,
             "offline": None if s is None else s.offline,
-            "fault": pt.fault,
+            "fault": pt.fault if pt.fault is not None else (
+                None if pt.flow_offline is None else f"flow meter: {pt.flow_offline}"),
         }
 
     def open_charges(self, account: str) -> int:

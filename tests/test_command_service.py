@@ -48,9 +48,9 @@ class Gateway:
     sim: SimBuilding
 
     def command(self, type_: str, args: dict[str, Any] | None = None, *, to: str = "b07",
-                cid: str | None = None, sign: bool = True) -> bytes:
+                cid: str | None = None, sign: bool = True, age_s: float = 0.0) -> bytes:
         cmd: dict[str, Any] = {"id": cid or str(uuid.uuid4()), "to": to, "type": type_,
-                               "ts": self.power.clock.stamp(time.time())}
+                               "ts": self.power.clock.stamp(time.time() - age_s)}
         if args is not None:
             cmd["args"] = args
         if sign:
@@ -76,6 +76,10 @@ class Gateway:
             "SELECT payload FROM events ORDER BY seq").fetchall())
         evs = [json.loads(r[0]) for r in rows]
         return [e for e in evs if type_ is None or e["type"] == type_]
+
+
+async def _fixed_status() -> dict[str, Any]:
+    return {"ok": 1}
 
 
 @pytest.fixture
@@ -135,7 +139,7 @@ port = "/dev/null"
                                   for p in config.points},
                          readers={}, center_online=lambda: True)
     service = CommandService(config, store, clock, ledger=ledger, cards=cards, power=power,
-                             water=water, public_key=key.public_key(), status=lambda: {"ok": 1})
+                             water=water, public_key=key.public_key(), status=_fixed_status)
     await power.start()
     await water.start()
     try:
@@ -193,6 +197,13 @@ async def test_sync_subtracts_debits_the_center_has_not_seen(gw: Gateway) -> Non
     assert gw.ledger.balance(acct) == 9_951
     bad = await gw.send("account.sync", {"account": acct, "balance_fen": 1, "through_seq": 999})
     assert bad["ok"] is False and bad["error"]["code"] == "conflict"
+    # Events pruned after keep_events_days: the last seq assigned still counts.
+    last = await gw.store.read(lambda t: t.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()[0])
+    await gw.store.run(lambda t: t.execute("DELETE FROM events"))
+    r = await gw.send("account.sync", {"account": acct, "balance_fen": 500, "through_seq": last})
+    assert r["ok"], r
+    assert gw.ledger.balance(acct) == 500 - r["result"]["unreported_fen"]
 
 
 async def test_cards_and_blocks(gw: Gateway) -> None:
@@ -204,6 +215,10 @@ async def test_cards_and_blocks(gw: Gateway) -> None:
     assert (await gw.send("card.unblock", {"card": "04A1B2C3"}))["result"]["status"] == "active"
     missing = await gw.send("card.block", {"card": "FFFF"})
     assert missing["error"]["code"] == "not_found"
+    # A cancelled card reported lost stays cancelled (its taps keep saying so).
+    await gw.send("card.put", {**put, "card": "0C0C", "status": "cancelled"})
+    assert (await gw.send("card.block", {"card": "0C0C"}))["result"]["status"] == "cancelled"
+    assert gw.cards.get("0C0C").status == "cancelled"  # type: ignore[union-attr]
     load = {"version": 5, "full": True, "cards": [
         {"card": "AA01", "account": "a", "kind": "teacher", "status": "active"},
         {"card": "AA02", "account": "b", "kind": "family", "status": "lost",
@@ -290,3 +305,22 @@ async def test_fuzzed_commands_never_crash_and_get_one_result(gw: Gateway, paylo
     if direct is not None:
         doc = json.loads(direct)
         assert doc["ok"] is False or doc.get("duplicate") is True
+
+
+async def test_a_repeat_that_grew_old_is_answered_as_a_duplicate_not_stale(gw: Gateway) -> None:
+    """A credit applied, then delivered again after max_command_age_s (the broker
+    redelivers after a crash): the first result with duplicate, never `stale`,
+    which would tell the center it was not applied."""
+    first = await gw.send("account.credit", {"account": "x", "amount_fen": 5}, cid="late-1")
+    assert first["ok"]
+    again = await gw.send("account.credit", {"account": "x", "amount_fen": 5}, cid="late-1",
+                          age_s=3600)
+    assert again == {**first, "duplicate": True}
+    assert gw.ledger.balance("x") == 5
+    fresh = await gw.send("account.credit", {"account": "x", "amount_fen": 5}, cid="late-2",
+                          age_s=3600)
+    assert fresh["error"]["code"] == "stale"
+    forged = await gw.send("account.credit", {"account": "x", "amount_fen": 5}, cid="late-1",
+                           age_s=3600, sign=False)
+    assert forged["error"]["code"] == "bad_signature"  # the signature is checked first
+    assert gw.ledger.balance("x") == 5

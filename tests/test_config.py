@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -193,7 +194,6 @@ def test_references_and_requirements(tmp_path: Path) -> None:
         "center.command_public_key_file: required",
         'power.curfew[0].days[0]: expected one of mon, tue, wed, thu, fri, sat, sun, got "monday"',
         "power.curfew[0].from: expected \"HH:MM\", got \"25:00\"",
-        'power.curfew[0].except[0]: no room with id "999"',
         'readers[1].id: reader "r1" is defined twice',
         'points[0].valve.bus: no bus named "b"',
         'points[0].flow: required: tariffs.shower is priced per "L", which needs a flow meter '
@@ -304,9 +304,14 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     bad = write(tmp_path, '[gateway]\nbuilding = "b07"\nfoo = 1\n[[rooms]]\nid = "1"\n', "bad.toml")
     res = run_cli("check-config", str(bad))
     assert res.returncode == 2
-    assert f"{bad}: gateway.foo: unknown key" in res.stderr
-    assert f"{bad}: rooms[0].meter: required" in res.stderr
-    assert f"{bad}: rooms[0].breaker: required" in res.stderr
+    assert res.stdout == ""
+    # A header, then each problem exactly as the spec shows it: `place: message`.
+    assert res.stderr.splitlines() == [
+        f"{bad}: 3 problems:",
+        "gateway.foo: unknown key",
+        "rooms[0].meter: required",
+        "rooms[0].breaker: required",
+    ]
 
 
 def test_run_refuses_bad_config_and_writes_nothing(tmp_path: Path) -> None:
@@ -314,5 +319,235 @@ def test_run_refuses_bad_config_and_writes_nothing(tmp_path: Path) -> None:
     bad = write(tmp_path, f'[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\nbogus = true\n')
     res = run_cli("run", "-c", str(bad))
     assert res.returncode == 2
-    assert "gateway.bogus: unknown key" in res.stderr
+    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key"]
     assert not state.exists()
+
+
+def test_status_prints_problems_in_the_same_form(tmp_path: Path) -> None:
+    bad = write(tmp_path, '[gateway]\nbuilding = "b07"\nbogus = true\n')
+    res = run_cli("status", "-c", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key"]
+
+
+# -- curfew exceptions naming rooms not in the file ----------------------------
+
+CURFEW_UNKNOWN = """
+[gateway]
+building = "b07"
+state_dir = "{state}"
+
+[[power.curfew]]
+from = "23:30"
+to = "06:00"
+except = ["101", "102"]
+"""
+
+
+def test_curfew_except_unknown_room_is_a_warning(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, CURFEW_UNKNOWN))
+    assert [str(w) for w in cfg.warnings] == [
+        'power.curfew[0].except[0]: no room "101" in this file (ignored)',
+        'power.curfew[0].except[1]: no room "102" in this file (ignored)',
+    ]
+    assert cfg.curfews[0].except_rooms == frozenset()
+    # A room that exists is kept, and not warned about.
+    good = load_config(write(tmp_path, GOOD.replace("{{", "{").replace("}}", "}")))
+    assert good.warnings == () and good.curfews[0].except_rooms == {"102"}
+
+
+def test_check_config_prints_warnings_and_exits_0(tmp_path: Path) -> None:
+    path = write(tmp_path, CURFEW_UNKNOWN)
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored)',
+        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored)',
+    ]
+    assert res.stdout.splitlines() == [f"{path}: ok, building b07: 0 rooms, 0 water points, "
+                                       "0 readers, 0 buses, offline only (no [center])"]
+
+
+def test_check_config_prints_warnings_after_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, CURFEW_UNKNOWN + "\n[water]\nstep_fen = 0\n")
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"{path}: 1 problem:",
+        "water.step_fen: expected an integer >= 1, got 0",
+        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored)',
+        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored)',
+    ]
+
+
+def test_run_logs_config_warnings_at_start(tmp_path: Path) -> None:
+    path = write(tmp_path, CURFEW_UNKNOWN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(path), "--log-format", "json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        warnings: list[dict[str, str]] = []
+        for line in proc.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "config_warning":
+                warnings.append(event)
+            if event.get("event") == "ready":
+                break
+        proc.terminate()
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [(w["level"], w["warning"]) for w in warnings] == [
+        ("warning", 'power.curfew[0].except[0]: no room "101" in this file (ignored)'),
+        ("warning", 'power.curfew[0].except[1]: no room "102" in this file (ignored)'),
+    ]
+
+
+# -- tariff defaults -----------------------------------------------------------
+
+
+def test_tariff_price_and_unit_default_to_the_spec(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+        [gateway]
+        building = "b07"
+        state_dir = "{state}"
+        [tariffs]
+        power = {}
+        shower = { unit = "min" }
+        drinking = { price = "0.02" }
+        """))
+    assert cfg.tariffs.power.price == Decimal("0.56") and cfg.tariffs.power.unit == "kWh"
+    assert cfg.tariffs.shower.price == Decimal("0.03") and cfg.tariffs.shower.unit == "min"
+    assert cfg.tariffs.drinking.price == Decimal("0.02") and cfg.tariffs.drinking.unit == "L"
+
+
+# -- paths -----------------------------------------------------------------------
+
+
+def test_relative_dirs_are_taken_from_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    (etc / "profiles").mkdir(parents=True)
+    # A site profile that differs from the shipped one, to see which folder was searched.
+    (etc / "profiles" / "eastron-sdm120.toml").write_text(
+        'kind = "meter"\nmodel = "site copy"\n[fields]\n'
+        'energy_wh = { table = "input", address = 0, type = "f32" }\n'
+        'power_w = { table = "input", address = 12, type = "f32" }\n'
+    )
+    text = GOOD.replace("{{", "{").replace("}}", "}").replace(
+        'state_dir = "{state}"', 'state_dir = "state"\nprofiles_dir = "profiles"'
+    )
+    path = write(etc, text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    assert cfg.gateway.state_dir == etc / "state"
+    assert cfg.gateway.profiles_dir == etc / "profiles"
+    assert cfg.rooms[0].meter.profile.model == "site copy"
+    # Given relative to the working directory, the file's folder still counts.
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path("etc/gateway.toml")).gateway.state_dir == etc / "state"
+
+
+def test_empty_state_dir_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = ""\nprofiles_dir = ""\n')
+    assert problems(path) == [
+        'gateway.state_dir: expected a path, got ""',
+        'gateway.profiles_dir: expected a path, got ""',
+    ]
+
+
+def test_a_missing_profiles_dir_is_a_warning_and_a_file_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-profiles"
+    path = write(tmp_path, f'[gateway]\nbuilding = "b07"\nstate_dir = "{{state}}"\n'
+                           f'profiles_dir = "{missing}"\n')
+    cfg = load_config(path)
+    assert [str(w) for w in cfg.warnings] == [
+        f'gateway.profiles_dir: no such directory "{missing}" (only the shipped profiles are used)']
+    (tmp_path / "a-file").write_text("")
+    path = write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n'
+                           'profiles_dir = "a-file"\n')
+    assert problems(path) == [f'gateway.profiles_dir: "{tmp_path}/a-file" is not a directory']
+
+
+def test_default_profiles_dir_may_be_missing(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n'))
+    assert cfg.gateway.profiles_dir == Path("/etc/gatewayd/profiles")
+
+
+def test_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, r"""
+        [gateway]
+        building = "b07"
+        state_dir = "/tmp/a\u0000b"
+        profiles_dir = "p\u0000"
+        [center]
+        broker = "mqtts://127.0.0.1"
+        ca_file = "ca\u0000.pem"
+        command_public_key_file = "\u0000"
+        """)
+    found = problems(path)
+    for key in ("gateway.state_dir", "gateway.profiles_dir", "center.ca_file",
+                "center.command_public_key_file"):
+        assert f"{key}: expected a path without NUL characters" in found, found
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "gateway.state_dir: expected a path without NUL characters" in res.stderr.splitlines()
+
+
+# -- ids that already failed -----------------------------------------------------
+
+
+def test_bad_ids_are_not_reported_as_duplicates(tmp_path: Path) -> None:
+    rooms = "".join(
+        f'[[rooms]]\n{line}\nmeter = {{ bus = "b", unit = {i + 1}, profile = "eastron-sdm120" }}\n'
+        f'breaker = {{ bus = "b", unit = 100, profile = "relay-board", channel = {i} }}\n'
+        for i, line in enumerate(['id = "bad id"', "", 'id = "!"', 'id = "ok"', 'id = "ok"'])
+    )
+    points = "".join(
+        f'[[points]]\n{line}\nservice = "drinking"\nreader = "r{i}"\n'
+        f'valve = {{ bus = "b", unit = 101, profile = "relay-board", channel = {i} }}\n'
+        f'flow = {{ bus = "b", unit = 102, profile = "pulse-counter", channel = {i}, '
+        "ml_per_pulse = 1 }\n"
+        for i, line in enumerate(["", 'id = "?"', 'id = "p"', 'id = "p"'])
+    )
+    readers = "".join(f'[[readers]]\nid = "r{i}"\ntype = "pcsc"\nname = "R{i}"\n' for i in range(4))
+    path = write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n'
+                 '[[buses]]\nname = "b"\ntype = "tcp"\nhost = "127.0.0.1"\n'
+                 + rooms + readers + points)
+    found = problems(path)
+    twice = [p for p in found if "defined twice" in p]
+    assert twice == ['rooms[4].id: room "ok" is defined twice',
+                     'points[3].id: point "p" is defined twice'], found
+    assert "rooms[1].id: required" in found and "points[0].id: required" in found
+
+
+# -- decimal strings -------------------------------------------------------------
+
+
+def tariff_config(tmp_path: Path, price: str) -> Path:
+    return write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n[tariffs]\n'
+                 f"power = {{ price = {price}, unit = \"kWh\" }}\n")
+
+
+@pytest.mark.parametrize("price", ["1e-2", "-0", ".5", " 0.03 ", "1_0.0", "+1", "00.5", "1.",
+                                   "0.5.1", "NaN", "Infinity", "", "0x10", "\u0661"])
+def test_price_must_be_plain_decimal(tmp_path: Path, price: str) -> None:
+    path = tariff_config(tmp_path, json.dumps(price))
+    assert problems(path) == [
+        "tariffs.power.price: expected a plain decimal string such as \"0.56\" (digits, "
+        f"at most one '.'), got {json.dumps(price, ensure_ascii=False)}"
+    ]
+
+
+@pytest.mark.parametrize("price", ["0", "0.56", "12", "10.000", "0.0001"])
+def test_plain_decimal_prices_are_accepted(tmp_path: Path, price: str) -> None:
+    cfg = load_config(tariff_config(tmp_path, json.dumps(price)))
+    assert cfg.tariffs.power.price == Decimal(price)

@@ -50,3 +50,12 @@ def test_clock_sync_modes_and_local_time() -> None:
     assert auto is bool(kernel_ntp_synced())
     stamp = Clock("Asia/Shanghai").stamp(1795439045.12)
     assert stamp == "2026-11-23T21:04:05.120+08:00"
+
+
+def test_synced_is_timedateds_rule_maximum_error_under_16_s() -> None:
+    """systemd-timedated's NTPSynchronized: maxerror < 16 s, STA_UNSYNC ignored."""
+    from gatewayd.clock import synced_from_maxerror
+
+    assert synced_from_maxerror(15_999_999) is True
+    assert synced_from_maxerror(16_000_000) is False
+    assert synced_from_maxerror(0) is True

@@ -110,6 +110,12 @@ timeout_s = 0.3
             assert (await sim.endpoints[0].coils(RELAY, 1, 1)) == [False]
             r = await send("room.cut", "room=999")
             assert r["ok"] is False and r["error"]["code"] == "not_found"  # type: ignore[index]
+            # state.get without args: the status document as it stands.
+            r = await send("state.get")
+            state = r["result"]
+            assert isinstance(state, dict)
+            assert state["online"] is True and state["building"] == "b07"
+            assert state["last_seq"] >= 2 and state["rooms"] == 2 and "boot_id" in state
 
             await center.wait_for(lambda seen: any(
                 s.topic == f"{TOPIC}/events" and s.json()["type"] == "breaker.cut" for s in seen))
@@ -129,7 +135,7 @@ timeout_s = 0.3
     credited = [d for d in docs if d["type"] == "account.credited"]
     assert len(credited) == 1 and credited[0]["amount_fen"] == 500
     results = [s.json() for s in center.on("/cmd/result")]
-    assert len({r["id"] for r in results}) == len(results) == 3  # one result per command
+    assert len({r["id"] for r in results}) == len(results) == 4  # one result per command
     telemetry = center.on("/telemetry")[-1].json()
     assert {r["room"] for r in telemetry["rooms"]} == {"101", "102"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import struct
 
 import pytest
 from hypothesis import given
@@ -24,7 +25,7 @@ from drivers.modbus.frames import (
     WriteRegisters,
     WriteResponse,
 )
-from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up
+from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up, value_step
 
 REQUESTS: list[frames.Request] = [
     ReadRequest(1, 0, 1),
@@ -259,3 +260,15 @@ def test_round_half_up() -> None:
     assert [round_half_up(x) for x in (0.5, 1.5, 2.5, 2.4999, 1234567.8)] == [1, 2, 3, 2, 1234568]
     with pytest.raises(ValueError):
         round_half_up(math.nan)
+
+
+def test_value_step_is_one_count_or_one_float32_ulp() -> None:
+    assert value_step(12345, "u32") == 1.0
+    assert value_step(20000.0, "f32") == 2.0 ** -9  # kWh: 1.95 Wh, as an SDM120 shows it
+    assert value_step(100.0, "f32") == 2.0 ** -17
+    # One step up from any float32 value is exactly value_step away.
+    for v in (0.5, 1.0, 123.456, 16384.0, 20000.0):
+        f32 = decode_value(encode_value(v, "f32"), 0, "f32")
+        bits = int.from_bytes(struct.pack(">f", f32), "big") + 1
+        (up,) = struct.unpack(">f", bits.to_bytes(4, "big"))
+        assert up - f32 == value_step(f32, "f32")

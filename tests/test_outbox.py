@@ -179,6 +179,7 @@ def test_retention_keeps_unpublished_and_recent(store: Store) -> None:
     old = add(store, "tt", wall=now - 8 * DAY)
     recent = add(store, "t", wall=now - 1 * DAY)
     mark(store, [m for m in page(store, limit=10) if m.key == old[0]])  # old[1] stays unpublished
+    store.call(lambda t: t.execute("UPDATE events SET published = wall WHERE seq = ?", (old[0],)))
     add_result(store, "old-published", now - 8 * DAY)
     add_result(store, "old-unpublished", now - 8 * DAY)
     add_result(store, "new", now - 6 * DAY)
@@ -189,6 +190,19 @@ def test_retention_keeps_unpublished_and_recent(store: Store) -> None:
     assert kept == [old[1], *recent]
     assert store.call(lambda t: sorted(r[0] for r in t.execute("SELECT id FROM commands"))) == [
         "new", "old-unpublished"]
+
+
+def test_a_backlog_delivered_late_is_kept_from_its_delivery(store: Store) -> None:
+    """Events created 8 days ago, offline since, acknowledged just now: still kept
+    for events.resend (keep_events_days counts from the acknowledgement too)."""
+    now = time.time()
+    late = add(store, "mt", wall=now - 8 * DAY)
+    mark(store, page(store, limit=10))
+    assert store.call(lambda txn: outbox.prune(txn, now=now, keep_events_days=7)) == 0
+    kept = store.call(lambda t: [r[0] for r in t.execute("SELECT seq FROM events ORDER BY seq")])
+    assert kept == late
+    later = now + 7 * DAY + 60
+    assert store.call(lambda txn: outbox.prune(txn, now=later, keep_events_days=7)) == 2
 
 
 def test_command_ids_are_kept_seven_days_even_with_shorter_event_retention(store: Store) -> None:

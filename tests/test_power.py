@@ -297,3 +297,35 @@ async def test_overload_is_checked_when_its_timer_runs_out_not_at_the_next_poll(
     finally:
         code = await daemon.stop()
     assert code == 0
+
+
+async def test_a_breaker_unreadable_at_start_is_checked_when_it_answers(
+    tmp_path: Path, building: SimBuilding
+) -> None:
+    """The relay board is silent when the daemon starts; room 106's breaker is off
+    with no cut recorded. When the board answers, that breaker is left off and
+    held (breaker_mismatch), exactly as if it had been read at start; the others
+    are not touched."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, ch != 5)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = write_config(tmp_path, sim)
+    sim.endpoints[0].set_fault(RELAY, "silent")
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        await asyncio.sleep(2.0)  # started, polling, breakers still unreadable
+        sim.endpoints[0].set_fault(RELAY, None)
+        alarm = await until(lambda: [e for e in events(tmp_path, "alarm")
+                                     if e["code"] == "breaker_mismatch" and e["active"]])
+        assert alarm[0]["device"] == "breaker:106"
+        await asyncio.sleep(15.0)  # past BREAKER_RETRY_S: every room's breaker has been read
+        assert await coil(sim, 5) is False
+        assert all([await coil(sim, ch) for ch in range(5)])
+        assert not [e for e in events(tmp_path) if e["type"].startswith("breaker.")]
+        writes = sum(1 for unit, fn in sim.endpoints[0].requests if unit == RELAY and fn in (5, 15))
+        assert writes == 0
+    finally:
+        code = await daemon.stop()
+    assert code == 0

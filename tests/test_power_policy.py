@@ -208,6 +208,20 @@ def test_meter_reset_and_jump_start_new_chain_uncharged() -> None:
     assert out.state.baseline_wh == 520 and out.state.accrued_fen == 0
 
 
+def test_a_coarse_register_step_is_charged_not_taken_for_a_jump() -> None:
+    """A float32 kWh register above 16,384 kWh moves in ~1.95 Wh steps: a step
+    of 2 Wh one second after the last reading (more than 2 x 1500 W x 1 s + 1 Wh)
+    is plausible when the reading says how coarse its register is."""
+    s = step(RoomState(), ctx(0), reading(0, 20_000_000)).state
+    coarse = Reading(energy_wh=20_000_002, power_w=700.0, pf=0.9, at=1.0, step_wh=1.953125)
+    out = step(s, ctx(1), coarse)
+    assert [d for d in out.decisions if isinstance(d, Alarm)] == []
+    assert out.state.baseline_wh == 20_000_002 and out.state.accrued_wh == 2
+    # The same rise from a register with a fine step is a jump (behaviour.md).
+    fine = step(s, ctx(1), reading(1, 20_000_002)).decisions
+    assert [d.code for d in fine if isinstance(d, Alarm)] == ["meter_jump"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     price=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("5"), places=3),

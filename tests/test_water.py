@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ COUNTER = SimBuilding.COUNTER_BASE
 CARD = "04A1B2C3D5"
 LOST = "0000000042"
 STRANGER = "00DEADBEEF"
+OTHER = "0011223344"   # another good card of stu-1
+FLOW = "flow:shower-1"
 
 
 @pytest.fixture
@@ -216,3 +219,124 @@ async def test_shower_session_refusals_and_crash_recovery(
     assert code == 0
     # Charged once: a clean stop adds no session.
     assert len(events(tmp_path, "water.session")) == 2
+
+
+def board_restarts(sim: SimBuilding, count: int = 0) -> None:
+    """The counter board lost power and came back: its counts start again at `count`."""
+    c = sim.endpoints[0].counters[COUNTER]
+    c.advance(time.monotonic())
+    c.counts[0] = float(count)
+
+
+def alarms(tmp: Path, code: str, device: str = FLOW) -> list[dict[str, object]]:
+    return [e for e in events(tmp, "alarm") if e["code"] == code and e["device"] == device]
+
+
+def refusals(tmp: Path, card: str) -> list[str]:
+    return [e["reason"] for e in events(tmp, "tap") if e["card"] == card and not e["granted"]]
+
+
+async def test_counter_reset_flow_meter_outage_and_refusal_order(
+    tmp_path: Path, building: SimBuilding, notify: socket.socket
+) -> None:
+    sim = building
+    pty = PtyPort(tmp_path / "ttyR1")
+    seed(tmp_path, ((CARD, "active"), (OTHER, "active"), (LOST, "lost")))
+    daemon = Daemon(write_config(tmp_path, sim, pty.path))
+    await start(daemon, notify, tmp_path)
+    try:
+        # A session during which the counter board restarts at 0.
+        await hold(pty, CARD)
+        await valve_becomes(sim, True)
+        sim.set_flow(0, 0, 20.0)
+        await asyncio.sleep(1.0)
+        # Another good card is refused as busy; a lost one as lost, busy or not.
+        await hold(pty, OTHER)
+        await until(lambda: refusals(tmp_path, OTHER))
+        await hold(pty, LOST)
+        await until(lambda: refusals(tmp_path, LOST))
+        assert refusals(tmp_path, OTHER) == ["busy"]
+        assert refusals(tmp_path, LOST) == ["lost"]
+        board_restarts(sim)
+        (reset,) = await until(lambda: alarms(tmp_path, "meter_reset"))
+        assert reset["active"] is True and "not charged" in str(reset["detail"])
+        await asyncio.sleep(1.0)   # flow after the restart is charged from the new baseline
+        sim.set_flow(0, 0, 0.0)
+        await asyncio.sleep(0.5)
+        await hold(pty, CARD)
+        await valve_becomes(sim, False)
+        (session,) = await until(lambda: events(tmp_path, "water.session"))
+        assert session["end_reason"] == "tap"
+        # About 2 s of 200 mL/s, not the 43 million litres of a 32-bit wrap.
+        assert 200 <= session["volume_ml"] <= 1000
+        assert session["amount_fen"] == session["volume_ml"] // 10
+        assert balance(tmp_path, "stu-1") == 1000 - session["amount_fen"]
+        assert len(alarms(tmp_path, "meter_reset")) == 1
+
+        # The flow meter stops answering during a session: ended with fault, alarmed.
+        await asyncio.sleep(0.5)
+        await hold(pty, CARD)
+        await valve_becomes(sim, True)
+        sim.endpoints[0].set_fault(COUNTER, "exception")
+        sessions = await until(lambda: events(tmp_path, "water.session")[1:])
+        assert sessions[0]["end_reason"] == "fault"
+        await valve_becomes(sim, False)
+        (raised,) = alarms(tmp_path, "meter_offline")
+        assert raised["active"] is True
+        # The point refuses taps meanwhile; a lost card is still reported as lost.
+        await asyncio.sleep(0.5)
+        await hold(pty, CARD)
+        await until(lambda: refusals(tmp_path, CARD))
+        await hold(pty, LOST)
+        await until(lambda: len(refusals(tmp_path, LOST)) == 2)
+        assert refusals(tmp_path, CARD) == ["fault"]
+        assert refusals(tmp_path, LOST) == ["lost", "lost"]
+        assert await valve(sim) is False
+
+        # The meter answers again: the probe clears the alarm and the point serves.
+        sim.endpoints[0].set_fault(COUNTER, None)
+        await until(lambda: len(alarms(tmp_path, "meter_offline")) == 2, timeout=15)
+        assert [a["active"] for a in alarms(tmp_path, "meter_offline")] == [True, False]
+        await hold(pty, CARD)
+        await valve_becomes(sim, True)
+        await asyncio.sleep(0.5)
+        await hold(pty, CARD)
+        await valve_becomes(sim, False)
+        await until(lambda: len(events(tmp_path, "water.session")) == 3)
+    finally:
+        code = await daemon.stop()
+    assert code == 0
+    assert [a["active"] for a in alarms(tmp_path, "meter_offline")] == [True, False]
+
+
+async def test_a_counter_reset_while_the_gateway_was_down_is_not_charged_at_recovery(
+    tmp_path: Path, building: SimBuilding, notify: socket.socket
+) -> None:
+    sim = building
+    pty = PtyPort(tmp_path / "ttyR1")
+    seed(tmp_path)
+    config = write_config(tmp_path, sim, pty.path)
+    daemon = Daemon(config)
+    await start(daemon, notify, tmp_path)
+    try:
+        await hold(pty, CARD)
+        await valve_becomes(sim, True)
+        sim.set_flow(0, 0, 20.0)
+        await asyncio.sleep(1.0)
+    finally:
+        await daemon.stop(signal.SIGKILL)
+    sim.set_flow(0, 0, 0.0)
+    board_restarts(sim, 3)   # the same power cut took the counter board down
+    daemon = Daemon(config)
+    await start(daemon, notify, tmp_path)
+    try:
+        (recovered,) = await until(lambda: events(tmp_path, "water.session"))
+        assert recovered["end_reason"] == "restart"
+        assert recovered["volume_ml"] <= 1000   # what was counted before the crash, no wrap
+        assert recovered["amount_fen"] == recovered["volume_ml"] // 10
+        assert balance(tmp_path, "stu-1") == 1000 - recovered["amount_fen"]
+        (reset,) = alarms(tmp_path, "meter_reset")
+        assert "from" in str(reset["detail"]) and "to 3 " in str(reset["detail"])
+    finally:
+        code = await daemon.stop()
+    assert code == 0

@@ -22,7 +22,7 @@ from drivers.modbus.frames import (
     WriteRegisters,
 )
 from drivers.modbus.health import DeviceHealth
-from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up
+from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up, value_step
 from drivers.profile import Field, Kind, Profile
 
 if TYPE_CHECKING:
@@ -62,14 +62,18 @@ class ModbusMeter:
     async def read(self) -> MeterReading:
         """One reading: energy rounded to the nearest Wh, the rest as floats."""
         values: dict[str, float] = {}
+        energy_step = 0.0
         try:
             for request, fields in self._plan:
                 words = await self._bus.read_registers(self.name, self.unit, request)
                 for f, offset in fields:
-                    value = decode_value(words, offset, f.type, f.word_order) * f.scale
+                    raw = decode_value(words, offset, f.type, f.word_order)
+                    value = raw * f.scale
                     if not math.isfinite(value):
                         raise DeviceError(self.name, f"{f.name} is {value} (register not a number)")
                     values[f.name] = value
+                    if f.name == "energy_wh":
+                        energy_step = value_step(raw, f.type) * abs(f.scale)
         except DeviceError as exc:
             self.health.failed(exc.message)
             raise
@@ -83,6 +87,7 @@ class ModbusMeter:
             voltage_v=values.get("voltage_v"),
             current_a=values.get("current_a"),
             pf=values.get("pf"),
+            energy_step_wh=energy_step,
         )
 
 

@@ -124,6 +124,16 @@ def decode_value(words: Sequence[int], offset: int, vtype: ValueType,
     return value
 
 
+def value_step(value: int | float, vtype: ValueType) -> float:
+    """The smallest change a register of `vtype` holding `value` can show (unscaled)."""
+    if vtype != "f32":
+        return 1.0
+    if value == 0 or not math.isfinite(value):
+        return 2.0 ** -149  # the smallest float32 step; only its order of magnitude matters
+    _, exponent = math.frexp(abs(value))  # value = m * 2**exponent, 0.5 <= m < 1
+    return 2.0 ** max(exponent - 24, -149)
+
+
 def encode_value(value: int | float, vtype: ValueType, word_order: WordOrder = "big") -> tuple[int, ...]:
     """Registers holding `value` as `vtype` (inverse of `decode_value`).
 

@@ -299,6 +299,8 @@ class SimulatedBuilding:
         """
         assert self.started, "start() first: the config names the ports"
         path = path or self.workdir / "gateway.toml"
+        # The config names it, and a profiles_dir named in a config must exist.
+        (self.workdir / "profiles").mkdir(exist_ok=True)
         k = Decimal(str(speed))
         lines = [
             "# Written by gatewayd.sim.building: a simulated building on 127.0.0.1.",

@@ -1189,6 +1189,11 @@ async def disk_full(iterations: int) -> Row:
                 cut = [e for e in snap.events[(prev.last_seq if prev else 0):]
                        if e["type"] == "breaker.cut" and e["room"] == "101"]
                 checks.check(bool(cut), f"{label}: the cut of room 101 was never recorded")
+                trip = [e for e in snap.events[(prev.last_seq if prev else 0):]
+                        if e["type"] == "breaker.cut" and e["room"] == "102"]
+                checks.check(bool(trip) and trip[0]["reason"] in ("overload", "lockout"),
+                             f"{label}: the overload cut of room 102 made while the disk was full "
+                             f"was not recorded after it recovered: {trip}")
                 checks.check(not snap.sessions, f"{label}: sessions left open {list(snap.sessions)}")
                 notes.append(f"{label}: filler {filled // 1024} KiB; {len(errors)} error log lines; "
                              f"102 tripped {trip_s:.1f} s after the kettle")
@@ -1284,6 +1289,10 @@ def random_args(rng: random.Random, type_: str) -> dict[str, Any]:
     return good
 
 
+async def _fixed_status() -> dict[str, Any]:
+    return {"ok": 1}
+
+
 async def fuzz_commands(n: int, tmp: Path, checks: Checks, notes: list[str]) -> int:
     """`n` hostile commands into CommandService.handle; every well-addressed one answered once."""
     from cryptography.hazmat.primitives import serialization
@@ -1307,7 +1316,7 @@ async def fuzz_commands(n: int, tmp: Path, checks: Checks, notes: list[str]) -> 
     gw = InProcess(config, clock)
     await gw.start()
     service = CommandService(config, gw.store, clock, ledger=gw.ledger, cards=gw.cards, power=gw.power,
-                             water=gw.water, public_key=key.public_key(), status=lambda: {"ok": 1})
+                             water=gw.water, public_key=key.public_key(), status=_fixed_status)
     seen: dict[str, bytes] = {}   # id -> first result
     sent: dict[str, dict[str, Any]] = {}
     answered = slow = 0

@@ -1,0 +1,172 @@
+"""The water service in this process, on a real store and a pymodbus relay board,
+where the test decides whether the center is reachable. Asserted in the store:
+events, offline spend, balances."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.devices import Tap
+from gatewayd.alarms import Alarms
+from gatewayd.cards import Cards
+from gatewayd.clock import Clock
+from gatewayd.config import load_config
+from gatewayd.hardware import Hardware
+from gatewayd.ledger import Ledger
+from gatewayd.sim.modbus import SimBuilding
+from gatewayd.store import Store
+from gatewayd.supervisor import Heartbeat
+from gatewayd.water import WaterService, valve_device
+from gatewayd.water_policy import Card
+
+RELAY = SimBuilding.RELAY_BASE
+CARD = "04A1B2C3D5"
+LIMIT_FEN = 30
+
+
+@dataclass
+class Water:
+    service: WaterService
+    store: Store
+    sim: SimBuilding
+    center: list[bool]   # [reachable]
+
+    async def events(self, type_: str) -> list[dict[str, Any]]:
+        rows = await self.store.read(lambda t: t.execute(
+            "SELECT payload FROM events WHERE type = ? ORDER BY seq", (type_,)).fetchall())
+        return [json.loads(r[0]) for r in rows]
+
+    async def offline_spent(self) -> int:
+        row = await self.store.read(lambda t: t.execute(
+            "SELECT COALESCE(SUM(fen), 0) FROM offline_spend WHERE card = ?", (CARD,)).fetchone())
+        return int(row[0])
+
+    async def valve(self) -> bool:
+        return (await self.sim.endpoints[0].coils(RELAY, 0, 1))[0]
+
+
+@pytest.fixture
+async def water(tmp_path: Path) -> AsyncIterator[Water]:
+    sim = await SimBuilding.tcp(1, per_endpoint=1)
+    (tmp_path / "gw.toml").write_text(f"""
+[gateway]
+building = "b07"
+state_dir = "{tmp_path / 'state'}"
+poll_interval_s = 0.2
+[tariffs]
+shower = {{ price = "6", unit = "min" }}   # 10 fen a second, billed by time
+[water]
+min_balance_fen = 1
+offline_limit_fen = {LIMIT_FEN}
+max_session_s = 600
+[[buses]]
+name = "b"
+type = "tcp"
+host = "127.0.0.1"
+port = {sim.ports[0]}
+timeout_s = 0.3
+[[points]]
+id = "shower-1"
+service = "shower"
+reader = "r1"
+valve = {{ bus = "b", unit = {RELAY}, profile = "relay-board", channel = 0 }}
+[[readers]]
+id = "r1"
+type = "serial"
+port = "/dev/null"
+""")
+    config = load_config(tmp_path / "gw.toml")
+    store = Store.open(config.gateway.state_dir, "b07")
+    store.call(lambda t: Ledger.credit(t, "stu-1", 10_000))
+    store.call(lambda t: Cards.put(t, Card(CARD, "stu-1", "student", "active", None)))
+    ledger, cards = Ledger(), Cards()
+    await store.read(ledger.load)
+    await store.read(cards.load)
+    center = [True]
+    hw = Hardware(config)
+    await hw.start()
+    service = WaterService(
+        config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
+        clock=Clock(config.gateway.timezone, "yes"),
+        devices={p.id: (hw.switch(valve_device(p.id), p.valve), None) for p in config.points},
+        readers={}, center_online=lambda: center[0])
+    await service.start()
+    task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))
+    try:
+        yield Water(service, store, sim, center)
+    finally:
+        await service.shutdown()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hw.close()
+        store.close()
+        await sim.stop()
+
+
+async def until_ended(w: Water, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not (sessions := await w.events("water.session")):
+        assert time.monotonic() < deadline, "the session did not end"
+        await asyncio.sleep(0.1)
+    session: dict[str, Any] = sessions[0]
+    return session
+
+
+async def test_a_session_started_online_is_limited_once_the_center_is_unreachable(
+    water: Water,
+) -> None:
+    w = water
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    assert await w.valve() is True
+    await asyncio.sleep(1.5)   # a whole second charged (10 fen) while reachable: not counted
+    w.center[0] = False
+    session = await until_ended(w)
+    assert session["end_reason"] == "balance"   # the offline limit stands in for the balance
+    assert session["offline"] is False          # it started while the center was reachable
+    assert await w.valve() is False
+    spent = await w.offline_spent()
+    assert 0 < spent <= LIMIT_FEN
+    assert session["amount_fen"] > spent        # the online part is not offline spend
+    assert sum(fen for (c, _), fen in w.service.offline_spent.items() if c == CARD) == spent
+    # A new tap while still offline: the day's limit is spent.
+    await asyncio.sleep(0.5)
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    taps = await w.events("tap")
+    assert taps[-1]["reason"] == "offline_limit" and taps[-1]["granted"] is False
+
+
+async def test_a_session_started_offline_is_not_limited_once_the_center_is_back(
+    water: Water,
+) -> None:
+    w = water
+    w.center[0] = False
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    assert await w.valve() is True
+    await asyncio.sleep(1.5)   # a whole second charged (10 fen) while unreachable
+    w.center[0] = True
+    await asyncio.sleep(3.0)   # 30 fen more: past the limit, were it still offline
+    assert await w.valve() is True
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    session = await until_ended(w)
+    assert session["end_reason"] == "tap" and session["offline"] is True
+    spent = await w.offline_spent()
+    assert 0 < spent <= LIMIT_FEN < session["amount_fen"]
+
+
+async def test_no_tap_event_at_all_once_shutdown_began(water: Water) -> None:
+    w = water
+    await w.service.shutdown()
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(Tap("no-such-reader", CARD, time.monotonic()))
+    assert await w.events("tap") == []
+    assert await w.valve() is False
