@@ -33,6 +33,12 @@ log = structlog.get_logger(__name__)
 STORE_PROBE_S = 5.0
 
 
+def alarm_settle_s(config: Config) -> float:
+    """How long after start alarms on record from before are cleared unless raised
+    again: time for every device to be polled and, if dead, found offline."""
+    return min(max(30.0, 20 * config.gateway.poll_interval_s), 300.0)
+
+
 def _touch(txn: Txn) -> None:
     """A write that commits (and so fsyncs): proves the disk still takes writes."""
     txn.execute("INSERT INTO meta (key, value) VALUES ('probe', '1') "
@@ -45,15 +51,22 @@ class StoreProbe:
     name = "store"
     heartbeat_s: float | None = 4 * STORE_PROBE_S
 
-    def __init__(self, store: Store, alarms: Alarms | None = None) -> None:
+    def __init__(self, store: Store, alarms: Alarms | None = None, *,
+                 settle_after_s: float | None = None) -> None:
         self.store = store
         self.alarms = alarms
+        self.settle_after_s = settle_after_s
 
     async def start(self) -> None:
         await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
 
     async def run(self, heartbeat: Heartbeat) -> None:
+        loop = asyncio.get_running_loop()
+        settle_at = None if self.settle_after_s is None else loop.time() + self.settle_after_s
         while True:
+            if settle_at is not None and loop.time() >= settle_at and self.alarms is not None:
+                settle_at = None
+                await self.alarms.settle()
             try:
                 await self.store.run(_touch)
             except StoreError as e:
@@ -113,6 +126,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     ledger = Ledger()
     await store.read(ledger.load)
     alarms = Alarms(store, clock)
+    await alarms.load()
     hardware = Hardware(config)
     power = PowerService(
         config, store, ledger=ledger, alarms=alarms, clock=clock,
@@ -153,7 +167,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     components: list[Component] = [water, power, snapshot]
     if link is not None:
         components.append(link)
-    components.append(StoreProbe(store, alarms))
+    components.append(StoreProbe(store, alarms, settle_after_s=alarm_settle_s(config)))
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))

@@ -228,6 +228,37 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rooms ADD COLUMN switch_pending INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: the lasting alarms on record as raised (their last event says active),
+    # kept by a trigger on the event log, so that a restart can clear what it no
+    # longer sees instead of leaving the center with an alarm for ever.
+    """
+    CREATE TABLE alarms_active (
+        code TEXT NOT NULL,
+        device TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        since TEXT NOT NULL,                   -- the raising event's ts
+        PRIMARY KEY (code, device)
+    );
+    INSERT INTO alarms_active (code, device, detail, since)
+    SELECT code, device, COALESCE(detail, ''), ts FROM (
+        SELECT json_extract(payload, '$.code') AS code, json_extract(payload, '$.device') AS device,
+               json_extract(payload, '$.detail') AS detail, json_extract(payload, '$.ts') AS ts,
+               json_extract(payload, '$.active') AS active,
+               ROW_NUMBER() OVER (PARTITION BY json_extract(payload, '$.code'),
+                                  json_extract(payload, '$.device') ORDER BY seq DESC) AS latest
+        FROM events WHERE type = 'alarm'
+    ) WHERE latest = 1 AND active AND code NOT IN ('meter_reset', 'meter_jump');
+    CREATE TRIGGER events_alarm_state AFTER INSERT ON events
+    WHEN new.type = 'alarm' AND json_extract(new.payload, '$.code') NOT IN ('meter_reset', 'meter_jump')
+    BEGIN
+        DELETE FROM alarms_active WHERE code = json_extract(new.payload, '$.code')
+            AND device = json_extract(new.payload, '$.device');
+        INSERT INTO alarms_active (code, device, detail, since)
+            SELECT json_extract(new.payload, '$.code'), json_extract(new.payload, '$.device'),
+                   COALESCE(json_extract(new.payload, '$.detail'), ''), json_extract(new.payload, '$.ts')
+            WHERE json_extract(new.payload, '$.active');
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

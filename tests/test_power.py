@@ -329,3 +329,41 @@ async def test_a_breaker_unreadable_at_start_is_checked_when_it_answers(
     finally:
         code = await daemon.stop()
     assert code == 0
+
+
+async def test_an_alarm_raised_before_a_restart_is_cleared_after_it(
+    tmp_path: Path, building: SimBuilding
+) -> None:
+    """Meter 101 goes silent, the daemon stops with meter_offline raised; the meter
+    answers again while it is down. The next daemon never sees it offline, so it
+    records the clearing once its devices have settled (daemon.alarm_settle_s),
+    and the center is not left with a stale alarm. Meter 102, silent throughout,
+    is not raised a second time."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, True)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = write_config(tmp_path, sim)
+
+    def offline_events() -> list[tuple[str, bool]]:
+        return [(e["device"], e["active"]) for e in events(tmp_path, "alarm")
+                if e["code"] == "meter_offline"]
+
+    sim.endpoints[0].set_fault(1, "silent")
+    sim.endpoints[0].set_fault(2, "silent")
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        await until(lambda: len(offline_events()) == 2)
+    finally:
+        assert await daemon.stop() == 0
+    sim.endpoints[0].set_fault(1, None)
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        await until(lambda: ("meter:101", False) in offline_events(), timeout=60)
+        await asyncio.sleep(1.0)
+        assert sorted(offline_events()) == [("meter:101", False), ("meter:101", True),
+                                            ("meter:102", True)]
+    finally:
+        assert await daemon.stop() == 0

@@ -231,3 +231,36 @@ def test_kill_9_mid_stream_loses_no_committed_seq(tmp_path: Path, run: int) -> N
     assert seqs == list(range(1, len(seqs) + 1)), "gap or repeat in seq"
     assert len(set(reported)) == len(reported)
     assert total == len(seqs)  # every credit has its event and no other
+
+
+def _alarm(code: str, device: str, active: bool, detail: str | int = "") -> Callable[[Txn], None]:
+    def job(txn: Txn) -> None:
+        txn.event("alarm", {"code": code, "device": device, "detail": detail, "active": active},
+                  ts="2026-11-25T10:00:00.000+08:00")
+    return job
+
+
+def test_alarms_on_record_are_kept_from_the_event_log(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 5 fills `alarms_active` from the log of a version-4 store; from then
+    on a trigger keeps it: the lasting alarms whose last event says active."""
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 4)
+    s = Store.open(tmp_path, "b07")
+    s.call(_alarm("meter_offline", "meter:101", True, "no answer"))
+    s.call(_alarm("meter_offline", "meter:102", True))
+    s.call(_alarm("meter_offline", "meter:102", False))
+    s.call(_alarm("meter_jump", "meter:103", True, 500))
+    s.close()
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION)
+    s = Store.open(tmp_path, "b07")
+    try:
+        def active() -> list[tuple[str, str, str]]:
+            return s.call(lambda t: t.execute(
+                "SELECT code, device, detail FROM alarms_active ORDER BY code, device").fetchall())
+        assert active() == [("meter_offline", "meter:101", "no answer")]
+        s.call(_alarm("reader_offline", "reader:r1", True, "unplugged"))
+        s.call(_alarm("meter_offline", "meter:101", False))
+        s.call(_alarm("meter_reset", "meter:104", True, "went back"))
+        assert active() == [("reader_offline", "reader:r1", "unplugged")]
+    finally:
+        s.close()
