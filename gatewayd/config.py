@@ -28,11 +28,17 @@ from drivers.profile import SHIPPED_DIR, Profile, ProfileError, load_profile
 from gatewayd.validate import Problem, Table, show
 
 BUILDING_RE = re.compile(r"[a-z0-9-]{1,32}")
-# Room, reader, point and bus ids appear in MQTT payloads and logs: keep them plain.
+# Bus names stay inside this file: keep them plain.
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 ID_TEXT = "1 to 32 letters, digits, '_', '.' or '-', starting with a letter or digit"
-ACCOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
-ACCOUNT_TEXT = "1 to 64 letters, digits, '_', '.', ':', '@' or '-'"
+# Room, reader and point ids and accounts travel in MQTT payloads (JSON, UTF-8)
+# and the center names them in commands: any text a command can carry
+# (commands.MAX_NAME_CHARS), without control characters or spaces at the ends,
+# so "A栋-301" is a room id.
+NAME_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\s](?:[^\x00-\x1f\x7f-\x9f]{0,126}[^\x00-\x1f\x7f-\x9f\s])?")
+NAME_TEXT = "1 to 128 characters, without control characters or spaces at either end"
+ACCOUNT_RE = NAME_RE
+ACCOUNT_TEXT = NAME_TEXT
 HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 BROKER_RE = re.compile(r"(mqtts?)://([^:/\s]+|\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?/?")
 LISTEN_RE = re.compile(r"([^:\s]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})")
@@ -726,7 +732,7 @@ class _Loader:
         rooms: list[Room] = []
         seen = self.room_ids
         for t in root.tables("rooms"):
-            rid = t.text("id", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
+            rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
             # "" is an id that already failed: not a duplicate of the last one that did.
             if rid and rid in seen:
                 t.problem("id", f"room {show(rid)} is defined twice")
@@ -755,7 +761,7 @@ class _Loader:
     def readers(self, root: Table) -> dict[str, Reader]:
         readers: dict[str, Reader] = {}
         for t in root.tables("readers"):
-            rid = t.text("id", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
+            rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
             kind = t.text("type", "", required=True, choices=("serial", "pcsc"))
             if kind == "serial":
                 reader = Reader(
@@ -790,7 +796,7 @@ class _Loader:
         seen: set[str] = set()
         reader_owner: dict[str, str] = {}
         for t in root.tables("points"):
-            pid = t.text("id", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
+            pid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
             if pid and pid in seen:  # "" already failed: see rooms()
                 t.problem("id", f"point {show(pid)} is defined twice")
             elif pid:

@@ -9,6 +9,7 @@ silently disable a rule).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,8 @@ class Problem:
 def show(value: object) -> str:
     """A value as the user wrote it, for messages: strings quoted, tables named."""
     if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
+        # As a TOML basic string: quotes, backslashes and control characters escaped.
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):

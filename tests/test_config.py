@@ -551,3 +551,40 @@ def test_price_must_be_plain_decimal(tmp_path: Path, price: str) -> None:
 def test_plain_decimal_prices_are_accepted(tmp_path: Path, price: str) -> None:
     cfg = load_config(tariff_config(tmp_path, json.dumps(price)))
     assert cfg.tariffs.power.price == Decimal(price)
+
+
+def test_room_reader_and_point_ids_are_any_plain_text(tmp_path: Path) -> None:
+    """Ids travel in JSON: "A栋 301" is a room; control characters and spaces at the
+    ends are not (bus names stay plain: they never leave the file)."""
+    body = '''
+        [gateway]
+        building = "b07"
+        state_dir = "{state}"
+        [tariffs]
+        shower = { price = "0.5", unit = "min" }
+        [[buses]]
+        name = "b"
+        type = "tcp"
+        host = "127.0.0.1"
+        [[rooms]]
+        id = "%s"
+        meter = { bus = "b", unit = 1, profile = "eastron-sdm120" }
+        breaker = { bus = "b", unit = 100, profile = "relay-board", channel = 0 }
+        [[readers]]
+        id = "读卡器 1"
+        type = "serial"
+        port = "/dev/ttyUSB0"
+        [[points]]
+        id = "淋浴-1"
+        service = "shower"
+        reader = "读卡器 1"
+        valve = { bus = "b", unit = 100, profile = "relay-board", channel = 1 }
+    '''
+    cfg = load_config(write(tmp_path, body % "A栋 301"))
+    assert [r.id for r in cfg.rooms] == ["A栋 301"]
+    assert cfg.rooms[0].account == "room-b07-A栋 301"
+    assert [p.id for p in cfg.points] == ["淋浴-1"]
+    for bad in (" 301", "301 ", "3\\t01"):
+        assert problems(write(tmp_path, body % bad)) == [
+            f"rooms[0].id: expected 1 to 128 characters, without control characters or spaces "
+            f"at either end, got {json.dumps(bad.replace(chr(92) + 't', chr(9)))}"]
