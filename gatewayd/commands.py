@@ -51,10 +51,10 @@ Schema choices, where the contract leaves room:
 - Card UIDs are 2 to 32 hex digits (the longest ISO 14443 UID, 10 bytes,
   has 20); lower case is accepted and normalised to upper case (behaviour.md
   "UIDs are upper-case hex without separators"); separators are refused.
-- ``expires`` is an RFC 3339 ``full-date`` (``2027-07-31``) only; a
-  date-time is refused because the contract says "date" and a time would
-  raise a time-zone question the date avoids (a card is valid through that
-  day in the building's time zone).
+- ``expires`` is an RFC 3339 ``full-date`` (``2027-07-31``): the card is
+  valid through that day in the building's time zone. An RFC 3339 date-time
+  (``2027-07-31T23:59:59+08:00``), which center software often sends for a
+  "date", is accepted too and means the calendar date it is written with.
 - Account and room ids are 1 to 128 characters without control characters.
 - ``tariff.set`` ``price`` is a plain decimal string (``"0.56"``: no sign,
   exponent, white space or leading zeros), from 0 to ``MAX_PRICE_YUAN`` with
@@ -489,13 +489,19 @@ def _card_put(f: _Fields) -> CardPut:
     expires: date | None = None
     raw_expires = f.optional("expires")
     if raw_expires is not None:
-        expected = "an RFC 3339 date (YYYY-MM-DD) or null"
-        if not isinstance(raw_expires, str) or not _DATE_RE.fullmatch(raw_expires):
+        expected = "an RFC 3339 date (YYYY-MM-DD), date-time or null"
+        if not isinstance(raw_expires, str):
             _fail(f.path("expires"), expected, raw_expires)
-        try:
-            expires = date.fromisoformat(raw_expires)
-        except ValueError:
-            _fail(f.path("expires"), expected, raw_expires)
+        if _DATE_RE.fullmatch(raw_expires):
+            try:
+                expires = date.fromisoformat(raw_expires)
+            except ValueError:
+                _fail(f.path("expires"), expected, raw_expires)
+        else:
+            moment = parse_rfc3339(raw_expires)
+            if moment is None:
+                _fail(f.path("expires"), expected, raw_expires)
+            expires = moment.date()  # the date as written, in its own offset
     return CardPut(card=card, account=account, kind=kind, status=status, expires=expires)
 
 
