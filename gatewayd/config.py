@@ -255,10 +255,14 @@ class Config:
 
     def summary(self) -> str:
         center = f"center {self.center.broker}" if self.center else "offline only (no [center])"
+        def count(n: int, one: str, many: str) -> str:
+            return f"{n} {one if n == 1 else many}"
+
         return (
-            f"building {self.gateway.building}: {len(self.rooms)} rooms, "
-            f"{len(self.points)} water points, {len(self.readers)} readers, "
-            f"{len(self.buses)} buses, {center}"
+            f"building {self.gateway.building}: {count(len(self.rooms), 'room', 'rooms')}, "
+            f"{count(len(self.points), 'water point', 'water points')}, "
+            f"{count(len(self.readers), 'reader', 'readers')}, "
+            f"{count(len(self.buses), 'bus', 'buses')}, {center}"
         )
 
 
