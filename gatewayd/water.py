@@ -65,6 +65,10 @@ FLOW_FAILURES_FAULT = 3
 # again by itself within seconds of the meter answering, at the cost of one
 # bus timeout per period.
 FLOW_PROBE_S = 5.0
+# An idle point is checked this often: its valve must read closed (one found
+# open, by hand or by a relay that did not follow, is closed at once), and its
+# flow meter must answer, so that a fault shows before the next student taps.
+IDLE_CHECK_S = 30.0
 # After a crash the last counter reading's time is derived from the session
 # row (started + elapsed_s, whole seconds, the count read just before): the
 # flow bound allows this much more time, so that real flow during the outage
@@ -95,6 +99,7 @@ class PointRuntime:
     flow_failures: int = 0
     flow_offline: str | None = None   # why the flow meter is offline; None: it answers
     probe_at: float = 0.0             # monotonic time of the next probe while offline
+    idle_check_at: float = 0.0        # monotonic time of the next idle check
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -318,9 +323,10 @@ class WaterService:
         """How long the point's loop sleeps unless woken."""
         if pt.session is not None or pt.fault is not None:
             return self.poll_s
+        due = pt.idle_check_at
         if pt.flow_offline is not None:
-            return max(pt.probe_at - self.clock.mono(), 0.0)
-        return 3600.0
+            due = min(due, pt.probe_at)
+        return max(due - self.clock.mono(), 0.0)
 
     async def _point_loop(self, pt: PointRuntime) -> None:
         while True:
@@ -335,11 +341,29 @@ class WaterService:
                     else:
                         if pt.fault is not None:
                             await self._close_valve(pt)
+                        elif self.clock.mono() >= pt.idle_check_at:
+                            await self._idle_check(pt)
                         if pt.flow_offline is not None and self.clock.mono() >= pt.probe_at:
                             await self._read_flow(pt)  # clears the alarm when it answers
             except Exception:
                 log.exception("point_loop_failed", point=pt.id)
                 await asyncio.sleep(VALVE_RETRY_S)
+
+    async def _idle_check(self, pt: PointRuntime) -> None:
+        """An idle point: its valve reads closed (else it is closed now) and its
+        flow meter answers (else, after a few checks, `meter_offline`)."""
+        pt.idle_check_at = self.clock.mono() + IDLE_CHECK_S * random.uniform(0.9, 1.1)
+        try:
+            is_open = await pt.valve.get()
+        except DeviceError as e:
+            await self._valve_failed(pt, f"unreadable while idle: {e.message}")
+            return
+        if is_open:
+            log.error("valve_open_while_idle", point=pt.id,
+                      detail="found open with no session: closing it")
+            await self._close_valve(pt)
+        if pt.flow is not None and pt.flow_offline is None:
+            await self._read_flow(pt)
 
     async def _read_flow(self, pt: PointRuntime) -> int | None:
         """The counter now, or None; raises and clears `meter_offline` for `flow:POINT`."""

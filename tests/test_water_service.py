@@ -170,3 +170,22 @@ async def test_no_tap_event_at_all_once_shutdown_began(water: Water) -> None:
     await w.service.on_tap(Tap("no-such-reader", CARD, time.monotonic()))
     assert await w.events("tap") == []
     assert await w.valve() is False
+
+
+async def test_an_idle_valve_found_open_is_closed(water: Water, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone opens the valve by hand (or its relay did not follow): the idle check
+    finds it open with no session and closes it; no session, no charge."""
+    import gatewayd.water as water_mod
+
+    monkeypatch.setattr(water_mod, "IDLE_CHECK_S", 0.3)
+    w = water
+    w.service.points["shower-1"].idle_check_at = 0.0
+    w.service.points["shower-1"].wake.set()
+    await asyncio.sleep(0.5)  # the first check, at the new period
+    await w.sim.endpoints[0].set_coil(RELAY, 0, True)
+    deadline = time.monotonic() + 5.0
+    while await w.valve():
+        assert time.monotonic() < deadline, "the open idle valve was not closed"
+        await asyncio.sleep(0.05)
+    assert await w.events("water.session") == []
+    assert await w.events("tap") == []
