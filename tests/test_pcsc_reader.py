@@ -69,7 +69,13 @@ async def test_a_placed_card_is_one_tap_with_its_uid(pcscd: Pcscd) -> None:
 
 
 async def lifted(reader: PcscCardReader, card: VirtualCard) -> None:
-    """Remove `card` and wait until the reader has seen it go."""
+    """Wait until the reader holds `card` as on the reader, remove it, and wait
+    until the reader has seen it go. (Without the first wait, a removal checked
+    before the reader recorded the placement passes at once, and the test's fake
+    clock moves on before the reader stamps the removal.)"""
+    async with asyncio.timeout(WAIT_S):
+        while reader.card_on_reader != card.uid.hex().upper():
+            await asyncio.sleep(0.01)
     await card.remove()
     async with asyncio.timeout(WAIT_S):
         while reader.card_on_reader is not None:
