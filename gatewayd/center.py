@@ -750,7 +750,7 @@ class CenterLink:
             messages, last_seq = self._last_status_pending, self._store.next_seq - 1
         fields = self._fields()
         self._last_faults = fields.get("faults")
-        document = self._status_document(fields, messages, last_seq)
+        document = _json.encode(self._status_document(fields, messages, last_seq))
         self._last_status_at = time.monotonic()
         await client.publish(self.topic_status, document, qos=1, retain=True, timeout=PUBACK_TIMEOUT_S)
         self._last_status_pending = messages
@@ -758,11 +758,10 @@ class CenterLink:
     async def status_now(self) -> dict[str, Any]:
         """The status document as it would be published now (`state.get` without args)."""
         pending, last_seq = await self._store.read(_pending_and_last_seq)
-        document: dict[str, Any] = msgspec.json.decode(
-            self._status_document(self._fields(), pending.messages, last_seq))
-        return document
+        return self._status_document(self._fields(), pending.messages, last_seq)
 
-    def _status_document(self, fields: dict[str, Any], pending: int, last_seq: int) -> bytes:
+    def _status_document(self, fields: dict[str, Any], pending: int,
+                         last_seq: int) -> dict[str, Any]:
         faults = fields.get("faults") or {}
         status = Status(
             building=self.building,
@@ -784,7 +783,7 @@ class CenterLink:
         # Fields a newer status() adds go out too: consumers ignore what they do not know.
         for key, value in fields.items():
             document.setdefault(key, value)
-        return _json.encode(document)
+        return document
 
     async def _telemetry_loop(self) -> None:
         if self._telemetry is None:

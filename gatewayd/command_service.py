@@ -44,6 +44,7 @@ from gatewayd.commands import (
     TariffSet,
     TopicKind,
     accept_command,
+    check_age,
 )
 from gatewayd.config import Config
 from gatewayd.ledger import Ledger
@@ -100,26 +101,17 @@ class CommandService:
     async def handle(self, payload: bytes, topic_kind: TopicKind) -> bytes | None:
         center = self.config.center
         try:
+            # The age is checked in `_apply`, after the duplicate lookup: a repeat of
+            # an applied command (redelivered by the broker after a crash, say) is
+            # answered with its first result even when it has grown old meanwhile;
+            # `stale` would tell the center it was not applied.
             checked = accept_command(
                 payload, topic_kind=topic_kind, building=self.config.gateway.building,
-                public_key=self.public_key, now=self.clock.wall(), clock_synced=self.clock.synced(),
-                max_age_s=center.max_command_age_s if center else 300.0,
+                public_key=self.public_key, now=self.clock.wall(), clock_synced=False,
                 insecure_unsigned=bool(center and center.insecure_unsigned_commands),
             )
             if isinstance(checked, CommandRejection):
-                if checked.code is ErrorCode.STALE and checked.id is not None:
-                    # A repeat of an applied command (redelivered by the broker
-                    # after a crash, say) is answered with its first result, even
-                    # when it has grown old meanwhile: `stale` would tell the center
-                    # it was not applied. The signature was checked before the age.
-                    first = await self._first_result(checked.id)
-                    if first is not None:
-                        log.info("command_duplicate", id=checked.id)
-                        return as_duplicate(first)
-                self.refused += 1
-                log.warning("command_refused", id=checked.id, code=str(checked.code),
-                            message=checked.message)
-                return checked.encode()
+                return self._refused(checked)
             async with self._lock:
                 return await self._apply(checked)
         except asyncio.CancelledError:
@@ -129,16 +121,24 @@ class CommandService:
             cid = _id_of(payload)
             return encode_result_error(cid, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
 
-    async def _first_result(self, cid: str) -> bytes | None:
-        row = await self.store.read(lambda t: t.execute(
-            "SELECT result FROM commands WHERE id = ?", (cid,)).fetchone())
-        return None if row is None else bytes(row[0])
+    def _refused(self, rejection: CommandRejection) -> bytes:
+        self.refused += 1
+        log.warning("command_refused", id=rejection.id, code=str(rejection.code),
+                    message=rejection.message)
+        return rejection.encode()
 
     async def _apply(self, cmd: ParsedCommand) -> bytes | None:
-        first = await self._first_result(cmd.id)
+        first = await self.store.read(lambda t: t.execute(
+            "SELECT result FROM commands WHERE id = ?", (cmd.id,)).fetchone())
         if first is not None:
             log.info("command_duplicate", id=cmd.id, type=str(cmd.type))
-            return as_duplicate(first)
+            return as_duplicate(bytes(first[0]))
+        center = self.config.center
+        if self.clock.synced():
+            stale = check_age(cmd.issued_at, self.clock.wall(),
+                              center.max_command_age_s if center else 300.0, command_id=cmd.id)
+            if stale is not None:
+                return self._refused(stale)
         try:
             await self._dispatch(cmd)
         except Refused as e:

@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pymodbus.pdu import ModbusPDU
 
@@ -491,35 +491,46 @@ class StoreSnapshot:
         return [e for e in self.events if e["type"] == type_]
 
 
-def read_store(db: Path, attempts: int = 20) -> StoreSnapshot:
-    """The store as a reader sees it (`mode=ro`: this never writes)."""
+T = TypeVar("T")
+
+
+def read_only(db: Path, read: Callable[[sqlite3.Connection], T], attempts: int = 20) -> T:
+    """`read(conn)` in one read transaction on a `mode=ro` connection (this never
+    writes), tried again while the daemon holds the database locked."""
     for attempt in range(attempts):
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
             try:
                 conn.execute("BEGIN")
-                events = [{**json.loads(p), "_seq": s, "_id": i, "_type": t}
-                          for s, i, t, p in conn.execute(
-                              "SELECT seq, id, type, payload FROM events ORDER BY seq")]
-                accounts = conn.execute("SELECT account, balance_fen, known FROM accounts").fetchall()
-                cols = ("room", "accrued_fen", "accrued_wh", "cut_reason", "hold", "baseline_wh",
-                        "chain_from_wh", "reclose_at", "switch_pending")
-                rooms = {r[0]: dict(zip(cols, r, strict=True)) for r in conn.execute(
-                    f"SELECT {', '.join(cols)} FROM rooms")}
-                scols = ("point", "session", "account", "card", "charged_fen")
-                sessions = {r[0]: dict(zip(scols, r, strict=True)) for r in conn.execute(
-                    f"SELECT {', '.join(scols)} FROM water_sessions")}
+                result = read(conn)
                 conn.execute("COMMIT")
+                return result
             finally:
                 conn.close()
         except sqlite3.OperationalError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.05)
-            continue
-        return StoreSnapshot(events, {a: b for a, b, _ in accounts}, {a for a, _, k in accounts if k},
-                             rooms, sessions)
     raise AssertionError("unreachable")
+
+
+def read_store(db: Path, attempts: int = 20) -> StoreSnapshot:
+    """The store as a reader sees it."""
+    def read(conn: sqlite3.Connection) -> StoreSnapshot:
+        events = [{**json.loads(p), "_seq": s, "_id": i, "_type": t}
+                  for s, i, t, p in conn.execute(
+                      "SELECT seq, id, type, payload FROM events ORDER BY seq")]
+        accounts = conn.execute("SELECT account, balance_fen, known FROM accounts").fetchall()
+        cols = ("room", "accrued_fen", "accrued_wh", "cut_reason", "hold", "baseline_wh",
+                "chain_from_wh", "reclose_at", "switch_pending")
+        rooms = {r[0]: dict(zip(cols, r, strict=True)) for r in conn.execute(
+            f"SELECT {', '.join(cols)} FROM rooms")}
+        scols = ("point", "session", "account", "card", "charged_fen")
+        sessions = {r[0]: dict(zip(scols, r, strict=True)) for r in conn.execute(
+            f"SELECT {', '.join(scols)} FROM water_sessions")}
+        return StoreSnapshot(events, {a: b for a, b, _ in accounts},
+                             {a for a, _, k in accounts if k}, rooms, sessions)
+    return read_only(db, read, attempts)
 
 
 @dataclass
@@ -539,29 +550,17 @@ class Outbox:
 
 
 def read_outbox(db: Path, attempts: int = 20) -> Outbox:
-    """`published`, `outbox_pending`, `meta` and the queued telemetry, read-only, in one read."""
-    for attempt in range(attempts):
-        try:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-            try:
-                conn.execute("BEGIN")
-                rows = conn.execute("SELECT seq, id, type, published FROM events").fetchall()
-                pend = {k: (c, b) for k, c, b in conn.execute(
-                    "SELECT class, count, bytes FROM outbox_pending")}
-                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                tele = conn.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
-            continue
+    """`published`, `outbox_pending`, `meta` and the queued telemetry, in one read."""
+    def read(conn: sqlite3.Connection) -> Outbox:
+        rows = conn.execute("SELECT seq, id, type, published FROM events").fetchall()
+        pend = {k: (c, b) for k, c, b in conn.execute(
+            "SELECT class, count, bytes FROM outbox_pending")}
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        tele = conn.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
         return Outbox({i: s for s, i, _, p in rows if p is not None},
                       {i: s for s, i, _, p in rows if p is None},
                       {s: t for s, _, t, _ in rows}, pend, meta, tele)
-    raise AssertionError("unreachable")
+    return read_only(db, read, attempts)
 
 
 def rss_of(pid: int) -> int:
