@@ -316,7 +316,7 @@ class CenterLink:
         self._acked: list[OutMessage] = []
         self._marking: set[tuple[int, str | int]] = set()
         self._last_status_pending = 0
-        self._last_faults: Any = None
+        self._last_changes: Any = None   # what, changed, publishes the status at once
         self._last_status_at = 0.0
         self._offline_since = time.monotonic()
         self._last_error = ""
@@ -727,8 +727,7 @@ class CenterLink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_POLL_S):
                     await self._status_due.wait()
-            faults = self._fields().get("faults")
-            due = (self._status_due.is_set() or faults != self._last_faults
+            due = (self._status_due.is_set() or _changes(self._fields()) != self._last_changes
                    or time.monotonic() - self._last_status_at >= self.center.telemetry_interval_s)
             if due:
                 await self._publish_status(client)
@@ -749,7 +748,7 @@ class CenterLink:
             log.warning("center_status_read_failed", error=str(e))
             messages, last_seq = self._last_status_pending, self._store.next_seq - 1
         fields = self._fields()
-        self._last_faults = fields.get("faults")
+        self._last_changes = _changes(fields)
         document = _json.encode(self._status_document(fields, messages, last_seq))
         self._last_status_at = time.monotonic()
         await client.publish(self.topic_status, document, qos=1, retain=True, timeout=PUBACK_TIMEOUT_S)
@@ -769,7 +768,7 @@ class CenterLink:
             version=__version__,
             started=self._clock.stamp(self.started),
             clock_synced=bool(fields.get("clock_synced", False)),
-            cards_version=fields.get("cards_version"),
+            cards_version=int(fields.get("cards_version") or 0),
             last_seq=last_seq,
             pending=pending,
             accounts_unknown=int(fields.get("accounts_unknown", 0)),
@@ -882,6 +881,13 @@ class CenterLink:
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+def _changes(fields: dict[str, Any]) -> tuple[Any, ...]:
+    """The status fields whose change is published at once: the contract's fault
+    counts, and what the center acts on (the cards version it loaded, whether
+    command ages are checked)."""
+    return (fields.get("faults"), fields.get("cards_version"), fields.get("clock_synced"))
 
 
 def _pending_and_last_seq(txn: Txn) -> tuple[Pending, int]:

@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,8 @@ from gatewayd.wire import ErrorCode, as_duplicate, encode_result_error, encode_r
 log = structlog.get_logger(__name__)
 
 DEBIT_TYPES = ("water.session", "power.usage")
+# Commands larger than this are parsed and verified in a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 class Refused(Exception):
@@ -105,11 +108,15 @@ class CommandService:
             # an applied command (redelivered by the broker after a crash, say) is
             # answered with its first result even when it has grown old meanwhile;
             # `stale` would tell the center it was not applied.
-            checked = accept_command(
-                payload, topic_kind=topic_kind, building=self.config.gateway.building,
-                public_key=self.public_key, now=self.clock.wall(), clock_synced=False,
+            check = functools.partial(
+                accept_command, payload, topic_kind=topic_kind,
+                building=self.config.gateway.building, public_key=self.public_key,
+                now=self.clock.wall(), clock_synced=False,
                 insecure_unsigned=bool(center and center.insecure_unsigned_commands),
             )
+            # A big command (a cards.load of thousands of cards) takes up to half a
+            # second to parse and verify: off the loop, which keeps serving taps.
+            checked = check() if len(payload) <= INLINE_PARSE_BYTES else await asyncio.to_thread(check)
             if isinstance(checked, CommandRejection):
                 return self._refused(checked)
             async with self._lock:
@@ -202,8 +209,6 @@ class CommandService:
 
     async def _sync(self, cmd: ParsedCommand, a: AccountSync) -> None:
         """balance = center's figure - own debits with seq > through_seq - accrued unreported."""
-        open_water = self.water.open_charges(a.account)
-
         def job(txn: Txn) -> dict[str, Any]:
             # The last seq assigned (events may have been pruned or dropped since).
             row = txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -224,6 +229,13 @@ class CommandService:
                 "SELECT COALESCE(SUM(accrued_fen), 0) FROM rooms WHERE room IN "
                 "(SELECT value FROM json_each(?))", (json.dumps(self._rooms_of(a.account)),),
             ).fetchone()[0]
+            # Open water sessions: what they have debited so far, read in this
+            # transaction (a session's row goes in the one that records its
+            # water.session event, so each charge is counted exactly once).
+            open_water = int(txn.execute(
+                "SELECT COALESCE(SUM(charged_fen), 0) FROM water_sessions WHERE account = ?",
+                (a.account,),
+            ).fetchone()[0])
             balance = a.balance_fen - unseen - int(accrued) - open_water
             Ledger.set_balance(txn, a.account, balance)
             result = {"account": a.account, "balance_fen": balance, "unreported_fen":

@@ -20,15 +20,19 @@ Order of checks (the first failure is the result; later checks never run):
 3. ``bad_json``, with the id: nesting deeper than ``MAX_DEPTH`` or a string
    with an unpaired surrogate escape (``"\\ud800"``), which no canonical
    UTF-8 form can carry, so it could never be signed.
-4. ``bad_request``: ``to`` is not this building on the building topic, or not
+4. ``bad_signature`` (``accept_command`` only; ``verify_signature``):
+   missing or wrong ``sig``. It comes before every schema check: what an
+   unauthenticated sender gets back says nothing about the schema, and the
+   contract's "missing or wrong sig: refused with bad_signature" holds
+   whatever else is wrong.
+5. ``bad_request``: ``to`` is not this building on the building topic, or not
    ``all`` on the broadcast topic.
-5. ``bad_request`` if ``type`` is not a string, ``unknown_type`` if it is not
+6. ``bad_request`` if ``type`` is not a string, ``unknown_type`` if it is not
    a v1 command type.
-6. ``bad_request``: ``ts`` is not an RFC 3339 date-time with offset.
-7. ``bad_request``: ``args`` does not match the type's schema; the message
+7. ``bad_request``: ``ts`` is not an RFC 3339 date-time with offset.
+8. ``bad_request``: ``args`` does not match the type's schema; the message
    names the field, JSON-path style: ``args.cards[3].kind: expected one of
    ...``. Fields are checked in the contract's order.
-8. ``bad_signature`` (``verify_signature``; ``accept_command`` step).
 9. ``stale`` (``check_age``; ``accept_command`` step, only while the clock is
    synchronised).
 
@@ -734,10 +738,12 @@ def parse_command(
     building: str,
     unknown_fields: UnknownFields = "ignore",
     max_bytes: int = MAX_COMMAND_BYTES,
+    signature: Callable[[dict[str, Any], str], CommandRejection | None] | None = None,
 ) -> ParsedCommand | CommandRejection:
-    """Parse and schema-check one command payload (checks 1 to 7 of the module doc).
+    """Parse and schema-check one command payload (checks 1 to 8 of the module doc).
 
-    Never raises. The signature and age are not checked here: see
+    Never raises. The signature is checked (step 4) only when ``signature``
+    is given (``accept_command`` does); the age never is here: see
     ``verify_signature``, ``check_age`` and ``accept_command``.
 
     Args:
@@ -748,6 +754,8 @@ def parse_command(
         unknown_fields: ``"ignore"`` (the contract's rule) or ``"reject"``
             unknown keys inside ``args``.
         max_bytes: payloads larger than this are refused unparsed.
+        signature: called with the decoded object and its id after step 3;
+            a rejection it returns is the result.
     """
     found_id: list[str] = []
     try:
@@ -758,6 +766,7 @@ def parse_command(
             unknown=unknown_fields,
             max_bytes=max_bytes,
             found_id=found_id,
+            signature=signature,
         )
     except Exception as exc:
         # Nothing a command carries may crash the gateway (center-link.md): a
@@ -778,6 +787,7 @@ def _parse(
     unknown: UnknownFields,
     max_bytes: int,
     found_id: list[str],
+    signature: Callable[[dict[str, Any], str], CommandRejection | None] | None,
 ) -> ParsedCommand | CommandRejection:
     try:
         obj = _decode(bytes(payload), max_bytes)
@@ -802,6 +812,8 @@ def _parse(
             ErrorCode.BAD_JSON,
             "a string holds an unpaired surrogate escape, which UTF-8 cannot carry",
         )
+    if signature is not None and (refused := signature(obj, command_id)) is not None:
+        return refused
 
     def bad_request(message: str) -> CommandRejection:
         return CommandRejection(command_id, ErrorCode.BAD_REQUEST, message)
@@ -928,25 +940,30 @@ def accept_command(
         unknown_fields: see ``parse_command``.
         max_bytes: see ``parse_command``.
     """
+    def signature(raw: dict[str, Any], command_id: str) -> CommandRejection | None:
+        return _signature_problem(raw, command_id, public_key, insecure_unsigned)
+
     parsed = parse_command(
         payload,
         topic_kind=topic_kind,
         building=building,
         unknown_fields=unknown_fields,
         max_bytes=max_bytes,
+        signature=signature,
     )
     if isinstance(parsed, CommandRejection):
         return parsed
-    rejection = _signature_problem(parsed, public_key, insecure_unsigned)
-    if rejection is None and clock_synced:
+    rejection = None
+    if clock_synced:
         rejection = check_age(parsed.issued_at, now, max_age_s, command_id=parsed.id)
     return parsed if rejection is None else rejection
 
 
 def _signature_problem(
-    parsed: ParsedCommand, public_key: Ed25519PublicKey | None, insecure_unsigned: bool
+    raw: dict[str, Any], command_id: str, public_key: Ed25519PublicKey | None,
+    insecure_unsigned: bool,
 ) -> CommandRejection | None:
-    sig = parsed.raw.get(SIGNATURE_FIELD)
+    sig = raw.get(SIGNATURE_FIELD)
     if insecure_unsigned and (sig is None or public_key is None):
         return None
     if public_key is None:
@@ -955,8 +972,8 @@ def _signature_problem(
         message = "sig: missing; commands must be signed"
     elif decode_signature(sig) is None:
         message = "sig: expected the standard base64 of a 64-byte Ed25519 signature"
-    elif not verify_signature(parsed.raw, public_key):
+    elif not verify_signature(raw, public_key):
         message = "sig: does not verify with the center's public key"
     else:
         return None
-    return CommandRejection(parsed.id, ErrorCode.BAD_SIGNATURE, message)
+    return CommandRejection(command_id, ErrorCode.BAD_SIGNATURE, message)

@@ -327,6 +327,10 @@ class _Loader:
         self.profile_dirs: list[Path] = []
         self.room_ids: set[str] = set()
         self.switch_users: list[tuple[str, str, DeviceRef]] = []
+        self.meter_users: list[tuple[str, str, DeviceRef]] = []
+        self.counter_users: list[tuple[str, str, DeviceRef]] = []
+        # Serial ports: one owner each (a bus or a reader), by place and owner.
+        self.serial_ports: dict[str, str] = {}
 
     # -- sections ---------------------------------------------------------
 
@@ -381,6 +385,10 @@ class _Loader:
             pattern=BUILDING_RE,
             pattern_text="1 to 32 of a-z, 0-9 and '-'",
         )
+        if building == "all":
+            # {prefix}/all/cmd is the broadcast topic: a building named "all"
+            # could not tell its own commands from every building's.
+            t.problem("building", '"all" is reserved: {prefix}/all/cmd is the broadcast topic')
         site = t.text("site", "")
         tz = t.text("timezone", "")
         if tz:
@@ -608,6 +616,8 @@ class _Loader:
                 self.warnings.append(Problem(
                     t.at(f"except[{i}]"), f"no room {show(room)} in this file (ignored)"
                 ))
+        if t.has("days") and not days and isinstance(t.data["days"], list):
+            self.warnings.append(Problem(t.at("days"), "no days: this curfew never applies"))
         if start and start == end:
             t.problem("to", "a curfew window must not start and end at the same time")
         t.done()
@@ -644,7 +654,7 @@ class _Loader:
                     type="rtu",
                     timeout_s=timeout,
                     retries=retries,
-                    port=t.text("port", "", required=True),
+                    port=self.serial_port(t, f"bus {show(name)}"),
                     baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
                     parity=t.text("parity", "N", choices=("N", "E", "O")),  # type: ignore[arg-type]
                     stopbits=t.integer("stopbits", 1, minimum=1, maximum=2),
@@ -734,6 +744,7 @@ class _Loader:
         self, root: Table, building: str, power: PowerRules, buses: Mapping[str, Bus]
     ) -> tuple[Room, ...]:
         rooms: list[Room] = []
+        accounts: dict[str, str] = {}
         seen = self.room_ids
         for t in root.tables("rooms"):
             rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
@@ -745,7 +756,15 @@ class _Loader:
             account = t.text(
                 "account", f"room-{building}-{rid}", pattern=ACCOUNT_RE, pattern_text=ACCOUNT_TEXT
             )
+            if rid and account:
+                # behaviour.md: "a room's electricity uses the room's own account".
+                owner = accounts.setdefault(account, rid)
+                if owner != rid:
+                    t.problem("account", f"account {show(account)} is already used by room "
+                              f"{show(owner)}: each room has its own account")
             meter = self.device(t, "meter", "meter", buses)
+            if meter:
+                self.meter_users.append((t.at("meter"), f"room {show(rid)}", meter))
             breaker = self.device(t, "breaker", "switch", buses, channel=True)
             if breaker:
                 self.switch_users.append((t.at("breaker"), f"room {show(rid)}", breaker))
@@ -771,7 +790,7 @@ class _Loader:
                 reader = Reader(
                     id=rid,
                     type="serial",
-                    port=t.text("port", "", required=True),
+                    port=self.serial_port(t, f"reader {show(rid)}"),
                     baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
                     protocol=t.text(  # type: ignore[arg-type]
                         "protocol", "rdm6300", choices=("rdm6300", "ascii-line")
@@ -818,6 +837,8 @@ class _Loader:
             if valve:
                 self.switch_users.append((t.at("valve"), f"point {show(pid)}", valve))
             flow = self.device(t, "flow", "counter", buses, required=False, channel=True, flow=True)
+            if flow:
+                self.counter_users.append((t.at("flow"), f"point {show(pid)}", flow))
             kinds = t.str_list("kinds", choices=CARD_KINDS, default=("student", "teacher", "family"))
             if service in SERVICES:
                 tariff: Tariff = getattr(tariffs, service)
@@ -832,17 +853,45 @@ class _Loader:
                 points.append(Point(pid, service, reader, valve, flow, frozenset(kinds)))  # type: ignore[arg-type]
         return tuple(points)
 
+    def serial_port(self, t: Table, who: str) -> str:
+        """A serial port: one bus or reader owns it (two would interleave their bytes)."""
+        port = t.text("port", "", required=True)
+        if port:
+            owner = self.serial_ports.setdefault(port, who)
+            if owner != who:
+                t.problem("port", f"port {show(port)} is already used by {owner}")
+        return port
+
     def check_switches(self) -> None:
-        """Two rooms may not share a breaker coil; two points may not share a valve."""
+        """Two rooms may not share a breaker coil; two points may not share a valve.
+
+        Added to the contract, for the same reason: two rooms may not share a
+        meter, nor two points a flow counter channel, since each would be
+        charged for the other's use.
+        """
+        self._check_shared(self.switch_users, "state", "switch")
+        self._check_shared(self.counter_users, "count", "flow counter")
+        meters: dict[tuple[str, int], str] = {}
+        for place, who, ref in self.meter_users:
+            owner = meters.setdefault((ref.bus, ref.unit), who)
+            if owner != who:
+                self.problems.append(
+                    Problem(place, f"the same meter (bus {show(ref.bus)}, unit {ref.unit}) "
+                            f"is already used by {owner}")
+                )
+
+    def _check_shared(
+        self, users: list[tuple[str, str, DeviceRef]], field: str, what: str
+    ) -> None:
         owners: dict[tuple[str, int, str, int], str] = {}
-        for place, who, ref in self.switch_users:
-            state = ref.profile.fields.get("state")
-            if state is None:
+        for place, who, ref in users:
+            spec = ref.profile.fields.get(field)
+            if spec is None:
                 continue
-            key = (ref.bus, ref.unit, state.table, state.at_channel(ref.channel))
+            key = (ref.bus, ref.unit, spec.table, spec.at_channel(ref.channel))
             if key in owners:
                 self.problems.append(
-                    Problem(place, f"the same switch (bus {show(ref.bus)}, unit {ref.unit}, "
+                    Problem(place, f"the same {what} (bus {show(ref.bus)}, unit {ref.unit}, "
                             f"channel {ref.channel}) is already used by {owners[key]}")
                 )
             else:

@@ -53,8 +53,11 @@ from gatewayd.supervisor import Heartbeat
 
 log = structlog.get_logger(__name__)
 
-# A breaker that failed a command is commanded again at most this often.
+# A breaker that failed a command is commanded again at most this often; a
+# command for the other state (a cut needed after a restore failed) goes at once.
 BREAKER_RETRY_S = 10.0
+# How stale the stored time of a room's meter baseline may get (see `_key`).
+BASELINE_SAVE_S = 60.0
 # At start, read this many breakers at once (the bus owners queue the rest).
 START_CONCURRENCY = 32
 # An overload read is taken this long after the timer runs out (asyncio timers
@@ -80,6 +83,7 @@ class RoomRuntime:
     next_read: float = 0.0
     read_at: float = float("-inf")       # when the last meter read started
     next_breaker_try: float = 0.0
+    retry_want: bool | None = None       # the state whose command failed (None: none)
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
     unverified: bool = False             # unreadable at start: first read decides as at start
     # Cuts carried out while the store could not record them: (cut, ts, wall),
@@ -154,9 +158,14 @@ class PowerService:
 
     @staticmethod
     def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The part of a row whose change must be written (times move every poll)."""
+        """The part of a row whose change must be written (times move every poll).
+
+        The baseline's time is written once a BASELINE_SAVE_S: after a restart
+        the meter-jump bound counts from it, so it must not lag the last
+        reading by more than that (an idle room's would otherwise stay at
+        the last time its energy moved, days ago)."""
         return (*row[:9], row[9] is None, row[10] is None, row[11], row[12],
-                row[13] is None)
+                row[13] is None, None if row[14] is None else int(row[14] // BASELINE_SAVE_S))
 
     def _save(self, txn: Txn, rt: RoomRuntime, row: tuple[Any, ...]) -> None:
         txn.execute(
@@ -479,13 +488,17 @@ class PowerService:
         """Make the breaker follow the rules (or `want_on`); a failed command is
         retried every BREAKER_RETRY_S with `breaker_mismatch` raised until it follows."""
         now = self.clock.mono()
-        if now < rt.next_breaker_try:
+        following = want_on is None
+        if want_on is None:
+            want_on = rt.state.cut_reason is None
+        if now < rt.next_breaker_try and want_on == rt.retry_want:
             return
         if rt.breaker_on is None:
             try:
                 rt.breaker_on = await rt.breaker.get()
             except DeviceError:
                 rt.next_breaker_try = now + BREAKER_RETRY_S
+                rt.retry_want = want_on
                 return
             if rt.unverified:
                 # The start's check, late: a breaker off for no recorded reason
@@ -494,24 +507,27 @@ class PowerService:
                 if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
                     await self._found_off(rt)
                     return
-        following = want_on is None
-        if want_on is None:
-            want_on = rt.state.cut_reason is None
         if rt.breaker_on == want_on:
             if following and rt.switch_pending:
                 await self._switch_done(rt)
+            if rt.retry_want is not None:
+                # A failed command is moot: the breaker is where the rules now want it.
+                rt.retry_want = None
+                await self.alarms.report("breaker_mismatch", breaker_device(rt.id), "", False)
             return
         device = breaker_device(rt.id)
         try:
             await rt.breaker.set(want_on)
         except DeviceError as e:
             rt.next_breaker_try = now + BREAKER_RETRY_S
+            rt.retry_want = want_on
             rt.breaker_on = e.actual if isinstance(e, SwitchMismatch) else None
             detail = f"commanded {'on' if want_on else 'off'}: {e.message}"
             log.error("breaker_command_failed", room=rt.id, error=e.message)
             await self.alarms.report("breaker_mismatch", device, detail, True)
             return
         rt.breaker_on = want_on
+        rt.retry_want = None
         if following and rt.switch_pending:
             await self._switch_done(rt)
         await self.alarms.report("breaker_mismatch", device, "", False)

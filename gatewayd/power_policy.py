@@ -245,7 +245,8 @@ def _protect(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> None:
 def _trip(s: RoomState, ctx: Context, reason: CutReason) -> None:
     rules = ctx.rules
     s.over_since = None
-    s.trips = (*(t for t in s.trips if ctx.now - t < rules.lockout_window_s), ctx.now)
+    # "Within" the window includes its end: trips exactly lockout_window_s apart count.
+    s.trips = (*(t for t in s.trips if ctx.now - t <= rules.lockout_window_s), ctx.now)
     s.trip_reason = reason
     if len(s.trips) >= rules.lockout_trips:
         s.lockout_until = ctx.now + rules.lockout_s

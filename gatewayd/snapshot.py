@@ -90,8 +90,13 @@ class Snapshot:
         rooms = []
         for rt in self.power.rooms.values():
             d = self.power.describe(rt)
-            rooms.append({k: d[k] for k in ("room", "online", "power_w", "energy_wh", "voltage_v",
-                                             "current_a", "pf", "breaker", "balance_fen")})
+            room = {k: d[k] for k in ("room", "online", "power_w", "energy_wh", "voltage_v",
+                                      "current_a", "pf", "breaker", "balance_fen")}
+            if not d["online"]:
+                # No reading is not the last reading: an offline meter's values are
+                # null in telemetry (`state.get` still shows the last ones read).
+                room.update(power_w=None, energy_wh=None, voltage_v=None, current_a=None, pf=None)
+            rooms.append(room)
         points = []
         for pt in self.water.points.values():
             d = self.water.describe(pt)

@@ -92,6 +92,11 @@ class Table:
         if not isinstance(value, str):
             self.problem(key, f"expected a string, got {show(value)}")
             return default
+        if required and value == "":
+            # A required name written empty is a missing one, never "no name":
+            # a room with `bus = ""` must not silently lose its meter.
+            self.problem(key, 'required: got ""')
+            return default
         if choices is not None and value not in choices:
             self.problem(key, f"expected one of {', '.join(choices)}, got {show(value)}")
             return default

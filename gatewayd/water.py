@@ -69,6 +69,15 @@ FLOW_PROBE_S = 5.0
 # open, by hand or by a relay that did not follow, is closed at once), and its
 # flow meter must answer, so that a fault shows before the next student taps.
 IDLE_CHECK_S = 30.0
+# During a session the valve is read back this often (+-10 %): a relay board
+# that dropped out or reset (valve found closed, or no answer) ends the
+# session with `fault` and raises `valve_fault`, so that a card never pays
+# for water that does not run (on a time-billed point nothing else would tell).
+VALVE_CHECK_S = 5.0
+# At shutdown, once every session has ended, idle valves are commanded closed
+# too, within this much of the stop budget (they were closed at start and are
+# checked every IDLE_CHECK_S: this only catches one opened since).
+SHUTDOWN_IDLE_CLOSE_S = 2.0
 # After a crash the last counter reading's time is derived from the session
 # row (started + elapsed_s, whole seconds, the count read just before): the
 # flow bound allows this much more time, so that real flow during the outage
@@ -100,6 +109,7 @@ class PointRuntime:
     flow_offline: str | None = None   # why the flow meter is offline; None: it answers
     probe_at: float = 0.0             # monotonic time of the next probe while offline
     idle_check_at: float = 0.0        # monotonic time of the next idle check
+    valve_check_at: float = 0.0       # monotonic time of the next check during a session
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -219,11 +229,22 @@ class WaterService:
         """Stop taking taps; close every valve and end its session (`shutdown`)."""
         self.accepting = False
         await asyncio.gather(*(self._shutdown_point(pt) for pt in self.points.values()))
+        idle = [pt for pt in self.points.values() if pt.session is None and pt.fault is None]
+        try:
+            async with asyncio.timeout(SHUTDOWN_IDLE_CLOSE_S):
+                await asyncio.gather(*(self._shutdown_idle(pt) for pt in idle))
+        except TimeoutError:
+            log.warning("shutdown_idle_valves_timed_out", points=len(idle))
 
     async def _shutdown_point(self, pt: PointRuntime) -> None:
         async with pt.lock:
             if pt.session is not None:
                 await self._end(pt, "shutdown")
+
+    async def _shutdown_idle(self, pt: PointRuntime) -> None:
+        async with pt.lock:
+            if pt.session is None:
+                await self._close_valve(pt)
 
     # --- readers ------------------------------------------------------------------
 
@@ -304,6 +325,7 @@ class WaterService:
             await self._valve_failed(pt, f"commanded open: {e.message}")
             await self._end(pt, "fault")
             return
+        pt.valve_check_at = self.clock.mono() + VALVE_CHECK_S * random.uniform(0.9, 1.1)
         log.info("session_started", point=pt.id, card=card.uid, session=session.session,
                  offline=offline, latency_ms=round((time.monotonic() - tap.mono) * 1000, 1))
         pt.wake.set()  # take the counter's baseline now
@@ -365,6 +387,19 @@ class WaterService:
         if pt.flow is not None and pt.flow_offline is None:
             await self._read_flow(pt)
 
+    async def _valve_still_open(self, pt: PointRuntime) -> bool:
+        """During a session: the valve reads open (else `valve_fault`, and False)."""
+        pt.valve_check_at = self.clock.mono() + VALVE_CHECK_S * random.uniform(0.9, 1.1)
+        try:
+            is_open = await pt.valve.get()
+        except DeviceError as e:
+            await self._valve_failed(pt, f"unreadable during a session: {e.message}")
+            return False
+        if not is_open:
+            await self._valve_failed(pt, "found closed during a session")
+            return False
+        return True
+
     async def _read_flow(self, pt: PointRuntime) -> int | None:
         """The counter now, or None; raises and clears `meter_offline` for `flow:POINT`."""
         if pt.flow is None:
@@ -391,6 +426,9 @@ class WaterService:
     async def _tick(self, pt: PointRuntime) -> None:
         s = pt.session
         assert s is not None
+        if self.clock.mono() >= pt.valve_check_at and not await self._valve_still_open(pt):
+            await self._end(pt, "fault")
+            return
         count = await self._read_flow(pt)
         if pt.flow_offline is not None:
             await self._end(pt, "fault")
@@ -577,11 +615,6 @@ class WaterService:
             "fault": pt.fault if pt.fault is not None else (
                 None if pt.flow_offline is None else f"flow meter: {pt.flow_offline}"),
         }
-
-    def open_charges(self, account: str) -> int:
-        """Fen charged by open sessions of `account` (debited, not yet reported)."""
-        return sum(p.session.charged_fen for p in self.points.values()
-                   if p.session is not None and p.session.account == account)
 
 
 def _spend(txn: Txn, card: str, day: str, fen: int) -> None:

@@ -574,7 +574,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     """The retained status document, published online.
 
-    ``cards_version`` is None until a ``cards.load`` has been applied;
+    ``cards_version`` is 0 until a ``cards.load`` has been applied;
     ``started`` is RFC 3339.
     """
 
@@ -583,7 +583,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     started: str
     clock_synced: bool
-    cards_version: int | None
+    cards_version: int
     last_seq: int
     pending: int
     accounts_unknown: int

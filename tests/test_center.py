@@ -200,6 +200,12 @@ async def test_status_follows_fault_changes_and_pending_reaching_zero(tmp_path: 
             assert docs[-1]["pending"] == 0 and docs[-1]["last_seq"] == 2000
             gw.status["faults"] = {"meters": 1, "readers": 0, "valves": 0}
             seen = await center.wait_for(lambda seen: statuses(seen)[-1]["faults"]["meters"] == 1)
+            # A cards.load applied: the center sees its version without waiting for
+            # the periodic status (telemetry_interval_s, 60 s here).
+            gw.status["cards_version"] = 4
+            await center.wait_for(lambda seen: statuses(seen)[-1]["cards_version"] == 4)
+            gw.status["cards_version"] = None   # nothing loaded yet: 0, an integer
+            await center.wait_for(lambda seen: statuses(seen)[-1]["cards_version"] == 0)
 
 
 # --- delivery ------------------------------------------------------------------------

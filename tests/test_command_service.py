@@ -324,3 +324,19 @@ async def test_a_repeat_that_grew_old_is_answered_as_a_duplicate_not_stale(gw: G
                            age_s=3600, sign=False)
     assert forged["error"]["code"] == "bad_signature"  # the signature is checked first
     assert gw.ledger.balance("x") == 5
+
+
+async def test_a_failed_cut_then_a_restore_is_tried_at_once(gw: Gateway) -> None:
+    """A breaker command failed (its relay board's answer lost); the rules then want the
+    other state: that is tried at once, not after the failed command's retry
+    period, and `breaker_mismatch` clears as soon as the breaker is where the
+    rules want it."""
+    alarms = gw.power.alarms
+    gw.sim.endpoints[0].set_fault(RELAY, "silent")
+    await gw.send("room.cut", {"room": "101", "hold": True})
+    assert alarms.is_active("breaker_mismatch", "breaker:101")
+    assert gw.power.rooms["101"].breaker_on is None   # the answer was lost: unknown
+    gw.sim.endpoints[0].set_fault(RELAY, None)
+    await gw.send("room.restore", {"room": "101"})
+    assert not alarms.is_active("breaker_mismatch", "breaker:101")
+    assert await coil(gw, 0) is True and gw.power.rooms["101"].breaker_on is True

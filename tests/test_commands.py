@@ -801,9 +801,16 @@ def test_command_signed_for_another_building_cannot_be_replayed_here() -> None:
     )
 
 
-def test_schema_is_checked_before_the_signature() -> None:
+def test_the_signature_is_checked_before_the_schema() -> None:
+    """"Missing or wrong sig: refused with bad_signature", whatever else is wrong:
+    an unauthenticated sender learns nothing about the schema."""
     unsigned_bad = command("account.credit", {"account": "a", "amount_fen": 0})
-    assert result_json(accept(unsigned_bad))["error"]["code"] == "bad_request"
+    assert result_json(accept(unsigned_bad))["error"]["code"] == "bad_signature"
+    unknown = command("no.such", {}, to="b08")
+    assert result_json(accept(unknown))["error"]["code"] == "bad_signature"
+    signed_bad = sign_command(unsigned_bad, KEY)
+    assert result_json(accept(signed_bad))["error"] == {
+        "code": "bad_request", "message": "args.amount_fen: expected an integer > 0, got 0"}
 
 
 @pytest.mark.parametrize(

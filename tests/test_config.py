@@ -588,3 +588,117 @@ def test_room_reader_and_point_ids_are_any_plain_text(tmp_path: Path) -> None:
         assert problems(write(tmp_path, body % bad)) == [
             f"rooms[0].id: expected 1 to 128 characters, without control characters or spaces "
             f"at either end, got {json.dumps(bad.replace(chr(92) + 't', chr(9)))}"]
+
+
+SHARED = """
+[gateway]
+building = "b07"
+state_dir = "{state}"
+
+[[power.curfew]]
+days = []
+from = "23:00"
+to = "06:00"
+
+[[buses]]
+name = "a"
+type = "rtu"
+port = "/dev/ttyUSB0"
+
+[[buses]]
+name = "b"
+type = "rtu"
+port = "/dev/ttyUSB0"
+
+[[buses]]
+name = "c"
+type = "tcp"
+host = ""
+
+[[rooms]]
+id = "1"
+meter = { bus = "a", unit = 1, profile = "eastron-sdm120" }
+breaker = { bus = "", unit = 31, profile = "relay-board", channel = 0 }
+
+[[rooms]]
+id = "2"
+meter = { bus = "a", unit = 1, profile = "eastron-sdm120" }
+breaker = { bus = "a", unit = 31, profile = "", channel = 1 }
+
+[[readers]]
+id = "r1"
+type = "serial"
+port = "/dev/ttyUSB0"
+
+[[readers]]
+id = "r2"
+type = "pcsc"
+name = ""
+
+[[points]]
+id = "p1"
+service = "shower"
+reader = "r1"
+valve = { bus = "a", unit = 40, profile = "relay-board", channel = 0 }
+flow = { bus = "a", unit = 41, profile = "pulse-counter", channel = 0, ml_per_pulse = 10 }
+
+[[points]]
+id = "p2"
+service = "shower"
+reader = ""
+valve = { bus = "a", unit = 40, profile = "relay-board", channel = 1 }
+flow = { bus = "a", unit = 41, profile = "pulse-counter", channel = 0, ml_per_pulse = 10 }
+
+[center]
+broker = ""
+command_public_key_file = ""
+"""
+
+
+def test_empty_names_and_shared_devices_are_problems(tmp_path: Path) -> None:
+    """A required name written "" is missing, not "none": a room must never
+    lose its breaker silently. A meter, a flow counter channel or a serial
+    port has one user."""
+    path = write(tmp_path, SHARED)
+    assert sorted(problems(path)) == sorted([
+        'center.broker: required: got ""',
+        'center.command_public_key_file: required: got ""',
+        'buses[1].port: port "/dev/ttyUSB0" is already used by bus "a"',
+        'buses[2].host: required: got ""',
+        'rooms[0].breaker.bus: required: got ""',
+        'rooms[1].breaker.profile: required: got ""',
+        'readers[0].port: port "/dev/ttyUSB0" is already used by bus "a"',
+        'readers[1].name: required: got ""',
+        'points[1].reader: required: got ""',
+        'points[1].flow: the same flow counter (bus "a", unit 41, channel 0) '
+        'is already used by point "p1"',
+        'rooms[1].meter: the same meter (bus "a", unit 1) is already used by room "1"',
+    ])
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [str(w) for w in info.value.warnings] == [
+        "power.curfew[0].days: no days: this curfew never applies"
+    ]
+
+
+def test_two_rooms_may_not_share_an_account(tmp_path: Path) -> None:
+    """behaviour.md: a room's electricity uses the room's own account."""
+    rooms = "".join(
+        f'[[rooms]]\nid = "{i}"\n{account}'
+        f'meter = {{ bus = "a", unit = {i}, profile = "eastron-sdm120" }}\n'
+        f'breaker = {{ bus = "a", unit = 31, profile = "relay-board", channel = {i} }}\n'
+        for i, account in ((1, 'account = "x"\n'), (2, 'account = "x"\n'),
+                           (3, 'account = "room-b07-4"\n'), (4, "")))
+    path = write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n'
+                 '[[buses]]\nname = "a"\ntype = "tcp"\nhost = "h"\n' + rooms)
+    assert problems(path) == [
+        'rooms[1].account: account "x" is already used by room "1": each room has its own account',
+        'rooms[3].account: account "room-b07-4" is already used by room "3": '
+        "each room has its own account",
+    ]
+
+
+def test_building_all_is_reserved_for_broadcasts(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nbuilding = "all"\nstate_dir = "{state}"\n')
+    assert problems(path) == [
+        'gateway.building: "all" is reserved: {prefix}/all/cmd is the broadcast topic']

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,21 @@ timeout_s = 0.3
             await center.wait_for(lambda seen: any(
                 s.topic == f"{TOPIC}/events" and s.json()["type"] == "breaker.cut" for s in seen))
             await center.wait_for(lambda seen: any(s.topic == f"{TOPIC}/telemetry" for s in seen))
+            # Room 102's meter goes silent: telemetry says offline, with no
+            # readings (null, not the last ones), while room 101 keeps its own.
+            sim.endpoints[0].set_fault(2, "silent")
+
+            def rooms_now() -> dict[str, dict[str, Any]]:
+                docs = center.on("/telemetry")
+                return {r["room"]: r for r in docs[-1].json()["rooms"]} if docs else {}
+
+            await center.wait_for(
+                lambda seen: rooms_now().get("102", {}).get("online") is False, timeout=30)
+            now = rooms_now()
+            assert [now["102"][k] for k in ("power_w", "energy_wh", "voltage_v", "current_a",
+                                              "pf")] == [None] * 5
+            assert now["102"]["breaker"] == "off"
+            assert now["101"]["online"] is True and isinstance(now["101"]["energy_wh"], int)
         finally:
             assert await daemon.stop() == 0
         # A clean stop says offline, retained.

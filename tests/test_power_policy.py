@@ -141,6 +141,20 @@ def test_overload_timer_trip_reclose_and_lockout() -> None:
     assert out.decisions == [Restore("lockout_end")]
 
 
+def test_trips_exactly_a_window_apart_lock_out() -> None:
+    """"lockout_trips trips within lockout_window_s": the window's end is within."""
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3, reclose_after_s=60,
+                    lockout_trips=3, lockout_window_s=600, lockout_s=1800)
+    s = RoomState()
+    cuts = []
+    for first in (0.0, 297.0, 600.0):   # trips at 3, 300 and 603: 600 s from the first
+        s = step(s, ctx(first, rules=rules), reading(first, 0, 1500)).state
+        out = step(s, ctx(first + 3, rules=rules), reading(first + 3, 0, 1500))
+        cuts += [d for d in out.decisions if isinstance(d, Cut)]
+        s = step(out.state, ctx(first + 200, rules=rules), reading(first + 200, 0, 0)).state
+    assert cuts == [Cut("overload", 1500), Cut("overload", 1500), Cut("lockout", 1500)]
+
+
 def test_resistive_step_with_high_pf_trips_only_when_enabled() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0, 100, 0.95)).state
     kettle = reading(1, 0, 1100, 0.99)

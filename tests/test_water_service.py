@@ -189,3 +189,78 @@ async def test_an_idle_valve_found_open_is_closed(water: Water, monkeypatch: pyt
         await asyncio.sleep(0.05)
     assert await w.events("water.session") == []
     assert await w.events("tap") == []
+
+
+async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water) -> None:
+    """A sync whose store job runs after a session's end (queued behind it)
+    counts the session's charge once: in its water.session event, not also as
+    an open session's debit."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gatewayd.command_service import CommandService
+    from gatewayd.power import PowerService
+    from gatewayd.signing import sign_command
+
+    svc = water.service
+    key = Ed25519PrivateKey.generate()
+    clock = Clock("UTC", "yes")
+    power = PowerService(svc.config, water.store, ledger=svc.ledger, alarms=Alarms(water.store, clock),
+                         clock=clock, devices={})
+    commands = CommandService(svc.config, water.store, clock, ledger=svc.ledger, cards=svc.cards,
+                              power=power, water=svc, public_key=key.public_key())
+    await svc.on_tap(Tap("r1", CARD, time.monotonic()))
+    pt = svc.points["shower-1"]
+    while pt.session is None or pt.session.charged_fen < 20:
+        await asyncio.sleep(0.05)
+    last = await water.store.read(lambda t: t.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()[0])
+    water.store.submit(lambda t: time.sleep(0.5))   # the writer busy: both jobs queue
+    command = sign_command({"id": "sync-1", "to": "b07", "type": "account.sync", "ts": clock.stamp(),
+                            "args": {"account": "stu-1", "balance_fen": 10_000,
+                                     "through_seq": last}}, key)
+    # The sync's duplicate lookup queues behind the busy writer; the session's
+    # end is queued next, so the sync runs after it, with the session still
+    # open in memory when the lookup returns.
+    sync = asyncio.create_task(commands.handle(json.dumps(command).encode(), "building"))
+    await asyncio.sleep(0.05)
+
+    async def end() -> None:
+        async with pt.lock:
+            await svc._end(pt, "tap")
+
+    await asyncio.gather(sync, end())
+    (session,) = await water.events("water.session")
+    assert session["amount_fen"] >= 20
+    assert svc.ledger.balance("stu-1") == 10_000 - session["amount_fen"]
+    row = await water.store.read(lambda t: t.execute(
+        "SELECT balance_fen FROM accounts WHERE account = 'stu-1'").fetchone())
+    assert row[0] == 10_000 - session["amount_fen"]
+
+
+async def test_a_valve_found_closed_during_a_session_ends_it(
+    water: Water, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay board resets mid-shower (its coil reads off): on this time-billed
+    point nothing else would tell, so the read-back ends the session with `fault`
+    and raises (then clears, once a close command is obeyed) `valve_fault`."""
+    import gatewayd.water as water_mod
+
+    monkeypatch.setattr(water_mod, "VALVE_CHECK_S", 0.3)
+    w = water
+    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    assert await w.valve() is True
+    await w.sim.endpoints[0].set_coil(RELAY, 0, False)
+    session = await until_ended(w)
+    assert session["end_reason"] == "fault"
+    alarms = [(a["code"], a["device"], a["active"]) for a in await w.events("alarm")]
+    assert alarms == [("valve_fault", "valve:shower-1", True), ("valve_fault", "valve:shower-1", False)]
+    assert (await w.events("alarm"))[0]["detail"] == "found closed during a session"
+
+
+async def test_shutdown_closes_an_idle_valve_found_open(water: Water) -> None:
+    """SIGTERM closes every valve: one opened by hand since the last idle check too."""
+    w = water
+    await w.sim.endpoints[0].set_coil(RELAY, 0, True)
+    await w.service.shutdown()
+    assert await w.valve() is False
+    assert await w.events("water.session") == []
