@@ -53,6 +53,7 @@ bench: venv
 	$(BIN)/python bench/daemon_poll.py
 	$(BIN)/python bench/tap.py
 	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/cards_load.py
 
 # Reliability campaigns, full length (the short versions run in make test).
 soak: venv

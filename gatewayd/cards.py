@@ -1,13 +1,12 @@
 """Cards: the store holds them, this mirror answers taps without touching the disk.
 
 Changes (card.put, card.block, cards.load) are written in store jobs; `note`
-and `replace_all` update the mirror after the commit.
+and `load_many` update the mirror after the commit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from datetime import date
 
 from gatewayd.store import Txn
@@ -34,8 +33,12 @@ class Cards:
     def note(self, card: Card) -> None:
         self.cards[card.uid] = card
 
-    def replace_all(self, cards: Iterable[Card], version: int) -> None:
-        self.cards = {c.uid: c for c in cards}
+    def load_many(self, cards: dict[str, Card], version: int, *, replace: bool) -> None:
+        """A `cards.load`: the full list replaces the mirror, a partial one upserts."""
+        if replace:
+            self.cards = cards
+        else:
+            self.cards.update(cards)
         self.version = version
 
     # --- inside store jobs --------------------------------------------------------

@@ -293,24 +293,23 @@ class CommandService:
         if current is not None and a.version < current:
             raise Refused(ErrorCode.CONFLICT,
                           f"version {a.version} is older than the loaded version {current}")
-        new = [Card(c.card, c.account, str(c.kind), str(c.status), c.expires) for c in a.cards]
 
-        def job(txn: Txn) -> None:
+        def job(txn: Txn) -> dict[str, Card]:
+            # Built here, in the writer thread: a load of tens of thousands of
+            # cards must not hold the loop that serves taps.
+            new = {c.card: Card(c.card, c.account, str(c.kind), str(c.status), c.expires)
+                   for c in a.cards}
             if a.full:
                 Cards.clear(txn)
-            for card in new:
+            for card in new.values():
                 Cards.put(txn, card)
             Cards.set_version(txn, a.version)
             self._remember(cmd.id, encode_result_ok(
                 cmd.id, {"version": a.version, "full": a.full, "cards": len(new)}))(txn)
+            return new
 
-        await self.store.run(job)
-        if a.full:
-            self.cards.replace_all(new, a.version)
-        else:
-            for card in new:
-                self.cards.note(card)
-            self.cards.version = a.version
+        new = await self.store.run(job)
+        self.cards.load_many(new, a.version, replace=a.full)
 
     # --- tariffs and rooms ----------------------------------------------------------
 
