@@ -18,14 +18,14 @@ from typing import Any
 
 import structlog
 
-from gatewayd import __version__
+from gatewayd import __version__, outbox
 from gatewayd.alarms import Alarms
 from gatewayd.cards import Cards
 from gatewayd.clock import Clock
 from gatewayd.config import Config
 from gatewayd.ledger import Ledger
 from gatewayd.power import PowerService
-from gatewayd.store import Store
+from gatewayd.store import CLASS_TELEMETRY, Store, StoreError
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water import WaterService
 
@@ -70,7 +70,7 @@ class Snapshot:
         counts = self.alarms.counts()
         return {
             "clock_synced": self.clock.synced(),
-            "cards_version": self.cards.version,
+            "cards_version": self.cards.version or 0,
             "accounts_unknown": self.accounts_unknown(),
             "rooms": len(self.power.rooms),
             "points": len(self.water.points),
@@ -127,10 +127,21 @@ class Snapshot:
     async def start(self) -> None:
         return None
 
+    async def _outbox(self) -> dict[str, Any]:
+        """What waits in the outbox: results and events (`pending`), telemetry."""
+        try:
+            p = await self.store.read(outbox.pending)
+        except StoreError:
+            return {}
+        return {"pending": p.messages, "telemetry": p.counts[CLASS_TELEMETRY],
+                "bytes": p.total_bytes}
+
     async def run(self, heartbeat: Heartbeat) -> None:
         while True:
             try:
-                await asyncio.to_thread(write_atomic, self.path, self.view())
+                view = self.view()
+                view["outbox"] = await self._outbox()
+                await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
                 log.warning("status_file_failed", path=str(self.path), error=str(e))
             heartbeat.beat()
@@ -138,7 +149,11 @@ class Snapshot:
 
     async def shutdown(self) -> None:
         view = self.view()
+        view["outbox"] = await self._outbox()
         view["stopped"] = True
+        if view["center"].get("configured"):
+            # Written before the link says goodbye: it is about to disconnect.
+            view["center"]["connected"] = False
         try:
             await asyncio.to_thread(write_atomic, self.path, view)
         except OSError as e:

@@ -29,8 +29,29 @@ def daemon_pid(state_dir: Path) -> int | None:
     return pid if pid and b"gatewayd" in cmdline else None
 
 
-def render(state_dir: Path, *, as_json: bool = False, out: Any = None) -> int:
+def unreadable(state_dir: Path) -> str | None:
+    """Why this user cannot read state_dir, if it cannot (then "not running" would lie)."""
+    try:
+        (state_dir / LOCK_NAME).stat()
+    except PermissionError:
+        return f"cannot read {state_dir}: permission denied; run as root or the gatewayd user"
+    except OSError:
+        return None
+    try:
+        (state_dir / LOCK_NAME).read_bytes()
+    except PermissionError:
+        return f"cannot read {state_dir / LOCK_NAME}: permission denied; run as root or the gatewayd user"
+    except OSError:
+        return None
+    return None
+
+
+def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
+    denied = unreadable(state_dir)
+    if denied is not None:
+        (err or sys.stderr).write(f"gatewayd status: {denied}\n")
+        return 4
     pid = daemon_pid(state_dir)
     doc = read_status(state_dir)
     if as_json:
@@ -56,7 +77,7 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None) -> int:
         "center: " + (
             "not configured (offline only)" if not center.get("configured", True)
             else f"{'connected' if center.get('connected') else 'NOT connected'}, "
-                 f"pending {center.get('pending', '?')}"
+                 f"pending {doc.get('outbox', {}).get('pending', '?')}"
         ),
         f"clock synced {st.get('clock_synced')}  cards version {st.get('cards_version')}  "
         f"accounts unknown {st.get('accounts_unknown')}  "

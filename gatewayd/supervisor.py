@@ -30,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 # systemd's TimeoutStopSec is 15 s; the spec promises a stop within 10 s.
 STOP_GRACE_S = 8.0
+# A SIGTERM during start-up lets the start under way go on this long (it is
+# closing valves); then it is cancelled and the stop proceeds (STOP_GRACE_S).
+START_ON_STOP_S = 1.5
 # Restart back-off for a component that crashed.
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
@@ -90,8 +93,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
         try:
-            for c in self.components:
-                await c.start()
+            started = await self._start_components()
+            if self._stop.is_set():
+                # SIGTERM while starting: no READY; what has started stops.
+                self._stopping = True
+                self.notifier.stopping("stopping")
+                log.info("stopping", during="start", started=[c.name for c in started])
+                await self._shutdown_components(started)
+                return
             tasks: list[asyncio.Task[None]] = []
             async with asyncio.TaskGroup() as tg:
                 for c in self.components:
@@ -103,7 +112,7 @@ class Supervisor:
                 self._stopping = True
                 self.notifier.stopping("stopping")
                 log.info("stopping")
-                await self._shutdown_components()
+                await self._shutdown_components(self.components)
                 for t in tasks:
                     t.cancel()
         finally:
@@ -111,9 +120,39 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
         log.info("stopped")
 
-    async def _shutdown_components(self) -> None:
-        deadline = time.monotonic() + STOP_GRACE_S
+    async def _start_components(self) -> list[Component]:
+        """Run each `start()` in order; return those that began. A stop request
+        lets the one under way go on for START_ON_STOP_S at most (it is closing
+        valves, as the stop would), then cancels it, so that SIGTERM during a
+        slow start (dead relay boards) is still a stop within 10 s."""
+        begun: list[Component] = []
         for c in self.components:
+            if self._stop.is_set():
+                break
+            begun.append(c)
+            start = asyncio.ensure_future(c.start())
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                start.cancel()
+                raise
+            finally:
+                stop.cancel()
+            if not start.done():
+                done, _ = await asyncio.wait({start}, timeout=START_ON_STOP_S)
+                if not done:
+                    log.warning("start_interrupted", component=c.name)
+                    start.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await start
+                    break
+            start.result()  # a start that failed refuses the daemon
+        return begun
+
+    async def _shutdown_components(self, components: Sequence[Component]) -> None:
+        deadline = time.monotonic() + STOP_GRACE_S
+        for c in components:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("shutdown_out_of_time", component=c.name)

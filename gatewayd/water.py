@@ -25,7 +25,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -75,14 +75,22 @@ IDLE_CHECK_S = 30.0
 # for water that does not run (on a time-billed point nothing else would tell).
 VALVE_CHECK_S = 5.0
 # At shutdown, once every session has ended, idle valves are commanded closed
-# too, within this much of the stop budget (they were closed at start and are
+# too, within this much more of the stop budget (they were closed at start and are
 # checked every IDLE_CHECK_S: this only catches one opened since).
-SHUTDOWN_IDLE_CLOSE_S = 2.0
+SHUTDOWN_IDLE_CLOSE_S = 1.0
+# At shutdown, closing the valves of open sessions and reading their flow
+# may take this long in all; sessions still open then are ended without
+# device I/O, so that the stop keeps time to tell the center (10 s in all).
+SHUTDOWN_IO_S = 3.0
 # After a crash the last counter reading's time is derived from the session
 # row (started + elapsed_s, whole seconds, the count read just before): the
 # flow bound allows this much more time, so that real flow during the outage
 # is never taken for a counter reset.
 RECOVERY_READ_MARGIN_S = 2.0
+
+
+SESSION_COLUMNS = ("point, session, card, account, service, offline, started, elapsed_s, "
+                   "counter_start, counter_last, pulses, volume_ml, charged_fen, carry")
 
 
 def valve_device(point: str) -> str:
@@ -110,6 +118,7 @@ class PointRuntime:
     probe_at: float = 0.0             # monotonic time of the next probe while offline
     idle_check_at: float = 0.0        # monotonic time of the next idle check
     valve_check_at: float = 0.0       # monotonic time of the next check during a session
+    recovered: bool = False           # the session was found open after a crash
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -178,42 +187,45 @@ class WaterService:
         """Close every valve, then end and charge sessions a crash left open."""
         await asyncio.gather(*(self._close_valve(pt) for pt in self.points.values()))
         rows = await self.store.read(lambda t: t.execute(
-            "SELECT point, session, card, account, service, offline, started, elapsed_s, "
-            "counter_start, counter_last, pulses, volume_ml, charged_fen, carry "
-            "FROM water_sessions"
-        ).fetchall())
+            f"SELECT {SESSION_COLUMNS} FROM water_sessions").fetchall())
         today = self.clock.local().date().isoformat()
         spent = await self.store.read(lambda t: t.execute(
             "SELECT card, day, fen FROM offline_spend WHERE day = ?", (today,)).fetchall())
         self.offline_spent = {(card, day): fen for card, day, fen in spent}
         now_mono, now_wall = self.clock.mono(), self.clock.wall()
         for row in rows:
-            (point, sid, card, account, service, offline, started, charged_s, c_start, c_last,
-             pulses, volume, charged, carry) = row
+            session = self._session_from_row(row, now_mono, now_wall)
+            point, sid = session.point, session.session
             pt = self.points.get(point)
-            # Time until this restart (the wall clock is all that survives a
-            # reboot), capped at the longest a session may run.
-            elapsed = min(max(now_wall - started, 0.0), self.limits.max_session_s)
-            # The last counter reading was committed with elapsed_s, so it was
-            # taken no earlier than started + elapsed_s: the time since then
-            # bounds the flow the counter may show now.
-            since_reading = max(now_wall - started - charged_s, 0.0) + RECOVERY_READ_MARGIN_S
-            session = Session(
-                session=sid, point=point, card=card, account=account, service=service,
-                offline=bool(offline), started_wall=started, started_mono=now_mono - elapsed,
-                counter_start=c_start, counter_last=c_last, pulses=pulses, volume_ml=volume,
-                seconds=int(charged_s), charged_fen=charged, carry=pricing.carry_from_text(carry),
-                last_flow_mono=now_mono, counter_mono=now_mono - since_reading,
-            )
             if pt is None:
                 log.warning("session_for_unknown_point", point=point, session=sid)
                 await self._finish_orphan(session)
                 continue
             pt.session = session
+            pt.recovered = True
             await self._end(pt, "restart")
         self.accepting = True
         log.info("water_started", points=len(self.points), readers=len(self.readers),
                  recovered=len(rows))
+
+    def _session_from_row(self, row: Sequence[Any], now_mono: float, now_wall: float) -> Session:
+        """A session as its `water_sessions` row left it (SESSION_COLUMNS)."""
+        (point, sid, card, account, service, offline, started, charged_s, c_start, c_last,
+         pulses, volume, charged, carry) = row
+        # Time until now (the wall clock is all that survives a reboot),
+        # capped at the longest a session may run.
+        elapsed = min(max(now_wall - started, 0.0), self.limits.max_session_s)
+        # The last counter reading was committed with elapsed_s, so it was
+        # taken no earlier than started + elapsed_s: the time since then
+        # bounds the flow the counter may show now.
+        since_reading = max(now_wall - started - charged_s, 0.0) + RECOVERY_READ_MARGIN_S
+        return Session(
+            session=sid, point=point, card=card, account=account, service=service,
+            offline=bool(offline), started_wall=started, started_mono=now_mono - elapsed,
+            counter_start=c_start, counter_last=c_last, pulses=pulses, volume_ml=volume,
+            seconds=int(charged_s), charged_fen=charged, carry=pricing.carry_from_text(carry),
+            last_flow_mono=now_mono, counter_mono=now_mono - since_reading,
+        )
 
     async def run(self, heartbeat: Heartbeat) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -228,7 +240,16 @@ class WaterService:
     async def shutdown(self) -> None:
         """Stop taking taps; close every valve and end its session (`shutdown`)."""
         self.accepting = False
-        await asyncio.gather(*(self._shutdown_point(pt) for pt in self.points.values()))
+        try:
+            async with asyncio.timeout(SHUTDOWN_IO_S):
+                await asyncio.gather(*(self._shutdown_point(pt) for pt in self.points.values()))
+        except TimeoutError:
+            # Dead boards on a bus: their timeouts queue up. Every session still
+            # ends now, charged from its last reading, so that the stop keeps
+            # its budget for the center link (the next start closes the valves).
+            log.warning("shutdown_valves_timed_out",
+                        open_sessions=[pt.id for pt in self.points.values() if pt.session])
+            await self._end_from_store()
         idle = [pt for pt in self.points.values() if pt.session is None and pt.fault is None]
         try:
             async with asyncio.timeout(SHUTDOWN_IDLE_CLOSE_S):
@@ -236,10 +257,61 @@ class WaterService:
         except TimeoutError:
             log.warning("shutdown_idle_valves_timed_out", points=len(idle))
 
+    async def _end_from_store(self) -> None:
+        """End every session the store still holds open, without device I/O.
+
+        Each is charged from its row (what its last committed reading
+        measured; time billing up to now), in one transaction that reads the
+        row, so nothing a point's loop committed is missed and nothing it
+        commits afterwards is charged (its session row is gone). A point's
+        own end still in flight finds the row gone too: one end only."""
+        now_mono, now_wall = self.clock.mono(), self.clock.wall()
+        stamp = self.clock.stamp(now_wall)
+        day = self._today()
+        offline = not self.center_online()
+        billing = {pid: pt.billing for pid, pt in self.points.items()}
+        # Sessions this process started (ended `shutdown`); any other is a
+        # crash's, which the start had not ended yet (`restart`).
+        own = {pt.session.session for pt in self.points.values()
+               if pt.session is not None and not pt.recovered}
+
+        def job(txn: Txn) -> list[tuple[Session, int, bool, str]]:
+            ended = []
+            rows = txn.execute(f"SELECT {SESSION_COLUMNS} FROM water_sessions").fetchall()
+            for row in rows:
+                s = self._session_from_row(row, now_mono, now_wall)
+                if s.point not in billing:
+                    continue   # not this configuration's: the next start reports it
+                reason = "shutdown" if s.session in own else "restart"
+                step = advance(s, billing[s.point], self.limits, now=now_mono, count=None,
+                               balance_fen=0, offline=offline, final=True)
+                s = step.session
+                txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
+                            (s.point, s.session))
+                if step.offline_fen:
+                    _spend(txn, s.card, day, step.offline_fen)
+                balance, known = Ledger.debit(txn, s.account, step.charge_fen)
+                txn.event("water.session", self._session_fields(s, reason, stamp),
+                          ts=stamp, wall=now_wall)
+                ended.append((s, balance, known, reason))
+            return ended
+
+        for s, balance, known, reason in await self.store.run(job):
+            self.ledger.note(s.account, balance, known)
+            pt = self.points[s.point]
+            pt.session, pt.recovered = None, False
+            log.warning("session_ended_without_valve", point=s.point, card=s.card, reason=reason,
+                        volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
+
+    @staticmethod
+    def _end_reason(pt: PointRuntime) -> str:
+        """`shutdown`, or `restart` for a crash's session the start had not ended yet."""
+        return "restart" if pt.recovered else "shutdown"
+
     async def _shutdown_point(self, pt: PointRuntime) -> None:
         async with pt.lock:
             if pt.session is not None:
-                await self._end(pt, "shutdown")
+                await self._end(pt, self._end_reason(pt))
 
     async def _shutdown_idle(self, pt: PointRuntime) -> None:
         async with pt.lock:
@@ -462,12 +534,13 @@ class WaterService:
         record_alarm = self._alarm_job(pt, step.alarm)
 
         def job(txn: Txn) -> tuple[int, bool] | None:
-            txn.execute(
+            if txn.execute(
                 "UPDATE water_sessions SET elapsed_s = ?, counter_start = ?, counter_last = ?, "
                 "pulses = ?, volume_ml = ?, charged_fen = ?, carry = ? "
                 "WHERE point = ? AND session = ?",
                 (s.seconds, s.counter_start, s.counter_last, s.pulses, s.volume_ml, s.charged_fen,
-                 pricing.carry_to_text(s.carry), pt.id, s.session))
+                 pricing.carry_to_text(s.carry), pt.id, s.session)).rowcount == 0:
+                return None   # ended meanwhile (a stop out of time): charged there
             record_alarm(txn)
             if fen == 0:
                 return None
@@ -506,14 +579,20 @@ class WaterService:
         if alarm is not None:
             log.warning(alarm.code, device=flow_device(pt.id), detail=alarm.detail)
 
-    async def _end(self, pt: PointRuntime, reason: str) -> None:
-        """Close the valve, charge the rest, record one `water.session` (lock held)."""
+    async def _end(self, pt: PointRuntime, reason: str, *, io: bool = True) -> None:
+        """Close the valve, charge the rest, record one `water.session` (lock held).
+
+        With `io` False (a shutdown out of time) the devices are left alone: the
+        session is charged from what was last measured, and recorded."""
         s = pt.session
         assert s is not None
-        await self._close_valve(pt)
-        # No read of a valve or flow meter that just failed: the session ends now.
-        failed = reason == "fault" and (pt.fault is not None or pt.flow_offline is not None)
-        count = None if failed else await self._read_flow(pt)
+        if io:
+            await self._close_valve(pt)
+        # No read of a flow meter that failed, nor after a close that did (the
+        # board is likely dead: its timeouts would eat the stop budget): the
+        # session ends now, charged from the last reading.
+        failed = pt.fault is not None or pt.flow_offline is not None
+        count = None if failed or not io else await self._read_flow(pt)
         step = advance(s, pt.billing, self.limits, now=self.clock.mono(), count=count,
                        balance_fen=self.ledger.balance(s.account),
                        offline=not self.center_online(), final=True)
@@ -524,21 +603,28 @@ class WaterService:
         day = self._today()
         fields = self._session_fields(s, reason, stamp)
 
-        def job(txn: Txn) -> tuple[int, bool]:
+        def job(txn: Txn) -> tuple[int, bool] | None:
+            # Once only: an end whose waiter was cancelled (a stop out of time)
+            # may have committed already; a second must not charge again.
+            if txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
+                           (s.point, s.session)).rowcount == 0:
+                return None
             record_alarm(txn)
             if offline_fen:
                 _spend(txn, s.card, day, offline_fen)
             result = Ledger.debit(txn, s.account, fen)
             txn.event("water.session", fields, ts=stamp, wall=now_wall)
-            txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
-                        (s.point, s.session))
             return result
 
         result = await asyncio.shield(self.store.run(job))
+        pt.session = None
+        pt.recovered = False
+        if result is None:
+            log.info("session_already_ended", point=pt.id, session=s.session)
+            return
         self.ledger.note(s.account, *result)
         self._alarm_logged(pt, step.alarm)
         self._note_spend(s.card, day, offline_fen)
-        pt.session = None
         log.info("session_ended", point=pt.id, card=s.card, reason=reason,
                  volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
 

@@ -167,3 +167,37 @@ async def test_watchdog_fed_only_while_every_loop_beats(monkeypatch: pytest.Monk
     await asyncio.wait_for(task, 10)
     assert "STOPPING=1" in notifier.sent
     assert healthy.shut and stalling.shut and crashing.shut
+
+
+class SlowStart(Looping):
+    """A start that never ends by itself (closing valves on dead relay boards)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.start_cancelled = False
+
+    async def start(self) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.start_cancelled = True
+            raise
+
+
+async def test_a_stop_during_a_slow_start_is_still_prompt() -> None:
+    """SIGTERM while a start hangs on dead devices: no READY, the start under way
+    is cancelled after START_ON_STOP_S, what began is shut down, later ones never
+    start; all well within the 10 s promise."""
+    first, slow, later = Looping("a"), SlowStart("b"), Looping("c")
+    notifier = RecordingNotifier()
+    sup = Supervisor([first, slow, later], notifier)
+    task = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.2)
+    sup.request_stop("test")
+    began = time.monotonic()
+    await asyncio.wait_for(task, 10)
+    assert time.monotonic() - began < supervisor.START_ON_STOP_S + 1.0
+    assert "READY=1" not in notifier.sent and "STOPPING=1" in notifier.sent
+    assert slow.start_cancelled
+    assert first.shut and slow.shut and not later.shut
+    assert first.runs == slow.runs == later.runs == 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 from gatewayd.sim.modbus import SimBuilding
 from tests.test_power import ROOT, Daemon
@@ -62,9 +65,28 @@ port = {sim.ports[0]}
             assert code == 0
             assert "building b07" in out and "breaker_mismatch breaker:102" in out
             assert "101" in out and "480" in out
+            assert "cards version 0" in out
+            assert doc["status"]["outbox"]["pending"] >= 1   # no center: events wait
         finally:
             assert await daemon.stop() == 0
         code, out = await status(config)
         assert code == 3 and "not running" in out and "last known state" in out
     finally:
         await sim.stop()
+
+
+def test_status_says_when_it_may_not_read_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "gatewayd is not running" (a lie that sends staff restarting a healthy
+    service) but what to do: root runs the tests, so the denial is simulated."""
+    from gatewayd import status_cmd
+
+    def denied(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "stat", denied)
+    out, err = io.StringIO(), io.StringIO()
+    assert status_cmd.render(tmp_path, out=out, err=err) == 4
+    assert out.getvalue() == ""
+    assert "permission denied; run as root or the gatewayd user" in err.getvalue()

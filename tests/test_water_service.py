@@ -23,7 +23,7 @@ from gatewayd.config import load_config
 from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
 from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store
+from gatewayd.store import Store, Txn
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water import WaterService, valve_device
 from gatewayd.water_policy import Card
@@ -264,3 +264,79 @@ async def test_shutdown_closes_an_idle_valve_found_open(water: Water) -> None:
     await w.service.shutdown()
     assert await w.valve() is False
     assert await w.events("water.session") == []
+
+
+async def test_shutdown_with_a_dead_relay_board_ends_every_session_in_time(tmp_path: Path) -> None:
+    """Six showers open when their relay board dies, then SIGTERM: closing six dead
+    valves one after another on the bus would take 12 s (1 s timeout, 1 retry).
+    The stop ends every session anyway, charged once, within its I/O budget,
+    leaving the rest of the 10 s to tell the center."""
+    import gatewayd.water as water_mod
+
+    sim = await SimBuilding.tcp(1, per_endpoint=1)
+    points = "".join(
+        f'[[points]]\nid = "shower-{i}"\nservice = "shower"\nreader = "r{i}"\n'
+        f'valve = {{ bus = "b", unit = {RELAY}, profile = "relay-board", channel = {i} }}\n'
+        f'[[readers]]\nid = "r{i}"\ntype = "serial"\nport = "/dev/null-{i}"\n' for i in range(6))
+    (tmp_path / "gw.toml").write_text(f"""
+[gateway]
+building = "b07"
+state_dir = "{tmp_path / 'state'}"
+poll_interval_s = 0.2
+[tariffs]
+shower = {{ price = "6", unit = "min" }}
+[[buses]]
+name = "b"
+type = "tcp"
+host = "127.0.0.1"
+port = {sim.ports[0]}
+timeout_s = 1.0
+{points}""")
+    config = load_config(tmp_path / "gw.toml")
+    store = Store.open(config.gateway.state_dir, "b07")
+    def seed(txn: Txn) -> None:
+        for i in range(6):
+            Ledger.credit(txn, f"stu-{i}", 10_000)
+            Cards.put(txn, Card(f"0400{i:06X}", f"stu-{i}", "student", "active", None))
+
+    store.call(seed)
+    ledger, cards = Ledger(), Cards()
+    await store.read(ledger.load)
+    await store.read(cards.load)
+    hw = Hardware(config)
+    await hw.start()
+    service = WaterService(
+        config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
+        clock=Clock(config.gateway.timezone, "yes"),
+        devices={p.id: (hw.switch(valve_device(p.id), p.valve), None) for p in config.points},
+        readers={}, center_online=lambda: False)
+    await service.start()
+    task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))
+    try:
+        for i in range(6):
+            await service.on_tap(Tap(f"r{i}", f"0400{i:06X}", time.monotonic()))
+        assert all(pt.session is not None for pt in service.points.values())
+        await asyncio.sleep(0.5)
+        sim.endpoints[0].set_fault(RELAY, "silent")
+        began = time.monotonic()
+        await service.shutdown()
+        took = time.monotonic() - began
+        assert took < water_mod.SHUTDOWN_IO_S + water_mod.SHUTDOWN_IDLE_CLOSE_S + 1.0, took
+        rows = await store.read(lambda t: t.execute(
+            "SELECT payload FROM events WHERE type = 'water.session' ORDER BY seq").fetchall())
+        sessions = [json.loads(r[0]) for r in rows]
+        assert sorted(s["point"] for s in sessions) == [f"shower-{i}" for i in range(6)]
+        assert {s["end_reason"] for s in sessions} == {"shutdown"}
+        assert await store.read(lambda t: t.execute(
+            "SELECT COUNT(*) FROM water_sessions").fetchone()[0]) == 0
+        balances = dict(await store.read(lambda t: t.execute(
+            "SELECT account, balance_fen FROM accounts").fetchall()))
+        for s in sessions:   # charged once: the balance is the credit less the one event
+            assert balances[s["account"]] == 10_000 - s["amount_fen"] == ledger.balance(s["account"])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hw.close()
+        store.close()
+        await sim.stop()
