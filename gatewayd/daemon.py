@@ -171,6 +171,8 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))
+    notifier = notifier or Notifier()
+    snapshot.notify = notifier.status
     supervisor = Supervisor(components, notifier)
     log.info("starting", building=config.gateway.building, summary=config.summary())
     await hardware.start()

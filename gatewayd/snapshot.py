@@ -62,6 +62,8 @@ class Snapshot:
         self.water = water
         self.started = time.time()
         self.center: Callable[[], dict[str, Any]] | None = None  # the link's own view
+        self.notify: Callable[[str], None] | None = None   # systemd STATUS= (one line)
+        self._notified = ""
         self.path = config.gateway.state_dir / STATUS_FILE
 
     # --- documents ------------------------------------------------------------------
@@ -141,11 +143,29 @@ class Snapshot:
             try:
                 view = self.view()
                 view["outbox"] = await self._outbox()
+                self._tell_systemd(view)
                 await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
                 log.warning("status_file_failed", path=str(self.path), error=str(e))
             heartbeat.beat()
             await asyncio.sleep(WRITE_EVERY_S)
+
+    def _tell_systemd(self, view: dict[str, Any]) -> None:
+        """One line for `systemctl status`: center, outbox, faults, sessions."""
+        if self.notify is None:
+            return
+        center = view["center"]
+        faults = view["status"]["faults"]
+        sessions = sum(1 for p in view["points"] if p["state"] == "open")
+        line = (
+            ("center not configured" if not center.get("configured")
+             else "center connected" if center.get("connected") else "center NOT connected")
+            + f", {view['outbox'].get('pending', '?')} pending; faults: {faults['meters']} meters, "
+            f"{faults['readers']} readers, {faults['valves']} valves; {sessions} sessions open"
+        )
+        if line != self._notified:
+            self._notified = line
+            self.notify(line)
 
     async def shutdown(self) -> None:
         view = self.view()

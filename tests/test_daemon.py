@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,8 +65,14 @@ def test_notify_ready_watchdog_stopping_and_graceful_exit(
         assert "WATCHDOG=1" not in before_ready
         # The store is open by the time READY is sent.
         assert (tmp_path / "state" / "gatewayd.db").exists()
-        messages(notify_socket, "WATCHDOG=1")
-        messages(notify_socket, "WATCHDOG=1")
+        after = messages(notify_socket, "WATCHDOG=1")
+        after += messages(notify_socket, "WATCHDOG=1")
+        # `systemctl status` says what matters, in one line.
+        while not any(m.startswith("STATUS=center") for m in after):
+            after += messages(notify_socket, "WATCHDOG=1")
+        (line,) = [m for m in after if m.startswith("STATUS=center")][:1]
+        assert re.fullmatch(r"STATUS=center not configured, \d+ pending; faults: 0 meters, "
+                            r"0 readers, 0 valves; 0 sessions open", line), line
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         messages(notify_socket, "STOPPING=1")
