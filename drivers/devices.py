@@ -61,6 +61,16 @@ class Switch(Protocol):
     async def get(self) -> bool: ...
 
 
+class SwitchBank(Protocol):
+    """Switches of one device read together, in the fewest requests (a relay
+    board's channels): their states by switch name (after `invert`). Raises
+    `DeviceError` when the device does not answer."""
+
+    name: str
+
+    async def read(self) -> dict[str, bool]: ...
+
+
 class Counter(Protocol):
     """A rising pulse counter channel (raw count; the caller handles the wrap)."""
 

@@ -135,6 +135,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
                    hardware.switch(breaker_device(r.id), r.breaker))
             for r in config.rooms
         },
+        breaker_banks=hardware.switch_banks([breaker_device(r.id) for r in config.rooms]),
     )
     hardware.on_health(power.meter_health_changed)
     cards = Cards()

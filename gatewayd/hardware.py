@@ -7,8 +7,11 @@ Health changes of every device arrive at one sink, named by device
 
 from __future__ import annotations
 
-from drivers.devices import Counter, Meter, Switch
+from collections.abc import Sequence
+
+from drivers.devices import Counter, Meter, Switch, SwitchBank
 from drivers.modbus.bus import ModbusBus
+from drivers.modbus.devices import ModbusSwitch
 from drivers.modbus.health import HealthSink
 from gatewayd.config import Bus, Config, DeviceRef
 
@@ -17,6 +20,7 @@ class Hardware:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._sinks: list[HealthSink] = []
+        self._switches: dict[str, tuple[str, ModbusSwitch]] = {}
         self.buses = {name: self._bus(b) for name, b in config.buses.items()}
 
     def _bus(self, b: Bus) -> ModbusBus:
@@ -46,7 +50,19 @@ class Hardware:
         return self.buses[ref.bus].meter(name, ref.unit, ref.profile)
 
     def switch(self, name: str, ref: DeviceRef) -> Switch:
-        return self.buses[ref.bus].switch(name, ref.unit, ref.profile, ref.channel, ref.invert)
+        sw = self.buses[ref.bus].switch(name, ref.unit, ref.profile, ref.channel, ref.invert)
+        self._switches[name] = (ref.bus, sw)
+        return sw
+
+    def switch_banks(self, names: Sequence[str]) -> list[SwitchBank]:
+        """The switches `names` (made by `switch`) grouped by relay board: one
+        bank per bus, unit and profile, read in the fewest requests."""
+        groups: dict[tuple[str, int, str], list[ModbusSwitch]] = {}
+        for name in names:
+            bus, sw = self._switches[name]
+            groups.setdefault((bus, sw.unit, sw.profile.name), []).append(sw)
+        return [self.buses[bus].switch_bank(f"relays:{bus}:{unit}", switches)
+                for (bus, unit, _), switches in groups.items()]
 
     def counter(self, name: str, ref: DeviceRef) -> Counter:
         return self.buses[ref.bus].counter(name, ref.unit, ref.profile, ref.channel)

@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
-from drivers.devices import DeviceError, Meter, MeterReading, Switch, SwitchMismatch
+from drivers.devices import DeviceError, Meter, MeterReading, Switch, SwitchBank, SwitchMismatch
 from gatewayd import pricing
 from gatewayd.alarms import Alarms
 from gatewayd.clock import Clock
@@ -58,6 +59,8 @@ log = structlog.get_logger(__name__)
 BREAKER_RETRY_S = 10.0
 # How stale the stored time of a room's meter baseline may get (see `_key`).
 BASELINE_SAVE_S = 60.0
+# A relay board that did not answer its breakers' read is read again after this.
+BANK_RETRY_S = 5.0
 # At start, read this many breakers at once (the bus owners queue the rest).
 START_CONCURRENCY = 32
 # An overload read is taken this long after the timer runs out (asyncio timers
@@ -83,6 +86,7 @@ class RoomRuntime:
     next_read: float = 0.0
     read_at: float = float("-inf")       # when the last meter read started
     next_breaker_try: float = 0.0
+    breaker_at: float = 0.0              # when the breaker was last commanded or read alone
     retry_want: bool | None = None       # the state whose command failed (None: none)
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
     unverified: bool = False             # unreadable at start: first read decides as at start
@@ -113,8 +117,12 @@ class PowerService:
         alarms: Alarms,
         clock: Clock,
         devices: Mapping[str, tuple[Meter, Switch]],
+        breaker_banks: Sequence[SwitchBank] = (),
     ) -> None:
         self.config = config
+        # The breakers read back every poll, a relay board per request: one
+        # switched by hand (or reset by a relay board's power loss) is seen.
+        self.breaker_banks = list(breaker_banks)
         self.store = store
         self.ledger = ledger
         self.alarms = alarms
@@ -126,6 +134,7 @@ class PowerService:
             r.id: RoomRuntime(r, *devices[r.id]) for r in config.rooms
         }
         self.by_account = {r.account: self.rooms[r.id] for r in config.rooms}
+        self.by_breaker = {rt.breaker.name: rt for rt in self.rooms.values()}
         self._curfew_rooms: frozenset[str] | None = None  # rooms under curfew now
 
     # --- time ---------------------------------------------------------------------
@@ -287,9 +296,9 @@ class PowerService:
         log.info("power_started", rooms=len(self.rooms),
                  cut=sum(1 for r in self.rooms.values() if r.state.cut_reason))
 
-    async def _found_off(self, rt: RoomRuntime) -> None:
-        detail = ("breaker found off at start with no cut recorded: left off and held; "
-                  "room.restore switches it on")
+    async def _found_off(self, rt: RoomRuntime, detail: str = (
+            "breaker found off at start with no cut recorded: left off and held; "
+            "room.restore switches it on")) -> None:
         rt.state = replace(rt.state, hold=True, cut_reason="remote")
         self.alarms.raise_("breaker_mismatch", breaker_device(rt.id), detail)
         await self._commit(rt, Outcome(rt.state), extra_alarms=[
@@ -299,6 +308,8 @@ class PowerService:
         async with asyncio.TaskGroup() as tg:
             for rt in self.rooms.values():
                 tg.create_task(self._room_loop(rt), name=f"room-{rt.id}")
+            for bank in self.breaker_banks:
+                tg.create_task(self._bank_loop(bank), name=f"breakers-{bank.name}")
             tg.create_task(self._ticker(heartbeat), name="power-ticker")
 
     async def shutdown(self) -> None:
@@ -314,6 +325,54 @@ class PowerService:
                     rt.wake.set()
             heartbeat.beat()
             await asyncio.sleep(1.0)
+
+    async def _bank_loop(self, bank: SwitchBank) -> None:
+        """Read a relay board's breakers every poll; a board that does not answer
+        is tried again after BANK_RETRY_S (its rooms' commands still go to it)."""
+        while True:
+            started = self.clock.mono()
+            delay = self.poll_s
+            try:
+                states = await bank.read()
+            except DeviceError:
+                delay = max(self.poll_s, BANK_RETRY_S)
+                states = {}
+            for name, on in states.items():
+                rt = self.by_breaker.get(name)
+                if rt is not None:
+                    try:
+                        await self._breaker_seen(rt, on, started)
+                    except Exception:
+                        log.exception("breaker_check_failed", room=rt.id)
+            left = started + delay - self.clock.mono()
+            await asyncio.sleep(max(left, 0.0) * random.uniform(0.95, 1.05))
+
+    async def _breaker_seen(self, rt: RoomRuntime, on: bool, read_at: float) -> None:
+        """A breaker read by its board's poll: one that moved by itself is put back
+        where the rules want it (cut again), or, found off, left off and held."""
+        async with rt.lock:
+            if rt.breaker_at >= read_at or rt.unverified or rt.switch_pending:
+                return   # commanded (or read) since this read began, or being settled
+            if rt.breaker_on is None or rt.breaker_on == on:
+                rt.breaker_on = on
+                return
+            rt.breaker_on = on
+            want_on = rt.state.cut_reason is None
+            if on == want_on:
+                return   # it was where the rules want it after all (a lost answer)
+            device = breaker_device(rt.id)
+            if on:
+                detail = (f"found on while cut ({rt.state.cut_reason}): "
+                          "switched by hand or the relay board reset; switched off again")
+                log.error("breaker_found_on", room=rt.id, reason=rt.state.cut_reason)
+                await self.alarms.report("breaker_mismatch", device, detail, True)
+                rt.next_breaker_try = 0.0   # at once: a failed command's retry period aside
+                await self._drive_breaker(rt)
+            else:
+                log.error("breaker_found_off", room=rt.id)
+                await self._found_off(rt, "breaker found off with no cut recorded (switched by "
+                                      "hand or the relay board reset): left off and held; "
+                                      "room.restore switches it on")
 
     async def _room_loop(self, rt: RoomRuntime) -> None:
         next_tick = self.clock.mono()
@@ -494,6 +553,7 @@ class PowerService:
         if now < rt.next_breaker_try and want_on == rt.retry_want:
             return
         if rt.breaker_on is None:
+            rt.breaker_at = now
             try:
                 rt.breaker_on = await rt.breaker.get()
             except DeviceError:
@@ -516,6 +576,7 @@ class PowerService:
                 await self.alarms.report("breaker_mismatch", breaker_device(rt.id), "", False)
             return
         device = breaker_device(rt.id)
+        rt.breaker_at = self.clock.mono()
         try:
             await rt.breaker.set(want_on)
         except DeviceError as e:

@@ -281,10 +281,13 @@ async def test_rtu_silent_and_garbage(sim_rtu: SimRtu) -> None:
         with pytest.raises(DeviceError, match="timeout"):
             await meter.read()
         sim_rtu.endpoint.set_fault(1, "garbage")
+        link = bus._links[0]
         with pytest.raises(DeviceError, match="garbage"):
             await meter.read()
         sim_rtu.endpoint.set_fault(1, None)
         await meter.read()
+        # One noisy device does not close the serial port under the others.
+        assert bus._links[0] is link and bus.stats.reconnects == 0
     assert meter.health.online
 
 

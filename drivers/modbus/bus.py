@@ -21,14 +21,14 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from drivers.devices import DeviceError
-from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch
+from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
 from drivers.modbus.frames import (
     ExceptionResponse,
     FrameError,
@@ -204,6 +204,10 @@ class ModbusBus:
         return ModbusSwitch(self, name, _check_unit(unit), profile, channel=channel,
                             invert=invert, health=self._health(name, unit))
 
+    def switch_bank(self, name: str, switches: Sequence[ModbusSwitch]) -> ModbusSwitchBank:
+        """A `drivers.devices.SwitchBank`: `switches` (one unit, one profile) read together."""
+        return ModbusSwitchBank(self, name, _check_unit(switches[0].unit), switches)
+
     def counter(self, name: str, unit: int, profile: Profile, channel: int = 0) -> ModbusCounter:
         """A `drivers.devices.Counter` on `channel` of `unit` (profile kind counter)."""
         return ModbusCounter(self, name, _check_unit(unit), profile, channel=channel,
@@ -294,7 +298,11 @@ class ModbusBus:
                 link = await self._link(index)
                 answer = await link.request(job.unit, job.pdu, self.timeout_s)
             except LinkError as exc:
-                if isinstance(exc, LinkDown | LinkGarbage):
+                # Garbage desynchronises a TCP stream, which must be replaced; on a
+                # serial line the next request starts clean after the frame gap, so
+                # one noisy device does not close the port under all the others.
+                if isinstance(exc, LinkDown) or (
+                        isinstance(exc, LinkGarbage) and not isinstance(link, RtuLink)):
                     self._drop_link(index, exc)
                 if not job.future.done():
                     job.future.set_exception(exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from drivers.devices import DeviceError, MeterReading, SwitchMismatch
@@ -108,6 +109,7 @@ class ModbusSwitch:
         self._bus = bus
         self._field = f = profile.fields["state"]
         self._address = f.at_channel(channel)
+        self.address = self._address
         if self._address + f.width > 0x10000:
             raise ValueError(f"channel {channel} is beyond the address space")
         function = READ_COILS if f.table == "coil" else READ_HOLDING_REGISTERS
@@ -123,14 +125,19 @@ class ModbusSwitch:
         return WriteRegisters(self._address, words)
 
     async def _read_state(self, command: bool) -> bool:
+        if self._field.table == "coil":
+            bits = await self._bus.read_coils(self.name, self.unit, self._read, command=command)
+            return self.state_in(bits, 0)
+        words = await self._bus.read_registers(self.name, self.unit, self._read, command=command)
+        return self.state_in(words, 0)
+
+    def state_in(self, values: Sequence[bool] | Sequence[int], offset: int) -> bool:
+        """This switch's state from coils or registers read at its address - `offset`."""
         f = self._field
         if f.table == "coil":
-            bits = await self._bus.read_coils(self.name, self.unit, self._read, command=command)
-            on_wire = bits[0]
+            on_wire = bool(values[offset])
         else:
-            words = await self._bus.read_registers(self.name, self.unit, self._read,
-                                                   command=command)
-            value = decode_value(words, 0, f.type, f.word_order)
+            value = decode_value(values, offset, f.type, f.word_order)
             if value == f.on:
                 on_wire = True
             elif value == f.off:
@@ -165,6 +172,57 @@ class ModbusSwitch:
             raise
         self.health.succeeded(time.monotonic())
         return state
+
+
+class ModbusSwitchBank:
+    """Switches of one unit with one profile, read together: one request per
+    poll for a whole relay board (up to 2,000 coils or the profile's register
+    limit per request), instead of one per channel."""
+
+    def __init__(self, bus: ModbusBus, name: str, unit: int,
+                 switches: Sequence[ModbusSwitch]) -> None:
+        if not switches or any(sw.unit != unit or sw.profile is not switches[0].profile
+                               for sw in switches):
+            raise ValueError("a bank is switches of one unit with one profile")
+        self.name = name
+        self.unit = unit
+        self._bus = bus
+        self._switches = {sw.name: sw for sw in switches}
+        f = switches[0].profile.fields["state"]
+        slots = [Slot(sw.name, f.table, sw.address, f.width) for sw in switches]
+        function = READ_COILS if f.table == "coil" else READ_HOLDING_REGISTERS
+        self._plan = [
+            (ReadRequest(function, block.address, block.count), block.offsets)
+            for block in plan_reads(slots, max_registers=switches[0].profile.max_read_registers)
+        ]
+
+    @property
+    def requests_per_read(self) -> int:
+        return len(self._plan)
+
+    async def read(self) -> dict[str, bool]:
+        states: dict[str, bool] = {}
+        for request, offsets in self._plan:
+            try:
+                if request.function == READ_COILS:
+                    values: Sequence[bool] | Sequence[int] = await self._bus.read_coils(
+                        self.name, self.unit, request)
+                else:
+                    values = await self._bus.read_registers(self.name, self.unit, request)
+            except DeviceError as exc:
+                for name, _ in offsets:
+                    self._switches[name].health.failed(exc.message)
+                raise
+            now = time.monotonic()
+            for name, offset in offsets:
+                sw = self._switches[name]
+                try:
+                    states[name] = sw.state_in(values, offset)
+                except DeviceError as exc:
+                    sw.health.failed(exc.message)
+                    continue
+                sw.health.succeeded(now)
+        return states
 
 
 class ModbusCounter:
