@@ -356,6 +356,16 @@ class PowerService:
             if rt.breaker_on is None or rt.breaker_on == on:
                 rt.breaker_on = on
                 return
+            # Confirmed by a read of this breaker alone before anything is done:
+            # Modbus TCP has no checksum, and one flipped bit in a board's answer
+            # must not hold a room off (nor cut it at the next read).
+            rt.breaker_at = self.clock.mono()
+            try:
+                if await rt.breaker.get() != on:
+                    log.warning("breaker_read_not_confirmed", room=rt.id, read=on)
+                    return
+            except DeviceError:
+                return
             rt.breaker_on = on
             want_on = rt.state.cut_reason is None
             if on == want_on:

@@ -340,3 +340,16 @@ async def test_a_failed_cut_then_a_restore_is_tried_at_once(gw: Gateway) -> None
     await gw.send("room.restore", {"room": "101"})
     assert not alarms.is_active("breaker_mismatch", "breaker:101")
     assert await coil(gw, 0) is True and gw.power.rooms["101"].breaker_on is True
+
+
+async def test_a_flipped_bit_in_a_relay_boards_answer_does_nothing(gw: Gateway) -> None:
+    """A board read says room 101's breaker is off, a read of that breaker alone
+    says on (Modbus TCP has no checksum): the room is not held, nothing is
+    switched, no alarm."""
+    rt = gw.power.rooms["101"]
+    await gw.power.evaluate(rt, None)
+    assert rt.breaker_on is True
+    await gw.power._breaker_seen(rt, False, gw.power.clock.mono())
+    assert rt.breaker_on is True and rt.state.hold is False and rt.state.cut_reason is None
+    assert not gw.power.alarms.is_active("breaker_mismatch", "breaker:101")
+    assert await coil(gw, 0) is True
