@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import aiomqtt
 
-from gatewayd.config import BROKER_RE
+from gatewayd.config import BROKER_RE, BUILDING_RE
 from gatewayd.signing import KeyFileError, generate_keypair, load_private_key, sign_command
 from gatewayd.wire import rfc3339
 
@@ -50,30 +50,65 @@ _NODELAY: Final = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 def add_subcommands(subparsers: Any) -> None:
     """Register keygen, send and tail on the `gatewayd` argument parser."""
     keygen = subparsers.add_parser("keygen", help="make the center's Ed25519 command key pair")
-    keygen.add_argument("--out-private", type=Path, required=True, help="private key (PEM, written 0600)")
-    keygen.add_argument("--out-public", type=Path, required=True, help="public key for the gateways (PEM)")
+    keygen.add_argument("--out-private", type=Path, default=Path("center.key"),
+                        help="private key (PEM, written 0600; default ./center.key)")
+    keygen.add_argument("--out-public", type=Path, default=Path("center.pub"),
+                        help="public key for the gateways (PEM; default ./center.pub)")
     keygen.add_argument("--force", action="store_true", help="overwrite existing files")
     keygen.set_defaults(func=cmd_keygen)
 
     send = subparsers.add_parser("send", help="sign and send one command, print its result")
     send.add_argument("--key", type=Path, required=True, help="the center's private key (PEM)")
     _broker_args(send)
-    send.add_argument("--building", required=True, help="the gateway that answers (its result topic)")
+    send.add_argument("--building", required=True, type=_building,
+                      help="the gateway that answers (its result topic)")
     send.add_argument("--to", default=None, help='"all" for a broadcast (default: --building)')
-    send.add_argument("--timeout", type=float, default=DEFAULT_RESULT_TIMEOUT_S,
+    send.add_argument("--id", dest="command_id", default=None, type=_command_id,
+                      help="the command's id (default: a new UUID); send one twice to see a duplicate")
+    send.add_argument("--timeout", type=_positive, default=DEFAULT_RESULT_TIMEOUT_S,
                       help=f"seconds to wait for the result (default {DEFAULT_RESULT_TIMEOUT_S:g})")
     send.add_argument("type", help="command type, e.g. ping, account.credit")
     send.add_argument("args", nargs="*", metavar="key=value",
-                      help="arguments; values are JSON when they parse (42, true, [..], {..}), else text")
+                      help="arguments. account, card, room, price and the other fields the "
+                           "contract types as text are taken as written (room=0102); other "
+                           "values are JSON when they parse (42, true, [..], {..}), else text; "
+                           "key:=JSON forces JSON")
     send.set_defaults(func=cmd_send)
 
     tail = subparsers.add_parser("tail", help="print what gateways publish to the center")
     _broker_args(tail)
-    tail.add_argument("--building", default="+", help="one building (default: all)")
+    tail.add_argument("--building", default="+", type=_building_or_all,
+                      help="one building (default: all)")
     tail.add_argument("--json", action="store_true", help="print each message as JSON")
     tail.add_argument("--telemetry", action="store_true", help="include telemetry")
     tail.add_argument("--count", type=int, default=0, help="stop after this many messages")
     tail.set_defaults(func=cmd_tail)
+
+
+def _building(text: str) -> str:
+    if not BUILDING_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a building id ([a-z0-9-]{{1,32}})")
+    return text
+
+
+def _building_or_all(text: str) -> str:
+    return text if text == "+" else _building(text)
+
+
+def _command_id(text: str) -> str:
+    if not 1 <= len(text) <= 64:
+        raise argparse.ArgumentTypeError("a command id is 1 to 64 characters")
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +134,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         _write(args.out_private, pair.private_pem, 0o600)
         _write(args.out_public, pair.public_pem, 0o644)
     except OSError as e:
-        print(f"gatewayd keygen: {e.filename}: {e.strerror}", file=sys.stderr)
+        target = args.out_private if not args.out_private.exists() else args.out_public
+        print(f"gatewayd keygen: cannot write {target}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
     print(f"private key: {args.out_private} (keep it at the center; 0600)")
     print(f"public key:  {args.out_public} (center.command_public_key_file on every gateway)")
@@ -176,7 +212,10 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(f"gatewayd send: {e}", file=sys.stderr)
         return EXIT_USAGE
     to = args.to or args.building
-    command = sign_command(build_command(args.type, command_args, to=to), key)
+    unsigned = build_command(args.type, command_args, to=to)
+    if args.command_id is not None:
+        unsigned["id"] = args.command_id
+    command = sign_command(unsigned, key)
     root = f"{args.prefix}/{args.building}"
     topic = f"{args.prefix}/all/cmd" if to == "all" else f"{root}/cmd"
     try:
@@ -222,7 +261,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     suffixes = ["events", "status", "cmd/result"] + (["telemetry"] if args.telemetry else [])
     topics = [f"{args.prefix}/{args.building}/{s}" for s in suffixes]
     try:
-        asyncio.run(_tail(connect, topics, as_json=args.json, count=args.count))
+        asyncio.run(_tail_on(connect, topics, as_json=args.json, count=args.count))
     except KeyboardInterrupt:
         pass
     except aiomqtt.MqttError as e:
@@ -231,11 +270,37 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _tail(connect: dict[str, Any], topics: list[str], *, as_json: bool, count: int) -> None:
+#: `tail` reconnects after losing the broker, waiting this long at most between tries.
+TAIL_RECONNECT_MAX_S: Final = 30.0
+
+
+async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
+                   count: int) -> None:
+    """`_tail` through broker restarts: a first connection that fails is an error;
+    a lost one is retried with back-off, saying so on stderr."""
+    seen = [0]
+    connected = [False]
+    delay = 1.0
+    while True:
+        try:
+            await _tail(connect, topics, as_json=as_json, count=count, seen=seen,
+                        connected=connected)
+            return
+        except aiomqtt.MqttError as e:
+            if not connected[0]:
+                raise
+            print(f"gatewayd tail: disconnected ({e}); reconnecting in {delay:.0f} s",
+                  file=sys.stderr, flush=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TAIL_RECONNECT_MAX_S)
+
+
+async def _tail(connect: dict[str, Any], topics: list[str], *, as_json: bool, count: int,
+                seen: list[int], connected: list[bool]) -> None:
     async with aiomqtt.Client(**connect) as client:
         await client.subscribe([(t, 1) for t in topics])
+        connected[0] = True
         print(f"listening on {', '.join(topics)}", file=sys.stderr, flush=True)
-        seen = 0
         async for message in client.messages:
             payload = _bytes(message.payload)
             if as_json:
@@ -248,8 +313,8 @@ async def _tail(connect: dict[str, Any], topics: list[str], *, as_json: bool, co
             else:
                 line = describe(message.topic.value, payload, retained=message.retain)
             print(line, flush=True)
-            seen += 1
-            if count and seen >= count:
+            seen[0] += 1
+            if count and seen[0] >= count:
                 return
 
 

@@ -60,6 +60,9 @@ CenterView = Callable[[], Mapping[str, Any] | None]
 _decode = msgspec.json.Decoder()
 
 
+#: The contract's `breaker.cut` reasons (center-link.md).
+CUT_REASONS = ("balance", "overload", "resistive", "curfew", "remote", "lockout")
+
 class MetricsEndpoint:
     """The `metrics` component: an HTTP listener on `config.metrics`."""
 
@@ -213,8 +216,9 @@ class _Collector:
         events, cuts, charged, taps = m.counted()
         f = CounterMetricFamily("gatewayd_breaker_cuts", "Rooms cut since start, by reason",
                                 labels=["reason"])
-        for reason, n in sorted(cuts.items()):
-            f.add_metric([reason], n)
+        # Every reason of the contract from 0, so that an alert on one sees 0, not absent.
+        for reason in sorted(set(CUT_REASONS) | set(cuts)):
+            f.add_metric([reason], cuts[reason])
         yield f
         f = CounterMetricFamily("gatewayd_events", "Events recorded since start, by type",
                                 labels=["type"])
@@ -287,11 +291,11 @@ class _Collector:
 
     def _rooms_and_points(self) -> Iterator[Metric]:
         m = self.m
-        cut = Counter(rt.state.cut_reason for rt in m.power.rooms.values()
-                      if rt.state.cut_reason is not None)
+        cut: Counter[str] = Counter(str(rt.state.cut_reason) for rt in m.power.rooms.values()
+                                    if rt.state.cut_reason is not None)
         f = GaugeMetricFamily("gatewayd_rooms_cut", "Rooms cut now, by reason", labels=["reason"])
-        for reason, n in sorted(cut.items()):
-            f.add_metric([reason], n)
+        for reason in sorted(set(CUT_REASONS) | set(cut)):
+            f.add_metric([reason], cut[reason])
         yield f
         yield GaugeMetricFamily("gatewayd_rooms", "Rooms configured", value=len(m.power.rooms))
         open_ = Counter(pt.cfg.service for pt in m.water.points.values() if pt.session is not None)

@@ -23,7 +23,10 @@ class Notifier:
         if address:
             # A leading '@' is Linux's abstract namespace.
             self._address = "\0" + address[1:] if address.startswith("@") else address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never blocking: a manager that stops reading (a full queue) must not
+            # freeze the daemon, taps and all; a message that does not fit is dropped.
+            self._sock = socket.socket(socket.AF_UNIX,
+                                       socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         self._warned = False
 
     @property
@@ -35,6 +38,11 @@ class Notifier:
             return
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)
+        except BlockingIOError:
+            if not self._warned:
+                log.warning("sd_notify_dropped", lines=list(lines),
+                            detail="the service manager is not reading its notification socket")
+                self._warned = True
         except OSError as e:
             # The manager being gone must not stop the daemon; say it once.
             if not self._warned:

@@ -151,7 +151,30 @@ async def test_send_broadcast_refused_and_timeout_exit_codes(broker: Broker, key
         code, out, err = await gatewayd("send", "--key", str(private), "--broker", url, "--building", "b07",
                                         "--timeout", "0.5", "silent")
         assert code == 3 and out == "" and "no result" in err
-        assert [c["type"] for c in received] == ["ping", "room.cut", "silent"]
+        code, out, _ = await gatewayd("send", "--key", str(private), "--broker", url, "--building", "b07",
+                                      "--id", "my-id-1", "ping")
+        assert code == 0 and json.loads(out)["id"] == "my-id-1"
+        assert [c["type"] for c in received] == ["ping", "room.cut", "silent", "ping"]
+        assert received[-1]["id"] == "my-id-1"
+
+
+async def test_send_and_tail_refuse_a_building_that_is_not_one(tmp_path: Path) -> None:
+    """A topic wildcard or upper case would subscribe to nothing, or crash the client."""
+    for building in ("a/#", "B07", "+"):
+        code, _, err = await gatewayd("send", "--key", "k", "--broker", "mqtt://127.0.0.1:1",
+                                      "--building", building, "ping")
+        assert code == 2 and "is not a building id" in err and "Traceback" not in err
+    code, _, err = await gatewayd("tail", "--broker", "mqtt://127.0.0.1:1", "--building", "a/#")
+    assert code == 2 and "is not a building id" in err
+
+
+def test_keygen_writes_center_key_and_pub_here_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen"]) == 0
+    assert load_public_key(tmp_path / "center.pub") is not None
+    assert (tmp_path / "center.key").stat().st_mode & 0o777 == 0o600
 
 
 async def test_send_with_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:

@@ -208,3 +208,28 @@ async def test_a_stop_during_a_slow_start_is_still_prompt() -> None:
     assert slow.start_cancelled
     assert first.shut and slow.shut and not later.shut
     assert first.runs == slow.runs == later.runs == 0
+
+
+def test_notify_never_blocks_when_the_manager_stops_reading(tmp_path: Path) -> None:
+    """A notification socket nobody reads fills up (10 datagrams on Linux): the
+    daemon must drop what does not fit, not freeze in sendto with its taps."""
+    import threading
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "n.sock"))
+    notifier = Notifier(str(tmp_path / "n.sock"))
+    sent = threading.Event()
+
+    def flood() -> None:
+        for i in range(200):
+            notifier.status(f"line {i}")
+        sent.set()
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        assert sent.wait(10), "sd_notify blocked on a full socket"
+        assert listener.recv(4096) == b"STATUS=line 0"   # what fitted arrived, in order
+    finally:
+        notifier.close()
+        listener.close()

@@ -79,3 +79,20 @@ async def test_breakers_feed_meters_and_valves_feed_counters(tmp_path: Path) -> 
     finally:
         client.close()
         await sim.stop()
+
+
+def test_summary_check_leaves_out_accounts_the_center_synced() -> None:
+    """A center's account.sync sets a balance no event explains: the summary says
+    so instead of reporting a mismatch; other accounts are still checked."""
+    from gatewayd.demo import Ledgers, StoredEvent, summarize
+
+    credit = StoredEvent(1, "account.credited", {"account": "a", "amount_fen": 100,
+                                                 "balance_fen": 100, "command": "c1"}, True)
+    before = Ledgers({"a": 0, "b": 50}, {}, 0)
+    after = Ledgers({"a": 100, "b": 7000}, {}, 1, frozenset({"b"}))
+    out = summarize([credit], before, after, 1.0, "day 1")
+    assert out.matches
+    assert any("accounts set by the center's account.sync are not checked: b" in line
+               for line in out.lines)
+    wrong = Ledgers({"a": 90, "b": 7000}, {}, 1, frozenset({"b"}))
+    assert not summarize([credit], before, wrong, 1.0, "day 1").matches

@@ -138,6 +138,9 @@ async def test_cuts_offline_meters_and_outbox_are_scraped(tmp_path: Path, buildi
         cut = ("gatewayd_breaker_cuts_total", (("reason", "balance"),))
         m = await until_scraped(port, cut, 1.0)
         assert m[("gatewayd_rooms_cut", (("reason", "balance"),))] == 1.0
+        # Reasons that never happened are 0, not absent (an alert on one sees 0).
+        assert m[("gatewayd_breaker_cuts_total", (("reason", "lockout"),))] == 0.0
+        assert m[("gatewayd_rooms_cut", (("reason", "curfew"),))] == 0.0
         # The cut is real: the coil is off and the meter behind it reads 0 W.
         assert (await sim.endpoints[0].coils(RELAY, 0, 1)) == [False]
         assert sim.meter(0).drawn_w == 0.0
