@@ -22,6 +22,7 @@ import ssl
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -278,16 +279,14 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
                    count: int) -> None:
     """`_tail` through broker restarts: a first connection that fails is an error;
     a lost one is retried with back-off, saying so on stderr."""
-    seen = [0]
-    connected = [False]
+    progress = _TailProgress()
     delay = 1.0
     while True:
         try:
-            await _tail(connect, topics, as_json=as_json, count=count, seen=seen,
-                        connected=connected)
+            await _tail(connect, topics, as_json=as_json, count=count, progress=progress)
             return
         except aiomqtt.MqttError as e:
-            if not connected[0]:
+            if not progress.connected:
                 raise
             print(f"gatewayd tail: disconnected ({e}); reconnecting in {delay:.0f} s",
                   file=sys.stderr, flush=True)
@@ -295,11 +294,19 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
             delay = min(delay * 2, TAIL_RECONNECT_MAX_S)
 
 
+@dataclass
+class _TailProgress:
+    """What `tail` has done so far, across reconnections."""
+
+    connected: bool = False   # once: a later failure is a lost connection, retried
+    seen: int = 0             # messages printed (for --count)
+
+
 async def _tail(connect: dict[str, Any], topics: list[str], *, as_json: bool, count: int,
-                seen: list[int], connected: list[bool]) -> None:
+                progress: _TailProgress) -> None:
     async with aiomqtt.Client(**connect) as client:
         await client.subscribe([(t, 1) for t in topics])
-        connected[0] = True
+        progress.connected = True
         print(f"listening on {', '.join(topics)}", file=sys.stderr, flush=True)
         async for message in client.messages:
             payload = _bytes(message.payload)
@@ -313,8 +320,8 @@ async def _tail(connect: dict[str, Any], topics: list[str], *, as_json: bool, co
             else:
                 line = describe(message.topic.value, payload, retained=message.retain)
             print(line, flush=True)
-            seen[0] += 1
-            if count and seen[0] >= count:
+            progress.seen += 1
+            if count and progress.seen >= count:
                 return
 
 

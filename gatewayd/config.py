@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from drivers.profile import SHIPPED_DIR, Profile, ProfileError, load_profile
 from gatewayd.validate import Problem, Table, show
@@ -756,12 +756,10 @@ class _Loader:
             account = t.text(
                 "account", f"room-{building}-{rid}", pattern=ACCOUNT_RE, pattern_text=ACCOUNT_TEXT
             )
-            if rid and account:
-                # behaviour.md: "a room's electricity uses the room's own account".
-                owner = accounts.setdefault(account, rid)
-                if owner != rid:
-                    t.problem("account", f"account {show(account)} is already used by room "
-                              f"{show(owner)}: each room has its own account")
+            # behaviour.md: "a room's electricity uses the room's own account".
+            if rid and account and (owner := _claim(accounts, account, rid)):
+                t.problem("account", f"account {show(account)} is already used by room "
+                          f"{show(owner)}: each room has its own account")
             meter = self.device(t, "meter", "meter", buses)
             if meter:
                 self.meter_users.append((t.at("meter"), f"room {show(rid)}", meter))
@@ -856,10 +854,8 @@ class _Loader:
     def serial_port(self, t: Table, who: str) -> str:
         """A serial port: one bus or reader owns it (two would interleave their bytes)."""
         port = t.text("port", "", required=True)
-        if port:
-            owner = self.serial_ports.setdefault(port, who)
-            if owner != who:
-                t.problem("port", f"port {show(port)} is already used by {owner}")
+        if port and (owner := _claim(self.serial_ports, port, who)):
+            t.problem("port", f"port {show(port)} is already used by {owner}")
         return port
 
     def check_switches(self) -> None:
@@ -873,8 +869,7 @@ class _Loader:
         self._check_shared(self.counter_users, "count", "flow counter")
         meters: dict[tuple[str, int], str] = {}
         for place, who, ref in self.meter_users:
-            owner = meters.setdefault((ref.bus, ref.unit), who)
-            if owner != who:
+            if owner := _claim(meters, (ref.bus, ref.unit), who):
                 self.problems.append(
                     Problem(place, f"the same meter (bus {show(ref.bus)}, unit {ref.unit}) "
                             f"is already used by {owner}")
@@ -905,6 +900,15 @@ class _Loader:
             t.problem("listen", f'expected "HOST:PORT", got {show(listen)}')
             return None
         return Metrics(m.group(1).strip("[]"), int(m.group(2)))
+
+
+K = TypeVar("K")
+
+
+def _claim(owners: dict[K, str], key: K, who: str) -> str | None:
+    """Record `who` as the user of `key`: None, or the other user that has it already."""
+    owner = owners.setdefault(key, who)
+    return owner if owner != who else None
 
 
 def _hhmm(text: str) -> dtime:

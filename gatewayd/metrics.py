@@ -44,6 +44,7 @@ from gatewayd.power import PowerService
 from gatewayd.store import Event, Store
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water import WaterService
+from gatewayd.wire import CutReason
 
 log = structlog.get_logger(__name__)
 
@@ -59,9 +60,6 @@ CenterView = Callable[[], Mapping[str, Any] | None]
 
 _decode = msgspec.json.Decoder()
 
-
-#: The contract's `breaker.cut` reasons (center-link.md).
-CUT_REASONS = ("balance", "overload", "resistive", "curfew", "remote", "lockout")
 
 class MetricsEndpoint:
     """The `metrics` component: an HTTP listener on `config.metrics`."""
@@ -217,7 +215,7 @@ class _Collector:
         f = CounterMetricFamily("gatewayd_breaker_cuts", "Rooms cut since start, by reason",
                                 labels=["reason"])
         # Every reason of the contract from 0, so that an alert on one sees 0, not absent.
-        for reason in sorted(set(CUT_REASONS) | set(cuts)):
+        for reason in sorted({r.value for r in CutReason} | set(cuts)):
             f.add_metric([reason], cuts[reason])
         yield f
         f = CounterMetricFamily("gatewayd_events", "Events recorded since start, by type",
@@ -294,7 +292,7 @@ class _Collector:
         cut: Counter[str] = Counter(str(rt.state.cut_reason) for rt in m.power.rooms.values()
                                     if rt.state.cut_reason is not None)
         f = GaugeMetricFamily("gatewayd_rooms_cut", "Rooms cut now, by reason", labels=["reason"])
-        for reason in sorted(set(CUT_REASONS) | set(cut)):
+        for reason in sorted({r.value for r in CutReason} | set(cut)):
             f.add_metric([reason], cut[reason])
         yield f
         yield GaugeMetricFamily("gatewayd_rooms", "Rooms configured", value=len(m.power.rooms))

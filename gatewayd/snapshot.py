@@ -129,20 +129,23 @@ class Snapshot:
     async def start(self) -> None:
         return None
 
-    async def _outbox(self) -> dict[str, Any]:
-        """What waits in the outbox: results and events (`pending`), telemetry."""
+    async def _full_view(self) -> dict[str, Any]:
+        """`view()` and what waits in the outbox: results and events (`pending`),
+        telemetry (read from the store, hence not in `view`)."""
+        view = self.view()
         try:
             p = await self.store.read(outbox.pending)
         except StoreError:
-            return {}
-        return {"pending": p.messages, "telemetry": p.counts[CLASS_TELEMETRY],
-                "bytes": p.total_bytes}
+            view["outbox"] = {}
+        else:
+            view["outbox"] = {"pending": p.messages, "telemetry": p.counts[CLASS_TELEMETRY],
+                              "bytes": p.total_bytes}
+        return view
 
     async def run(self, heartbeat: Heartbeat) -> None:
         while True:
             try:
-                view = self.view()
-                view["outbox"] = await self._outbox()
+                view = await self._full_view()
                 self._tell_systemd(view)
                 await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
@@ -168,8 +171,7 @@ class Snapshot:
             self.notify(line)
 
     async def shutdown(self) -> None:
-        view = self.view()
-        view["outbox"] = await self._outbox()
+        view = await self._full_view()
         view["stopped"] = True
         if view["center"].get("configured"):
             # Written before the link says goodbye: it is about to disconnect.

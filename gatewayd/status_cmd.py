@@ -20,39 +20,32 @@ STALE_AFTER_S = 5 * WRITE_EVERY_S
 
 
 def daemon_pid(state_dir: Path) -> int | None:
-    """The pid recorded in the lock file, if that process is alive and is gatewayd."""
+    """The pid recorded in the lock file, if that process is alive and is gatewayd.
+
+    Raises PermissionError when this user may not read the lock file: then
+    "not running" would be a lie."""
     try:
-        pid = int((state_dir / LOCK_NAME).read_text().strip() or "0")
+        text = (state_dir / LOCK_NAME).read_text()
+    except PermissionError:
+        raise
+    except OSError:
+        return None
+    try:
+        pid = int(text.strip() or "0")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
     return pid if pid and b"gatewayd" in cmdline else None
 
 
-def unreadable(state_dir: Path) -> str | None:
-    """Why this user cannot read state_dir, if it cannot (then "not running" would lie)."""
-    try:
-        (state_dir / LOCK_NAME).stat()
-    except PermissionError:
-        return f"cannot read {state_dir}: permission denied; run as root or the gatewayd user"
-    except OSError:
-        return None
-    try:
-        (state_dir / LOCK_NAME).read_bytes()
-    except PermissionError:
-        return f"cannot read {state_dir / LOCK_NAME}: permission denied; run as root or the gatewayd user"
-    except OSError:
-        return None
-    return None
-
-
 def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
-    denied = unreadable(state_dir)
-    if denied is not None:
-        (err or sys.stderr).write(f"gatewayd status: {denied}\n")
+    try:
+        pid = daemon_pid(state_dir)
+    except PermissionError:
+        (err or sys.stderr).write(f"gatewayd status: cannot read {state_dir}: permission denied; "
+                                  "run as root or the gatewayd user\n")
         return 4
-    pid = daemon_pid(state_dir)
     doc = read_status(state_dir)
     if as_json:
         json.dump({"running": pid is not None, "pid": pid, "status": doc}, out, indent=2)

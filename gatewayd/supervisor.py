@@ -96,10 +96,7 @@ class Supervisor:
             started = await self._start_components()
             if self._stop.is_set():
                 # SIGTERM while starting: no READY; what has started stops.
-                self._stopping = True
-                self.notifier.stopping("stopping")
-                log.info("stopping", during="start", started=[c.name for c in started])
-                await self._shutdown_components(started)
+                await self._stop_components(started, during="start")
                 return
             tasks: list[asyncio.Task[None]] = []
             async with asyncio.TaskGroup() as tg:
@@ -109,10 +106,7 @@ class Supervisor:
                 self.notifier.ready(f"running {len(self.components)} components")
                 log.info("ready", components=[c.name for c in self.components])
                 await self._stop.wait()
-                self._stopping = True
-                self.notifier.stopping("stopping")
-                log.info("stopping")
-                await self._shutdown_components(self.components)
+                await self._stop_components(self.components, during="run")
                 for t in tasks:
                     t.cancel()
         finally:
@@ -149,6 +143,13 @@ class Supervisor:
                     break
             start.result()  # a start that failed refuses the daemon
         return begun
+
+    async def _stop_components(self, components: Sequence[Component], *, during: str) -> None:
+        """STOPPING=1, then `shutdown()` of each of `components`, in order."""
+        self._stopping = True
+        self.notifier.stopping("stopping")
+        log.info("stopping", during=during, components=[c.name for c in components])
+        await self._shutdown_components(components)
 
     async def _shutdown_components(self, components: Sequence[Component]) -> None:
         deadline = time.monotonic() + STOP_GRACE_S

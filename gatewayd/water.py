@@ -286,14 +286,11 @@ class WaterService:
                 step = advance(s, billing[s.point], self.limits, now=now_mono, count=None,
                                balance_fen=0, offline=offline, final=True)
                 s = step.session
-                txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
-                            (s.point, s.session))
-                if step.offline_fen:
-                    _spend(txn, s.card, day, step.offline_fen)
-                balance, known = Ledger.debit(txn, s.account, step.charge_fen)
-                txn.event("water.session", self._session_fields(s, reason, stamp),
-                          ts=stamp, wall=now_wall)
-                ended.append((s, balance, known, reason))
+                result = _record_end(txn, s, fen=step.charge_fen, offline_fen=step.offline_fen,
+                                     day=day, fields=self._session_fields(s, reason, stamp),
+                                     stamp=stamp, wall=now_wall)
+                assert result is not None   # its row was just read, in this transaction
+                ended.append((s, *result, reason))
             return ended
 
         for s, balance, known, reason in await self.store.run(job):
@@ -397,7 +394,7 @@ class WaterService:
             await self._valve_failed(pt, f"commanded open: {e.message}")
             await self._end(pt, "fault")
             return
-        pt.valve_check_at = self.clock.mono() + VALVE_CHECK_S * random.uniform(0.9, 1.1)
+        pt.valve_check_at = self._after(VALVE_CHECK_S)
         log.info("session_started", point=pt.id, card=card.uid, session=session.session,
                  offline=offline, latency_ms=round((time.monotonic() - tap.mono) * 1000, 1))
         pt.wake.set()  # take the counter's baseline now
@@ -446,7 +443,7 @@ class WaterService:
     async def _idle_check(self, pt: PointRuntime) -> None:
         """An idle point: its valve reads closed (else it is closed now) and its
         flow meter answers (else, after a few checks, `meter_offline`)."""
-        pt.idle_check_at = self.clock.mono() + IDLE_CHECK_S * random.uniform(0.9, 1.1)
+        pt.idle_check_at = self._after(IDLE_CHECK_S)
         try:
             is_open = await pt.valve.get()
         except DeviceError as e:
@@ -461,7 +458,7 @@ class WaterService:
 
     async def _valve_still_open(self, pt: PointRuntime) -> bool:
         """During a session: the valve reads open (else `valve_fault`, and False)."""
-        pt.valve_check_at = self.clock.mono() + VALVE_CHECK_S * random.uniform(0.9, 1.1)
+        pt.valve_check_at = self._after(VALVE_CHECK_S)
         try:
             is_open = await pt.valve.get()
         except DeviceError as e:
@@ -480,7 +477,7 @@ class WaterService:
             count = await pt.flow.read()
         except DeviceError as e:
             pt.flow_failures += 1
-            pt.probe_at = self.clock.mono() + FLOW_PROBE_S * random.uniform(0.9, 1.1)
+            pt.probe_at = self._after(FLOW_PROBE_S)
             if pt.flow_failures >= FLOW_FAILURES_FAULT and pt.flow_offline is None:
                 pt.flow_offline = e.message or "no answer"
                 log.error("flow_meter_offline", point=pt.id, failures=pt.flow_failures,
@@ -524,6 +521,10 @@ class WaterService:
             raise
         if step.end is not None:
             await self._end(pt, step.end)
+
+    def _after(self, period_s: float) -> float:
+        """The monotonic time `period_s` (+-10 %) from now: points do not poll in lockstep."""
+        return self.clock.mono() + period_s * random.uniform(0.9, 1.1)
 
     def _today(self) -> str:
         return self.clock.local().date().isoformat()
@@ -579,20 +580,15 @@ class WaterService:
         if alarm is not None:
             log.warning(alarm.code, device=flow_device(pt.id), detail=alarm.detail)
 
-    async def _end(self, pt: PointRuntime, reason: str, *, io: bool = True) -> None:
-        """Close the valve, charge the rest, record one `water.session` (lock held).
-
-        With `io` False (a shutdown out of time) the devices are left alone: the
-        session is charged from what was last measured, and recorded."""
+    async def _end(self, pt: PointRuntime, reason: str) -> None:
+        """Close the valve, charge the rest, record one `water.session` (lock held)."""
         s = pt.session
         assert s is not None
-        if io:
-            await self._close_valve(pt)
+        await self._close_valve(pt)
         # No read of a flow meter that failed, nor after a close that did (the
         # board is likely dead: its timeouts would eat the stop budget): the
         # session ends now, charged from the last reading.
-        failed = pt.fault is not None or pt.flow_offline is not None
-        count = None if failed or not io else await self._read_flow(pt)
+        count = None if pt.faulty else await self._read_flow(pt)
         step = advance(s, pt.billing, self.limits, now=self.clock.mono(), count=count,
                        balance_fen=self.ledger.balance(s.account),
                        offline=not self.center_online(), final=True)
@@ -604,17 +600,8 @@ class WaterService:
         fields = self._session_fields(s, reason, stamp)
 
         def job(txn: Txn) -> tuple[int, bool] | None:
-            # Once only: an end whose waiter was cancelled (a stop out of time)
-            # may have committed already; a second must not charge again.
-            if txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
-                           (s.point, s.session)).rowcount == 0:
-                return None
-            record_alarm(txn)
-            if offline_fen:
-                _spend(txn, s.card, day, offline_fen)
-            result = Ledger.debit(txn, s.account, fen)
-            txn.event("water.session", fields, ts=stamp, wall=now_wall)
-            return result
+            return _record_end(txn, s, fen=fen, offline_fen=offline_fen, day=day, fields=fields,
+                               stamp=stamp, wall=now_wall, before=record_alarm)
 
         result = await asyncio.shield(self.store.run(job))
         pt.session = None
@@ -701,6 +688,24 @@ class WaterService:
             "fault": pt.fault if pt.fault is not None else (
                 None if pt.flow_offline is None else f"flow meter: {pt.flow_offline}"),
         }
+
+
+def _record_end(txn: Txn, s: Session, *, fen: int, offline_fen: int, day: str,
+                fields: dict[str, Any], stamp: str, wall: float,
+                before: Callable[[Txn], None] | None = None) -> tuple[int, bool] | None:
+    """A session's end in the store: its row gone, the rest charged, one
+    `water.session`. Once only: an end whose waiter was cancelled (a stop out
+    of time) may have committed already; then nothing (None)."""
+    if txn.execute("DELETE FROM water_sessions WHERE point = ? AND session = ?",
+                   (s.point, s.session)).rowcount == 0:
+        return None
+    if before is not None:
+        before(txn)
+    if offline_fen:
+        _spend(txn, s.card, day, offline_fen)
+    result = Ledger.debit(txn, s.account, fen)
+    txn.event("water.session", fields, ts=stamp, wall=wall)
+    return result
 
 
 def _spend(txn: Txn, card: str, day: str, fen: int) -> None:

@@ -82,10 +82,10 @@ def test_status_says_when_it_may_not_read_the_state_dir(
     service) but what to do: root runs the tests, so the denial is simulated."""
     from gatewayd import status_cmd
 
-    def denied(self: Path, *args: object, **kwargs: object) -> object:
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "stat", denied)
+    monkeypatch.setattr(Path, "read_text", denied)
     out, err = io.StringIO(), io.StringIO()
     assert status_cmd.render(tmp_path, out=out, err=err) == 4
     assert out.getvalue() == ""

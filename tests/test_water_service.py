@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,33 +84,50 @@ id = "r1"
 type = "serial"
 port = "/dev/null"
 """)
-    config = load_config(tmp_path / "gw.toml")
+
+    def seed(txn: Txn) -> None:
+        Ledger.credit(txn, "stu-1", 10_000)
+        Cards.put(txn, Card(CARD, "stu-1", "student", "active", None))
+
+    center = [True]
+    try:
+        async with running_water(tmp_path / "gw.toml", seed, lambda: center[0]) as (service, store):
+            yield Water(service, store, sim, center)
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_water(
+    config_path: Path, seed: Callable[[Txn], None], center_online: Callable[[], bool]
+) -> AsyncIterator[tuple[WaterService, Store]]:
+    """The water service of `config_path` running on a store seeded by `seed`;
+    stopped (if the test did not) and closed afterwards."""
+    config = load_config(config_path)
     store = Store.open(config.gateway.state_dir, "b07")
-    store.call(lambda t: Ledger.credit(t, "stu-1", 10_000))
-    store.call(lambda t: Cards.put(t, Card(CARD, "stu-1", "student", "active", None)))
+    store.call(seed)
     ledger, cards = Ledger(), Cards()
     await store.read(ledger.load)
     await store.read(cards.load)
-    center = [True]
     hw = Hardware(config)
     await hw.start()
     service = WaterService(
         config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
         clock=Clock(config.gateway.timezone, "yes"),
         devices={p.id: (hw.switch(valve_device(p.id), p.valve), None) for p in config.points},
-        readers={}, center_online=lambda: center[0])
+        readers={}, center_online=center_online)
     await service.start()
     task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))
     try:
-        yield Water(service, store, sim, center)
+        yield service, store
     finally:
-        await service.shutdown()
+        if service.accepting:
+            await service.shutdown()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await hw.close()
         store.close()
-        await sim.stop()
 
 
 async def until_ended(w: Water, timeout: float = 10.0) -> dict[str, Any]:
@@ -292,51 +309,34 @@ host = "127.0.0.1"
 port = {sim.ports[0]}
 timeout_s = 1.0
 {points}""")
-    config = load_config(tmp_path / "gw.toml")
-    store = Store.open(config.gateway.state_dir, "b07")
+
     def seed(txn: Txn) -> None:
         for i in range(6):
             Ledger.credit(txn, f"stu-{i}", 10_000)
             Cards.put(txn, Card(f"0400{i:06X}", f"stu-{i}", "student", "active", None))
 
-    store.call(seed)
-    ledger, cards = Ledger(), Cards()
-    await store.read(ledger.load)
-    await store.read(cards.load)
-    hw = Hardware(config)
-    await hw.start()
-    service = WaterService(
-        config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
-        clock=Clock(config.gateway.timezone, "yes"),
-        devices={p.id: (hw.switch(valve_device(p.id), p.valve), None) for p in config.points},
-        readers={}, center_online=lambda: False)
-    await service.start()
-    task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))
     try:
-        for i in range(6):
-            await service.on_tap(Tap(f"r{i}", f"0400{i:06X}", time.monotonic()))
-        assert all(pt.session is not None for pt in service.points.values())
-        await asyncio.sleep(0.5)
-        sim.endpoints[0].set_fault(RELAY, "silent")
-        began = time.monotonic()
-        await service.shutdown()
-        took = time.monotonic() - began
-        assert took < water_mod.SHUTDOWN_IO_S + water_mod.SHUTDOWN_IDLE_CLOSE_S + 1.0, took
-        rows = await store.read(lambda t: t.execute(
-            "SELECT payload FROM events WHERE type = 'water.session' ORDER BY seq").fetchall())
-        sessions = [json.loads(r[0]) for r in rows]
-        assert sorted(s["point"] for s in sessions) == [f"shower-{i}" for i in range(6)]
-        assert {s["end_reason"] for s in sessions} == {"shutdown"}
-        assert await store.read(lambda t: t.execute(
-            "SELECT COUNT(*) FROM water_sessions").fetchone()[0]) == 0
-        balances = dict(await store.read(lambda t: t.execute(
-            "SELECT account, balance_fen FROM accounts").fetchall()))
-        for s in sessions:   # charged once: the balance is the credit less the one event
-            assert balances[s["account"]] == 10_000 - s["amount_fen"] == ledger.balance(s["account"])
+        async with running_water(tmp_path / "gw.toml", seed, lambda: False) as (service, store):
+            for i in range(6):
+                await service.on_tap(Tap(f"r{i}", f"0400{i:06X}", time.monotonic()))
+            assert all(pt.session is not None for pt in service.points.values())
+            await asyncio.sleep(0.5)
+            sim.endpoints[0].set_fault(RELAY, "silent")
+            began = time.monotonic()
+            await service.shutdown()
+            took = time.monotonic() - began
+            assert took < water_mod.SHUTDOWN_IO_S + water_mod.SHUTDOWN_IDLE_CLOSE_S + 1.0, took
+            rows = await store.read(lambda t: t.execute(
+                "SELECT payload FROM events WHERE type = 'water.session' ORDER BY seq").fetchall())
+            sessions = [json.loads(r[0]) for r in rows]
+            assert sorted(s["point"] for s in sessions) == [f"shower-{i}" for i in range(6)]
+            assert {s["end_reason"] for s in sessions} == {"shutdown"}
+            assert await store.read(lambda t: t.execute(
+                "SELECT COUNT(*) FROM water_sessions").fetchone()[0]) == 0
+            balances = dict(await store.read(lambda t: t.execute(
+                "SELECT account, balance_fen FROM accounts").fetchall()))
+            for s in sessions:   # charged once: the balance is the credit less the one event
+                paid = 10_000 - s["amount_fen"]
+                assert balances[s["account"]] == paid == service.ledger.balance(s["account"])
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hw.close()
-        store.close()
         await sim.stop()

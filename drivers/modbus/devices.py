@@ -108,21 +108,20 @@ class ModbusSwitch:
         self.health = health
         self._bus = bus
         self._field = f = profile.fields["state"]
-        self._address = f.at_channel(channel)
-        self.address = self._address
-        if self._address + f.width > 0x10000:
+        self.address = f.at_channel(channel)
+        if self.address + f.width > 0x10000:
             raise ValueError(f"channel {channel} is beyond the address space")
         function = READ_COILS if f.table == "coil" else READ_HOLDING_REGISTERS
-        self._read = ReadRequest(function, self._address, f.width)
+        self._read = ReadRequest(function, self.address, f.width)
 
     def _write_request(self, on_wire: bool) -> WriteCoil | WriteRegister | WriteRegisters:
         f = self._field
         if f.table == "coil":
-            return WriteCoil(self._address, on_wire)
+            return WriteCoil(self.address, on_wire)
         words = encode_value(f.on if on_wire else f.off, f.type, f.word_order)
         if len(words) == 1:
-            return WriteRegister(self._address, words[0])
-        return WriteRegisters(self._address, words)
+            return WriteRegister(self.address, words[0])
+        return WriteRegisters(self.address, words)
 
     async def _read_state(self, command: bool) -> bool:
         if self._field.table == "coil":
@@ -195,10 +194,6 @@ class ModbusSwitchBank:
             (ReadRequest(function, block.address, block.count), block.offsets)
             for block in plan_reads(slots, max_registers=switches[0].profile.max_read_registers)
         ]
-
-    @property
-    def requests_per_read(self) -> int:
-        return len(self._plan)
 
     async def read(self) -> dict[str, bool]:
         states: dict[str, bool] = {}
