@@ -85,6 +85,8 @@ class GatewaySection:
     tap_debounce_s: float
     profiles_dir: Path
     clock_synced: Literal["auto", "yes", "no"]
+    card_format: Literal["hex", "dec10"] = "hex"
+    refused_taps_per_min: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class PowerRules:
     low_balance_fen: int
     report_fen: int
     report_interval_s: float
+    meter_offline_cut_s: float = 0.0  # 0: never cut a room for an offline meter
 
 
 POWER_DEFAULTS = PowerRules(
@@ -178,6 +181,7 @@ class Bus:
     type: Literal["rtu", "tcp"]
     timeout_s: float
     retries: int
+    gap_s: float = 0.0  # least quiet time after an answer or timeout (RTU: at least 3.5 chars)
     # rtu
     port: str = ""
     baudrate: int = 9600
@@ -410,6 +414,8 @@ class _Loader:
         if profiles_dir is not None and profiles_dir != Path(DEFAULT_PROFILES_DIR):
             self.check_profiles_dir(t, profiles_dir)
         synced = t.text("clock_synced", "auto", choices=("auto", "yes", "no"))
+        card_format = t.text("card_format", "hex", choices=("hex", "dec10"))
+        refused = t.integer("refused_taps_per_min", 30, minimum=1)
         t.done()
         return GatewaySection(
             building=building,
@@ -420,6 +426,8 @@ class _Loader:
             tap_debounce_s=debounce,
             profiles_dir=profiles_dir or Path(DEFAULT_PROFILES_DIR),
             clock_synced=synced,  # type: ignore[arg-type]
+            card_format=card_format,  # type: ignore[arg-type]
+            refused_taps_per_min=refused,
         )
 
     def path_text(self, t: Table, key: str, *, required: bool = False) -> str | None:
@@ -602,6 +610,7 @@ class _Loader:
             low_balance_fen=t.integer("low_balance_fen", base.low_balance_fen, minimum=0),
             report_fen=t.integer("report_fen", base.report_fen, minimum=1),
             report_interval_s=t.number("report_interval_s", base.report_interval_s, above=0),
+            meter_offline_cut_s=t.number("meter_offline_cut_s", base.meter_offline_cut_s, minimum=0),
         )
 
     def curfew(self, t: Table, room_ids: set[str]) -> Curfew:
@@ -648,12 +657,14 @@ class _Loader:
             kind = t.text("type", "", required=True, choices=("rtu", "tcp"))
             timeout = t.number("timeout_s", 0.3 if kind == "rtu" else 1.0, above=0)
             retries = t.integer("retries", 1, minimum=0, maximum=10)
+            gap = t.number("gap_s", 0.0, minimum=0, maximum=10)
             if kind == "rtu":
                 bus = Bus(
                     name=name,
                     type="rtu",
                     timeout_s=timeout,
                     retries=retries,
+                    gap_s=gap,
                     port=self.serial_port(t, f"bus {show(name)}"),
                     baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
                     parity=t.text("parity", "N", choices=("N", "E", "O")),  # type: ignore[arg-type]
@@ -665,6 +676,7 @@ class _Loader:
                     type="tcp",
                     timeout_s=timeout,
                     retries=retries,
+                    gap_s=gap,
                     host=t.text("host", "", required=True),
                     tcp_port=t.integer("port", 502, minimum=1, maximum=65535),
                 )
