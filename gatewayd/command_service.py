@@ -11,6 +11,10 @@ Contract:
   (class 0). A repeated id is answered with the first result and
   `"duplicate": true`, never applied again.
 - Commands are applied one at a time, in arrival order.
+- Validity (center-link.md "Signing") is checked after the duplicate lookup,
+  against `command_now()`: the system clock while it is synchronised, else
+  the later of it and the newest `ts` of any command applied (kept in `meta`
+  in the same transaction as the command's result, so it survives restarts).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from gatewayd.commands import (
     TopicKind,
     accept_command,
     check_age,
+    valid_window,
 )
 from gatewayd.config import Config
 from gatewayd.ledger import Ledger
@@ -61,6 +66,9 @@ log = structlog.get_logger(__name__)
 DEBIT_TYPES = ("water.session", "power.usage")
 # Commands larger than this are parsed and verified in a worker thread.
 INLINE_PARSE_BYTES = 64 * 1024
+# `meta` key of the newest `ts` (epoch seconds) of any command applied: the
+# floor of "now" while the clock is not synchronised.
+NEWEST_TS_KEY = "commands.newest_ts"
 
 
 class Refused(Exception):
@@ -98,6 +106,7 @@ class CommandService:
         self.public_key = public_key
         self.status = status
         self._lock = asyncio.Lock()
+        self._newest_ts: float | None = None   # NEWEST_TS_KEY, read at the first command
         self.applied = 0
         self.refused = 0
 
@@ -111,7 +120,7 @@ class CommandService:
             check = functools.partial(
                 accept_command, payload, topic_kind=topic_kind,
                 building=self.config.gateway.building, public_key=self.public_key,
-                now=self.clock.wall(), clock_synced=False,
+                now=None, clock_synced=False,
                 insecure_unsigned=bool(center and center.insecure_unsigned_commands),
             )
             # A big command (a cards.load of thousands of cards) takes up to half a
@@ -140,12 +149,11 @@ class CommandService:
         if first is not None:
             log.info("command_duplicate", id=cmd.id, type=str(cmd.type))
             return as_duplicate(bytes(first[0]))
-        center = self.config.center
-        if self.clock.synced():
-            stale = check_age(cmd.issued_at, self.clock.wall(),
-                              center.max_command_age_s if center else 300.0, command_id=cmd.id)
-            if stale is not None:
-                return self._refused(stale)
+        now, synced = await self.command_now()
+        stale = check_age(cmd.issued_at, now, self._max_age_s(), expires=cmd.expires,
+                          clock_synced=synced, command_id=cmd.id)
+        if stale is not None:
+            return self._refused(stale)
         try:
             await self._dispatch(cmd)
         except Refused as e:
@@ -153,16 +161,53 @@ class CommandService:
             log.warning("command_not_applied", id=cmd.id, type=str(cmd.type), code=str(e.code),
                         message=e.message)
             encoded = encode_result_error(cmd.id, e.code, e.message)
-            await self.store.run(self._remember(cmd.id, encoded))
+            await self.store.run(self._remember(cmd, encoded))
+            self._applied_ts(cmd)
             return None
+        self._applied_ts(cmd)
         self.applied += 1
         log.info("command_applied", id=cmd.id, type=str(cmd.type))
         return None
 
-    def _remember(self, cid: str, result: bytes) -> Callable[[Txn], None]:
+    async def command_now(self) -> tuple[float, bool]:
+        """The "now" commands are judged by, and whether the clock is synchronised.
+
+        While it is not, "now" never goes back behind the newest `ts` of any
+        command applied (center-link.md "Signing"): a recorded command cannot
+        be replayed after its validity, whatever the local clock says.
+        """
+        wall = self.clock.wall()
+        if self.clock.synced():
+            return wall, True
+        if self._newest_ts is None:
+            row = await self.store.read(lambda t: t.execute(
+                "SELECT value FROM meta WHERE key = ?", (NEWEST_TS_KEY,)).fetchone())
+            self._newest_ts = float(row[0]) if row else float("-inf")
+        return max(wall, self._newest_ts), False
+
+    def _applied_ts(self, cmd: ParsedCommand) -> None:
+        """Raise the in-memory floor once `cmd`'s result (and NEWEST_TS_KEY) committed."""
+        if self._newest_ts is not None:   # else read from the store when first needed
+            self._newest_ts = max(self._newest_ts, cmd.issued_at.timestamp())
+
+    def _max_age_s(self) -> float:
+        center = self.config.center
+        return center.max_command_age_s if center else 300.0
+
+    def _remember(self, cmd: ParsedCommand, result: bytes) -> Callable[[Txn], None]:
+        """The store step that records `cmd` as handled: its first result, kept
+        until its validity ended (outbox.prune), and the newest applied `ts`."""
+        issued = cmd.issued_at.timestamp()
+        _, valid_until = valid_window(cmd.issued_at, cmd.expires, self._max_age_s())
+
         def job(txn: Txn) -> None:
-            txn.execute("INSERT INTO commands (id, received, result) VALUES (?, ?, ?)",
-                        (cid, time.time(), result))
+            txn.execute(
+                "INSERT INTO commands (id, received, result, valid_until) VALUES (?, ?, ?, ?)",
+                (cmd.id, time.time(), result, valid_until))
+            txn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                (NEWEST_TS_KEY, repr(issued)))
         return job
 
     async def _dispatch(self, cmd: ParsedCommand) -> None:
@@ -186,7 +231,7 @@ class CommandService:
         elif isinstance(a, StateGet):
             await self._state(cmd, a)
         else:  # ping
-            await self.store.run(self._remember(cmd.id, encode_result_ok(cmd.id, {})))
+            await self.store.run(self._remember(cmd, encode_result_ok(cmd.id, {})))
 
     # --- money ----------------------------------------------------------------------
 
@@ -199,7 +244,7 @@ class CommandService:
             txn.event("account.credited", {"account": a.account, "amount_fen": a.amount_fen,
                                            "balance_fen": balance, "command": cmd.id},
                       ts=stamp, wall=stamp_wall)
-            self._remember(cmd.id, encode_result_ok(
+            self._remember(cmd, encode_result_ok(
                 cmd.id, {"account": a.account, "balance_fen": balance}))(txn)
             return balance
 
@@ -240,7 +285,7 @@ class CommandService:
             Ledger.set_balance(txn, a.account, balance)
             result = {"account": a.account, "balance_fen": balance, "unreported_fen":
                       unseen + int(accrued) + open_water}
-            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+            self._remember(cmd, encode_result_ok(cmd.id, result))(txn)
             return result
 
         result = await self.store.run(job)
@@ -261,7 +306,7 @@ class CommandService:
 
         def job(txn: Txn) -> None:
             Cards.put(txn, card)
-            self._remember(cmd.id, encode_result_ok(cmd.id, {"card": card.uid}))(txn)
+            self._remember(cmd, encode_result_ok(cmd.id, {"card": card.uid}))(txn)
 
         await self.store.run(job)
         self.cards.note(card)
@@ -283,7 +328,7 @@ class CommandService:
 
         def job(txn: Txn) -> None:
             Cards.put(txn, new)
-            self._remember(cmd.id, encode_result_ok(cmd.id, {"card": uid, "status": new.status}))(txn)
+            self._remember(cmd, encode_result_ok(cmd.id, {"card": uid, "status": new.status}))(txn)
 
         await self.store.run(job)
         self.cards.note(new)
@@ -304,7 +349,7 @@ class CommandService:
             for card in new.values():
                 Cards.put(txn, card)
             Cards.set_version(txn, a.version)
-            self._remember(cmd.id, encode_result_ok(
+            self._remember(cmd, encode_result_ok(
                 cmd.id, {"version": a.version, "full": a.full, "cards": len(new)}))(txn)
             return new
 
@@ -324,7 +369,7 @@ class CommandService:
             txn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                 "value = excluded.value", (f"tariff.{service}", f"{a.price} {unit}"))
-            self._remember(cmd.id, encode_result_ok(
+            self._remember(cmd, encode_result_ok(
                 cmd.id, {"service": service, "price": str(a.price), "unit": unit}))(txn)
 
         await self.store.run(job)
@@ -344,7 +389,7 @@ class CommandService:
                       "cut_reason": state.cut_reason, "hold": state.hold}
             if isinstance(a, RoomLimit):
                 result["max_power_w"] = a.max_power_w
-            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+            self._remember(cmd, encode_result_ok(cmd.id, result))(txn)
 
         if isinstance(a, RoomCut):
             await self.power.cut(a.room, hold=a.hold, also=remember)
@@ -363,7 +408,7 @@ class CommandService:
             if r.missing:
                 # Seqs no longer kept (older than keep_events_days), as inclusive ranges.
                 result["missing"] = [list(m) for m in r.missing]
-            self._remember(cmd.id, encode_result_ok(cmd.id, result))(txn)
+            self._remember(cmd, encode_result_ok(cmd.id, result))(txn)
 
         await self.store.run(job)
 
@@ -389,7 +434,7 @@ class CommandService:
                                "expires": card.expires.isoformat() if card.expires else None}}
         else:
             result = dict(await self.status()) if self.status else {}
-        await self.store.run(self._remember(cmd.id, encode_result_ok(cmd.id, result)))
+        await self.store.run(self._remember(cmd, encode_result_ok(cmd.id, result)))
 
 
 def _id_of(payload: bytes) -> str | None:

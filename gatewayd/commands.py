@@ -29,12 +29,18 @@ Order of checks (the first failure is the result; later checks never run):
    ``all`` on the broadcast topic.
 6. ``bad_request`` if ``type`` is not a string, ``unknown_type`` if it is not
    a v1 command type.
-7. ``bad_request``: ``ts`` is not an RFC 3339 date-time with offset.
+7. ``bad_request``: ``ts`` is not an RFC 3339 date-time with offset;
+   ``expires``, when given, is not one, is before ``ts``, or is more than
+   ``MAX_EXPIRES_S`` (7 days) after it.
 8. ``bad_request``: ``args`` does not match the type's schema; the message
    names the field, JSON-path style: ``args.cards[3].kind: expected one of
    ...``. Fields are checked in the contract's order.
-9. ``stale`` (``check_age``; ``accept_command`` step, only while the clock is
-   synchronised).
+9. ``stale`` (``check_age``; ``accept_command`` step unless ``now`` is None):
+   outside the command's validity (center-link.md "Signing"), from
+   ``ts - max_age_s`` until ``expires``, else ``ts + max_age_s``. While the
+   clock is not synchronised only the end counts: the caller's ``now`` is
+   then the later of the clock and the newest applied ``ts``, and no command
+   is refused for lying in the future.
 
 Schema choices, where the contract leaves room:
 
@@ -99,6 +105,7 @@ __all__ = [
     "BROADCAST_TARGET",
     "MAX_COMMAND_BYTES",
     "MAX_DEPTH",
+    "MAX_EXPIRES_S",
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
     "MAX_PRICE_YUAN",
@@ -123,6 +130,7 @@ __all__ = [
     "accept_command",
     "check_age",
     "parse_command",
+    "valid_window",
     "verify_signature",
 ]
 
@@ -149,7 +157,9 @@ _DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _PRICE_RE: Final = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,6})?", re.ASCII)
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME_EXPECTED: Final = f"a string of 1 to {MAX_NAME_CHARS} characters without control characters"
-_TOP_LEVEL_FIELDS: Final = frozenset({"id", "to", "type", "ts", "args", SIGNATURE_FIELD})
+#: Latest ``expires`` after ``ts`` (center-link.md "Signing").
+MAX_EXPIRES_S: Final = 7 * 86400
+_TOP_LEVEL_FIELDS: Final = frozenset({"id", "to", "type", "ts", "expires", "args", SIGNATURE_FIELD})
 
 
 # --------------------------------------------------------------------------
@@ -315,6 +325,7 @@ class ParsedCommand:
     ``raw`` is the object as parsed (``sig`` included), what
     ``verify_signature`` checks; do not mutate it. ``ignored`` lists the
     unknown fields that were ignored (``"args.until"``), for a log line.
+    ``expires`` is the parsed ``expires``, None when absent.
     """
 
     id: str
@@ -325,6 +336,7 @@ class ParsedCommand:
     args: CommandArgs
     raw: Mapping[str, Any]
     ignored: tuple[str, ...] = ()
+    expires: datetime | None = None
 
 
 # --------------------------------------------------------------------------
@@ -843,6 +855,7 @@ def _parse(
         issued_at = parse_rfc3339(raw_ts) if isinstance(raw_ts, str) else None
         if issued_at is None:
             _fail("ts", "an RFC 3339 date-time with offset", raw_ts)
+        expires = _expires(obj.get("expires"), issued_at)
         args = _parse_args(command_type, obj.get("args", _MISSING), unknown, ignored)
     except _Invalid as exc:
         return bad_request(str(exc))
@@ -857,7 +870,26 @@ def _parse(
         args=args,
         raw=obj,
         ignored=tuple(ignored),
+        expires=expires,
     )
+
+
+def _expires(raw: Any, issued_at: datetime) -> datetime | None:
+    """The command's ``expires`` (None when absent or null), within 7 days after ``ts``."""
+    if raw is None:
+        return None
+    expected = "an RFC 3339 date-time with offset or null"
+    moment = parse_rfc3339(raw) if isinstance(raw, str) else None
+    if moment is None:
+        _fail("expires", expected, raw)
+    after = moment.timestamp() - issued_at.timestamp()
+    if after < 0:
+        # A command that was never valid: a bug at the center, said as such
+        # rather than `stale`, which would read as a delivery delay.
+        _fail("expires", "a time at or after ts", raw)
+    if after > MAX_EXPIRES_S:
+        _fail("expires", f"at most {MAX_EXPIRES_S // 86400} days after ts", raw)
+    return moment
 
 
 def verify_signature(raw_obj: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
@@ -868,23 +900,39 @@ def verify_signature(raw_obj: Mapping[str, Any], public_key: Ed25519PublicKey) -
     return verify_command(raw_obj, public_key)
 
 
+def valid_window(
+    issued_at: datetime, expires: datetime | None, max_age_s: float
+) -> tuple[float, float]:
+    """The command's validity, epoch seconds: from ``ts - max_age_s`` until
+    ``expires`` when given, else until ``ts + max_age_s`` (center-link.md "Signing")."""
+    issued = issued_at.timestamp()
+    until = expires.timestamp() if expires is not None else issued + max_age_s
+    return issued - max_age_s, until
+
+
 def check_age(
     ts: str | datetime,
     now: float,
     max_age_s: float,
     *,
+    expires: str | datetime | None = None,
+    clock_synced: bool = True,
     command_id: str | None = None,
 ) -> CommandRejection | None:
-    """Return a ``stale`` rejection when ``ts`` is more than ``max_age_s`` from ``now``.
+    """Return a ``stale`` rejection when ``now`` is outside the command's validity.
 
-    Both directions count: a command from the future is as suspect as a
-    replayed one. An unparseable ``ts`` string gives ``bad_request``. Call it
-    only while the clock is synchronised (center-link.md "Signing").
+    While the clock is synchronised both ends count: a command from further
+    in the future than ``max_age_s`` is as suspect as a replayed one. While
+    it is not, only the end does: the local clock may be behind, and the
+    caller's ``now`` never goes back (center-link.md "Signing"). An
+    unparseable ``ts`` or ``expires`` string gives ``bad_request``.
 
     Args:
         ts: the command's ``ts``, as text or as parsed (``ParsedCommand.issued_at``).
-        now: the current time, epoch seconds.
+        now: the gateway's "now", epoch seconds.
         max_age_s: ``center.max_command_age_s``.
+        expires: the command's ``expires`` (``ParsedCommand.expires``), or None.
+        clock_synced: whether the clock is synchronised.
         command_id: the id the rejection answers.
     """
     issued = parse_rfc3339(ts) if isinstance(ts, str) else ts
@@ -893,15 +941,28 @@ def check_age(
         return CommandRejection(command_id, ErrorCode.BAD_REQUEST, message)
     if issued.tzinfo is None:
         return CommandRejection(command_id, ErrorCode.BAD_REQUEST, "ts: has no offset")
-    age = now - issued.timestamp()
-    if abs(age) <= max_age_s:
-        return None
-    direction = "old" if age > 0 else "ahead of this gateway's clock"
-    return CommandRejection(
-        command_id,
-        ErrorCode.STALE,
-        f"ts: {abs(age):.0f} s {direction}, more than the {max_age_s:g} s accepted",
-    )
+    until_dt = parse_rfc3339(expires) if isinstance(expires, str) else expires
+    if isinstance(expires, str) and until_dt is None:
+        message = f"expires: expected an RFC 3339 date-time with offset, got {_describe(expires)}"
+        return CommandRejection(command_id, ErrorCode.BAD_REQUEST, message)
+    valid_from, valid_until = valid_window(issued, until_dt, max_age_s)
+    unsynced = "" if clock_synced else (
+        " (the clock is not synchronised: now is at least the newest applied command's ts)")
+    if now > valid_until:
+        if until_dt is not None:
+            message = f"expires: passed {now - valid_until:.0f} s ago{unsynced}"
+        else:
+            message = (f"ts: {now - issued.timestamp():.0f} s old, more than the "
+                       f"{max_age_s:g} s accepted{unsynced}")
+        return CommandRejection(command_id, ErrorCode.STALE, message)
+    if clock_synced and now < valid_from:
+        return CommandRejection(
+            command_id,
+            ErrorCode.STALE,
+            f"ts: {issued.timestamp() - now:.0f} s ahead of this gateway's clock, more than "
+            f"the {max_age_s:g} s accepted",
+        )
+    return None
 
 
 def accept_command(
@@ -910,7 +971,7 @@ def accept_command(
     topic_kind: TopicKind,
     building: str,
     public_key: Ed25519PublicKey | None,
-    now: float,
+    now: float | None,
     clock_synced: bool,
     max_age_s: float = 300.0,
     insecure_unsigned: bool = False,
@@ -929,9 +990,11 @@ def accept_command(
         public_key: ``center.command_public_key_file``, loaded. With None
             every command is refused with ``bad_signature`` unless
             ``insecure_unsigned``.
-        now: the current time, epoch seconds.
-        clock_synced: whether the clock is trusted; the age check runs only
-            when it is.
+        now: the gateway's "now", epoch seconds (while the clock is not
+            synchronised, the later of the clock and the newest applied
+            ``ts``); None leaves the validity to the caller, who checks it
+            with ``check_age`` (after its duplicate lookup, say).
+        clock_synced: whether the clock is synchronised (see ``check_age``).
         max_age_s: ``center.max_command_age_s``.
         insecure_unsigned: ``center.insecure_unsigned_commands`` (lab only):
             a command without ``sig`` is accepted; one with a ``sig`` is
@@ -953,9 +1016,10 @@ def accept_command(
     )
     if isinstance(parsed, CommandRejection):
         return parsed
-    rejection = None
-    if clock_synced:
-        rejection = check_age(parsed.issued_at, now, max_age_s, command_id=parsed.id)
+    if now is None:
+        return parsed
+    rejection = check_age(parsed.issued_at, now, max_age_s, expires=parsed.expires,
+                          clock_synced=clock_synced, command_id=parsed.id)
     return parsed if rejection is None else rejection
 
 

@@ -317,7 +317,8 @@ def prune(txn: Txn, *, now: float, keep_events_days: float, limit: int = _CHUNK)
     """Delete at most `limit` old rows: events created and acknowledged more than
     `keep_events_days` ago (a backlog drained after a long outage is kept that
     long from its delivery), and published command results older than
-    max(COMMAND_KEEP_MIN_DAYS, keep_events_days). Return how many were
+    max(COMMAND_KEEP_MIN_DAYS, keep_events_days) whose command's validity has
+    ended (its id must outlive its `expires`). Return how many were
     deleted; call again while it returns `limit` or more.
 
     Unpublished rows are never pruned: what the center has not received is
@@ -331,7 +332,8 @@ def prune(txn: Txn, *, now: float, keep_events_days: float, limit: int = _CHUNK)
     ).rowcount
     n += txn.execute(
         "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands WHERE received < ?"
-        " AND published IS NOT NULL LIMIT ?)", (commands_before, limit),
+        " AND published IS NOT NULL AND (valid_until IS NULL OR valid_until < ?) LIMIT ?)",
+        (commands_before, now, limit),
     ).rowcount
     return n
 

@@ -259,6 +259,13 @@ MIGRATIONS: list[str] = [
             WHERE json_extract(new.payload, '$.active');
     END;
     """,
+    # 6: when each remembered command's validity ends (epoch seconds; NULL for
+    # rows from before, whose validity was max_command_age_s): its id is kept
+    # until then at least, so that a command with `expires` cannot be applied
+    # twice (center-link.md "Signing").
+    """
+    ALTER TABLE commands ADD COLUMN valid_until REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

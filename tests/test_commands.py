@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from types import EllipsisType
 from typing import Any
@@ -39,7 +39,16 @@ from gatewayd.commands import (
     verify_signature,
 )
 from gatewayd.signing import sign_command
-from gatewayd.wire import CardKind, CardStatus, CommandType, ErrorCode, Service, TariffUnit
+from gatewayd.wire import (
+    CardKind,
+    CardStatus,
+    CommandType,
+    ErrorCode,
+    Service,
+    TariffUnit,
+    parse_rfc3339,
+    rfc3339,
+)
 
 BUILDING = "b07"
 TS = "2026-11-23T21:04:05.120+08:00"
@@ -824,7 +833,19 @@ def test_the_signature_is_checked_before_the_schema() -> None:
 def test_stale_commands_are_refused_when_the_clock_is_synced(now: float, message: str) -> None:
     signed = sign_command(CREDIT, KEY)
     assert result_json(accept(signed, now=now)) == error("c-1", "stale", message)
-    assert isinstance(accept(signed, now=now, clock_synced=False), ParsedCommand)
+    # now=None: the caller checks the validity itself (after its duplicate lookup).
+    assert isinstance(accept(signed, now=None), ParsedCommand)
+
+
+def test_unsynchronised_a_command_past_its_validity_is_stale_one_ahead_is_not() -> None:
+    """While the clock is not synchronised, "now" (the caller's, never behind the
+    newest applied ts) still ends a command's validity; the future does not count."""
+    signed = sign_command(CREDIT, KEY)
+    replay = accept(signed, now=NOW + 10 * 86400, clock_synced=False)
+    assert result_json(replay)["error"]["code"] == "stale"
+    assert "not synchronised" in result_json(replay)["error"]["message"]
+    assert isinstance(accept(signed, now=NOW - 30 * 86400, clock_synced=False), ParsedCommand)
+    assert isinstance(accept(signed, now=NOW + 300, clock_synced=False), ParsedCommand)
 
 
 @pytest.mark.parametrize("now", [NOW - 300, NOW, NOW + 300])
@@ -870,6 +891,72 @@ def test_check_age(ts: str, expected: str | None) -> None:
     assert (outcome.code if outcome else None) == expected
     if outcome is not None:
         assert outcome.id == "c-9"
+
+
+HOUR, DAY = 3600.0, 86400.0
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "now_after_ts", "synced", "expected"),
+    [
+        # Without expires: ts +- max_age_s.
+        (None, 300, True, None),
+        (None, 301, True, "stale"),
+        (None, -301, True, "stale"),
+        (None, 301, False, "stale"),
+        (None, -30 * DAY, False, None),     # the clock behind: never refused for the future
+        # With expires: valid until then, however long after ts (up to 7 days).
+        (2 * DAY, HOUR, True, None),        # a top-up queued during an outage
+        (2 * DAY, 2 * DAY, True, None),
+        (2 * DAY, 2 * DAY + 1, True, "stale"),
+        (2 * DAY, 2 * DAY + 1, False, "stale"),
+        (2 * DAY, -301, True, "stale"),     # it starts at ts - max_age_s all the same
+        (2 * DAY, -30 * DAY, False, None),
+        (60, 120, True, "stale"),           # expires may shorten the validity too
+        (7 * DAY, 7 * DAY, True, None),
+    ],
+)
+def test_validity_rule(expires_in: float | None, now_after_ts: float, synced: bool,
+                       expected: str | None) -> None:
+    """center-link.md "Signing": valid from ts - max_age_s until expires, else ts + max_age_s."""
+    expires = None if expires_in is None else rfc3339(NOW + expires_in, UTC)
+    outcome = check_age(TS, NOW + now_after_ts, 300, expires=expires, clock_synced=synced)
+    assert (outcome.code if outcome else None) == expected
+    window = commands.valid_window(parse_rfc3339(TS), None if expires is None else
+                                   parse_rfc3339(expires), 300)
+    assert window == pytest.approx((NOW - 300, NOW + (300 if expires_in is None else expires_in)))
+
+
+@pytest.mark.parametrize(
+    ("expires", "message"),
+    [
+        ("tomorrow", 'expires: expected an RFC 3339 date-time with offset or null, got "tomorrow"'),
+        ("2026-11-25", 'expires: expected an RFC 3339 date-time with offset or null, got '
+                       '"2026-11-25"'),
+        ("2026-11-25T21:04:05", 'expires: expected an RFC 3339 date-time with offset or null, '
+                                'got "2026-11-25T21:04:05"'),
+        (1795439045, "expires: expected an RFC 3339 date-time with offset or null, got 1795439045"),
+        ("2026-11-23T21:04:05.119+08:00", 'expires: expected a time at or after ts, got '
+                                          '"2026-11-23T21:04:05.119+08:00"'),
+        ("2026-11-30T21:04:05.121+08:00", 'expires: expected at most 7 days after ts, got '
+                                          '"2026-11-30T21:04:05.121+08:00"'),
+    ],
+)
+def test_bad_expires_is_a_bad_request(expires: Any, message: str) -> None:
+    signed = sign_command(CREDIT | {"expires": expires}, KEY)
+    assert result_json(accept(signed)) == error("c-1", "bad_request", message)
+
+
+@pytest.mark.parametrize("expires", [None, TS, "2026-11-30T13:04:05.120Z"])
+def test_expires_is_parsed_and_signed(expires: str | None) -> None:
+    signed = sign_command(CREDIT | {"expires": expires}, KEY)
+    outcome = accept(signed)
+    assert isinstance(outcome, ParsedCommand), outcome
+    assert outcome.expires == (None if expires is None else parse_rfc3339(expires))
+    assert "expires" not in outcome.ignored
+    # The signature covers it: a later expiry is a forgery.
+    tampered = signed | {"expires": "2026-11-29T21:04:05.120+08:00"}
+    assert result_json(accept(tampered))["error"]["code"] == "bad_signature"
 
 
 # --------------------------------------------------------------------------
