@@ -121,7 +121,9 @@ class MetricsEndpoint:
                 elif ev.type == "power.usage":
                     self._charged["power"] += int(doc.get("amount_fen") or 0)
                 else:
-                    self._taps["granted" if doc.get("granted") else "refused"] += 1
+                    # A folded event (reader flood) stands for `count` refusals.
+                    self._taps["granted" if doc.get("granted") else "refused"] += int(
+                        doc.get("count") or 1)
 
     def counted(self) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str]]:
         with self._lock:

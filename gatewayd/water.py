@@ -16,6 +16,11 @@ Contract:
   probe every `FLOW_PROBE_S` finds it answering again (cleared).
 - Charges made while the center is unreachable count toward the card's
   offline day limit, whenever the session started.
+- A reader flooded with refused taps cannot fill the store: past
+  `gateway.refused_taps_per_min` in a minute, its refusals are folded into
+  one counted `tap` event per reason a minute and `reader_flood` is raised
+  (gatewayd/reader_flood.py). Granted taps are never folded; a folded
+  refusal costs no store write.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gatewayd.cards import Cards
 from gatewayd.clock import Clock
 from gatewayd.config import Config, Point
 from gatewayd.ledger import Ledger
+from gatewayd.reader_flood import Outcome, RefusalFolder
 from gatewayd.store import Store, StoreError, Txn
 from gatewayd.supervisor import Heartbeat
 from gatewayd.water_policy import (
@@ -180,6 +186,7 @@ class WaterService:
         self.accepting = False
         self.offline_spent: dict[tuple[str, str], int] = {}
         self.taps = 0
+        self.refusals = RefusalFolder(config.gateway.refused_taps_per_min)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -235,11 +242,16 @@ class WaterService:
                 tg.create_task(self._point_loop(pt), name=f"point-{pt.id}")
             while True:
                 heartbeat.beat()
+                try:
+                    await self._folded(self.refusals.roll(self.clock.mono()))
+                except Exception:   # a bug here must not stop the readers and points
+                    log.exception("reader_flood_roll_failed")
                 await asyncio.sleep(1.0)
 
     async def shutdown(self) -> None:
         """Stop taking taps; close every valve and end its session (`shutdown`)."""
         self.accepting = False
+        await self._folded(self.refusals.flush())  # the minute's folds, not lost
         try:
             async with asyncio.timeout(SHUTDOWN_IO_S):
                 await asyncio.gather(*(self._shutdown_point(pt) for pt in self.points.values()))
@@ -400,13 +412,43 @@ class WaterService:
         pt.wake.set()  # take the counter's baseline now
 
     async def _tap_event(self, tap: Tap, point: str | None, *, granted: bool, reason: str) -> None:
+        if not granted:
+            out = self.refusals.refuse(tap.reader, tap.uid, point, reason, self.clock.mono())
+            await self._folded(out)
+            if not out.record:
+                log.debug("tap_refused_folded", reader=tap.reader, card=tap.uid, reason=reason)
+                return
+            log.info("tap_refused", reader=tap.reader, card=tap.uid, point=point, reason=reason)
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
-        if not granted:
-            log.info("tap_refused", reader=tap.reader, card=tap.uid, point=point, reason=reason)
         await self.store.run(lambda txn: txn.event(
             "tap", {"reader": tap.reader, "card": tap.uid, "point": point, "granted": granted,
                     "reason": reason}, ts=stamp, wall=now_wall))
+
+    async def _folded(self, out: Outcome) -> None:
+        """Record the folded refusals of the minutes that ended, and `reader_flood`."""
+        for reader, active in out.flood:
+            detail = (f"more than {self.refusals.limit} refused taps a minute: further refusals "
+                      "are folded into counted tap events" if active else "")
+            await self.alarms.report("reader_flood", reader_device(reader), detail, active)
+        if not out.folds:
+            return
+        now_wall = self.clock.wall()
+        stamp = self.clock.stamp(now_wall)
+
+        def job(txn: Txn) -> None:
+            for f in out.folds:
+                txn.event("tap", {"reader": f.reader, "card": f.card, "point": f.point,
+                                  "granted": False, "reason": f.reason, "count": f.count},
+                          ts=stamp, wall=now_wall)
+
+        for f in out.folds:
+            log.warning("tap_refusals_folded", reader=f.reader, reason=f.reason, count=f.count)
+        try:
+            await self.store.run(job)
+        except StoreError as e:
+            log.error("tap_refusals_not_recorded", error=str(e),
+                      count=sum(f.count for f in out.folds))
 
     # --- sessions -----------------------------------------------------------------
 

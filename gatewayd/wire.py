@@ -382,14 +382,20 @@ class _EventBody(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of the per-type event fields; the tag is the event ``type``."""
 
 
-class Tap(_EventBody, frozen=True, kw_only=True, tag=EventType.TAP.value):
-    """A card presented to a reader, granted or refused."""
+class Tap(_EventBody, frozen=True, kw_only=True, omit_defaults=True, tag=EventType.TAP.value):
+    """A card presented to a reader, granted or refused.
+
+    ``count``, when present, is how many refused taps of the reader and
+    reason the event stands for (folded during a reader flood; ``card`` and
+    ``point`` are then the last one's).
+    """
 
     reader: str
     card: str
     point: str | None
     granted: bool
     reason: TapReason
+    count: int | None = None
 
 
 class WaterSession(_EventBody, frozen=True, kw_only=True, tag=EventType.WATER_SESSION.value):

@@ -155,6 +155,12 @@ EVENTS: list[tuple[EventBody, str]] = [
         '"type":"tap","reader":"r-lobby","card":"04A1","point":null,"granted":false,"reason":"no_point"}',
     ),
     (
+        Tap(reader="r-lobby", card="04A1", point=None, granted=False, reason=TapReason.UNKNOWN_CARD,
+            count=170),
+        '"type":"tap","reader":"r-lobby","card":"04A1","point":null,"granted":false,"reason":"unknown",'
+        '"count":170}',
+    ),
+    (
         WaterSession(
             session="s-77",
             point="shower-1",
