@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import aiomqtt
 
+from gatewayd.commands import MAX_EXPIRES_S
 from gatewayd.config import BROKER_RE, BUILDING_RE
 from gatewayd.signing import KeyFileError, generate_keypair, load_private_key, sign_command
 from gatewayd.wire import rfc3339
@@ -66,6 +67,10 @@ def add_subcommands(subparsers: Any) -> None:
     send.add_argument("--to", default=None, help='"all" for a broadcast (default: --building)')
     send.add_argument("--id", dest="command_id", default=None, type=_command_id,
                       help="the command's id (default: a new UUID); send one twice to see a duplicate")
+    send.add_argument("--expires-in", type=_expires_in, default=None, metavar="SECONDS",
+                      help="valid this long after now (at most 7 days) instead of the gateway's "
+                           "max_command_age_s: a gateway offline meanwhile applies it when it "
+                           "returns (the result then comes later than --timeout)")
     send.add_argument("--timeout", type=_positive, default=DEFAULT_RESULT_TIMEOUT_S,
                       help=f"seconds to wait for the result (default {DEFAULT_RESULT_TIMEOUT_S:g})")
     send.add_argument("type", help="command type, e.g. ping, account.credit")
@@ -109,6 +114,13 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _expires_in(text: str) -> float:
+    value = _positive(text)
+    if value > MAX_EXPIRES_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EXPIRES_S} seconds (7 days), got {text!r}")
     return value
 
 
@@ -196,12 +208,17 @@ def parse_args_list(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_command(type_: str, args: dict[str, Any], *, to: str, now: float | None = None) -> dict[str, Any]:
-    """An unsigned command with a fresh id and the current time (local offset)."""
+def build_command(type_: str, args: dict[str, Any], *, to: str, now: float | None = None,
+                  expires_in_s: float | None = None) -> dict[str, Any]:
+    """An unsigned command with a fresh id and the current time (local offset);
+    with `expires_in_s`, valid that long (center-link.md `expires`)."""
     now = time.time() if now is None else now
     tz = datetime.now().astimezone().tzinfo
     assert tz is not None
-    return {"id": str(uuid.uuid4()), "to": to, "type": type_, "ts": rfc3339(now, tz), "args": args}
+    cmd = {"id": str(uuid.uuid4()), "to": to, "type": type_, "ts": rfc3339(now, tz), "args": args}
+    if expires_in_s is not None:
+        cmd["expires"] = rfc3339(now + expires_in_s, tz)
+    return cmd
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -213,7 +230,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(f"gatewayd send: {e}", file=sys.stderr)
         return EXIT_USAGE
     to = args.to or args.building
-    unsigned = build_command(args.type, command_args, to=to)
+    unsigned = build_command(args.type, command_args, to=to, expires_in_s=args.expires_in)
     if args.command_id is not None:
         unsigned["id"] = args.command_id
     command = sign_command(unsigned, key)

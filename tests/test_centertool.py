@@ -18,6 +18,7 @@ import pytest
 from gatewayd.centertool import describe, parse_args_list
 from gatewayd.cli import main
 from gatewayd.signing import load_private_key, load_public_key, verify_command
+from gatewayd.wire import parse_rfc3339
 from tests.mqtt_fixtures import WAIT_S, Broker, mosquitto, needs_mosquitto
 
 ROOT = "ecard/v1/b07"
@@ -135,6 +136,26 @@ async def test_send_signs_publishes_and_prints_the_result(broker: Broker, keys: 
         assert cmd["id"] == result["id"] and cmd["type"] == "account.credit"
         assert verify_command(cmd, load_public_key(public))
         assert cmd["ts"][-6] in "+-"  # RFC 3339 with an offset
+
+
+@needs_mosquitto
+async def test_send_expires_in_queues_a_command_for_an_offline_gateway(
+    broker: Broker, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with responder(broker, public) as received:
+        code, out, err = await gatewayd("send", "--key", str(private), "--broker", url,
+                                        "--building", "b07", "--expires-in", "172800", "ping")
+        assert code == 0, err
+        (cmd,) = received
+        assert verify_command(cmd, load_public_key(public))
+        ts, expires = parse_rfc3339(cmd["ts"]), parse_rfc3339(cmd["expires"])
+        assert ts is not None and expires is not None
+        assert abs((expires - ts).total_seconds() - 172800) < 0.002
+    code, out, err = await gatewayd("send", "--key", str(private), "--broker", url,
+                                    "--building", "b07", "--expires-in", "604801", "ping")
+    assert code == 2 and "7 days" in err
 
 
 @needs_mosquitto
