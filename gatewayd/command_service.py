@@ -6,15 +6,15 @@ Contract:
   age). A refused command's result is returned for the link to publish at
   once and its id is NOT remembered: a forged command must not be able to
   claim the id of a genuine one.
+- Validity (center-link.md "Signing") is checked after the duplicate lookup,
+  against `command_now()`: the system clock while it is synchronised, else
+  the later of it and the newest `ts` of any command applied (kept in `meta`
+  in the same transaction as the command's result, so it survives restarts).
 - An accepted command, the ledger change and event it causes, and its result
   commit in one store transaction; the result then leaves through the outbox
   (class 0). A repeated id is answered with the first result and
   `"duplicate": true`, never applied again.
 - Commands are applied one at a time, in arrival order.
-- Validity (center-link.md "Signing") is checked after the duplicate lookup,
-  against `command_now()`: the system clock while it is synchronised, else
-  the later of it and the newest `ts` of any command applied (kept in `meta`
-  in the same transaction as the command's result, so it survives restarts).
 """
 
 from __future__ import annotations
@@ -63,12 +63,12 @@ from gatewayd.wire import ErrorCode, as_duplicate, encode_result_error, encode_r
 
 log = structlog.get_logger(__name__)
 
-DEBIT_TYPES = ("water.session", "power.usage")
-# Commands larger than this are parsed and verified in a worker thread.
-INLINE_PARSE_BYTES = 64 * 1024
 # `meta` key of the newest `ts` (epoch seconds) of any command applied: the
 # floor of "now" while the clock is not synchronised.
 NEWEST_TS_KEY = "commands.newest_ts"
+DEBIT_TYPES = ("water.session", "power.usage")
+# Commands larger than this are parsed and verified in a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 class Refused(Exception):
@@ -106,9 +106,9 @@ class CommandService:
         self.public_key = public_key
         self.status = status
         self._lock = asyncio.Lock()
-        self._newest_ts: float | None = None   # NEWEST_TS_KEY, read at the first command
         self.applied = 0
         self.refused = 0
+        self._newest_ts: float | None = None   # NEWEST_TS_KEY, read when first needed
 
     async def handle(self, payload: bytes, topic_kind: TopicKind) -> bytes | None:
         center = self.config.center

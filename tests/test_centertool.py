@@ -145,16 +145,16 @@ async def test_send_expires_in_queues_a_command_for_an_offline_gateway(
     private, public = keys
     url = f"mqtt://127.0.0.1:{broker.port}"
     async with responder(broker, public) as received:
-        code, out, err = await gatewayd("send", "--key", str(private), "--broker", url,
-                                        "--building", "b07", "--expires-in", "172800", "ping")
+        code, _, err = await gatewayd("send", "--key", str(private), "--broker", url,
+                                      "--building", "b07", "--expires-in", "172800", "ping")
         assert code == 0, err
         (cmd,) = received
         assert verify_command(cmd, load_public_key(public))
         ts, expires = parse_rfc3339(cmd["ts"]), parse_rfc3339(cmd["expires"])
         assert ts is not None and expires is not None
         assert abs((expires - ts).total_seconds() - 172800) < 0.002
-    code, out, err = await gatewayd("send", "--key", str(private), "--broker", url,
-                                    "--building", "b07", "--expires-in", "604801", "ping")
+    code, _, err = await gatewayd("send", "--key", str(private), "--broker", url,
+                                  "--building", "b07", "--expires-in", "604801", "ping")
     assert code == 2 and "7 days" in err
 
 

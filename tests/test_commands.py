@@ -922,8 +922,10 @@ def test_validity_rule(expires_in: float | None, now_after_ts: float, synced: bo
     expires = None if expires_in is None else rfc3339(NOW + expires_in, UTC)
     outcome = check_age(TS, NOW + now_after_ts, 300, expires=expires, clock_synced=synced)
     assert (outcome.code if outcome else None) == expected
-    window = commands.valid_window(parse_rfc3339(TS), None if expires is None else
-                                   parse_rfc3339(expires), 300)
+    issued = parse_rfc3339(TS)
+    assert issued is not None
+    window = commands.valid_window(issued, None if expires is None else parse_rfc3339(expires),
+                                   300)
     assert window == pytest.approx((NOW - 300, NOW + (300 if expires_in is None else expires_in)))
 
 
