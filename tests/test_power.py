@@ -457,9 +457,9 @@ async def test_an_energy_register_no_meter_can_report_is_no_reading_and_overload
         for room, kwh in ((0, 1e17), (1, FLT_MAX)):
             sim.set_load(room, 3000)
             sim.meter(room).energy_kwh = kwh
-        for room in ("101", "102"):
-            cut = await until(lambda r=room: [e for e in events(tmp_path, "breaker.cut")   # type: ignore[misc]
-                                              if e["room"] == r])
+        for rid in ("101", "102"):
+            cut = await until(lambda: [e for e in events(tmp_path, "breaker.cut")
+                                       if e["room"] == rid])  # noqa: B023 - awaited at once
             assert cut[0]["reason"] == "overload"
             assert cut[0]["power_w"] == pytest.approx(3000, rel=0.01)
         await coil_becomes(sim, 0, False)
@@ -590,6 +590,8 @@ async def test_a_commit_that_fails_with_any_error_still_cuts_and_raises_room_fai
             assert [(e["device"], e["active"]) for e in raised] == [("room:101", True)]
             assert "OverflowError" in raised[0]["detail"]
             assert not events(tmp_path, "breaker.cut")   # not recordable yet
+            n = sim.endpoints[0].request_count[1]
+            await until(lambda: sim.endpoints[0].request_count[1] >= n + 10)   # 5 more polls
             broken = False
             cut = await until(lambda: events(tmp_path, "breaker.cut"))
             assert [(e["room"], e["reason"]) for e in cut] == [("101", "overload")]
