@@ -318,7 +318,10 @@ class PowerService:
         await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
         for rt in self.rooms.values():
             if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
-                await self._found_off(rt)
+                try:
+                    await self._found_off(rt)
+                except Exception as e:  # left off and held in memory: one room, not the start
+                    await self._room_failed(rt, e)
         for rt in self.rooms.values():
             await self.evaluate(rt, None, startup=True)
         log.info("power_started", rooms=len(self.rooms),
