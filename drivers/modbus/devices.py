@@ -88,18 +88,15 @@ class ModbusMeter:
             self.health.failed(exc.message)
             raise
         mono = time.monotonic()
-        faults = []
         energy, power = values["energy_wh"], values["power_w"]
-        if (why := energy_fault(energy)) is not None:
-            faults.append(why)
-        if (why := power_fault(power)) is not None:
-            faults.append(why)
+        bad_energy, bad_power = energy_fault(energy), power_fault(power)
+        faults = [why for why in (bad_energy, bad_power) if why is not None]
         if len(faults) == 2:
             self.health.failed("; ".join(faults))
             raise DeviceError(self.name, "; ".join(faults))
-        reading = screened(MeterReading(
-            energy_wh=None if energy_fault(energy) else round_half_up(energy),
-            power_w=None if power_fault(power) else power,
+        reading = screened(MeterReading(   # screened: voltage, current, pf not numbers
+            energy_wh=None if bad_energy else round_half_up(energy),
+            power_w=None if bad_power else power,
             mono=mono,
             wall=time.time(),
             voltage_v=values.get("voltage_v"),
