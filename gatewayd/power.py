@@ -8,7 +8,12 @@ Contract:
 - An overload timer that runs out between two polls gets a reading of its
   own at that moment (`_trip_read_at`), so the cut does not wait for the poll.
 - A decision's events, the charge and the room's state commit in one store
-  transaction before the breaker is touched.
+  transaction before the breaker is touched. When that fails, for any reason,
+  the protective part still happens (a cut is carried out and its event kept
+  for the next commit, `_carry_out`), and a room that keeps failing raises
+  `room_failing` until it works again.
+- A value no meter can report is no reading (`drivers.devices.screened`):
+  nothing is charged for it and it counts against the meter's health.
 - At start every breaker is read; the gateway acts only where the rules say
   the state is wrong (see `PowerService.start`).
 """
@@ -26,7 +31,15 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import DeviceError, Meter, MeterReading, Switch, SwitchBank, SwitchMismatch
+from drivers.devices import (
+    DeviceError,
+    Meter,
+    MeterReading,
+    Switch,
+    SwitchBank,
+    SwitchMismatch,
+    screened,
+)
 from gatewayd import pricing
 from gatewayd.alarms import Alarms
 from gatewayd.clock import Clock
@@ -66,6 +79,9 @@ START_CONCURRENCY = 32
 # An overload read is taken this long after the timer runs out (asyncio timers
 # may fire a clock tick early; the reading's time must be past the deadline).
 TRIP_READ_MARGIN_S = 0.002
+# A room whose readings fail to be handled this many times in a row raises
+# room_failing (one failure may be a passing fault; three are not).
+ROOM_FAILING_AFTER = 3
 
 
 def meter_device(room: str) -> str:
@@ -74,6 +90,10 @@ def meter_device(room: str) -> str:
 
 def breaker_device(room: str) -> str:
     return f"breaker:{room}"
+
+
+def room_device(room: str) -> str:
+    return f"room:{room}"
 
 
 @dataclass
@@ -94,6 +114,7 @@ class RoomRuntime:
     # written with the room's next successful commit.
     unrecorded: list[tuple[Cut, str, float]] = field(default_factory=list)
     last: MeterReading | None = None
+    failures: int = 0                    # evaluations failed in a row (see `evaluate`)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     persisted: tuple[Any, ...] | None = None
@@ -220,6 +241,7 @@ class PowerService:
                                                    rules.report_interval_s)),
                 low_sent=bool(low),
                 hold=bool(hold),
+                meter_cut=cut == "meter_offline",  # checked first: recorded whenever it holds
                 cut_reason=cut,
                 trip_reason=trip,
                 reclose_at=m(reclose, rules.reclose_after_s),
@@ -245,7 +267,13 @@ class PowerService:
             balance_fen=self.ledger.balance(account),
             account_known=self.ledger.is_known(account),
             curfew=self._curfew_rooms is not None and rt.id in self._curfew_rooms,
+            meter_online=self._meter_health_online(rt),
         )
+
+    @staticmethod
+    def _meter_health_online(rt: RoomRuntime) -> bool:
+        health = getattr(rt.meter, "health", None)
+        return bool(health.online) if health is not None else True
 
     async def _update_curfew(self) -> None:
         """Recompute which rooms a curfew covers now (none while the clock is untrusted)."""
@@ -290,7 +318,10 @@ class PowerService:
         await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
         for rt in self.rooms.values():
             if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
-                await self._found_off(rt)
+                try:
+                    await self._found_off(rt)
+                except Exception as e:  # left off and held in memory: one room, not the start
+                    await self._room_failed(rt, e)
         for rt in self.rooms.values():
             await self.evaluate(rt, None, startup=True)
         log.info("power_started", rooms=len(self.rooms),
@@ -391,17 +422,23 @@ class PowerService:
             reading: MeterReading | None = None
             if now >= rt.next_read:
                 rt.read_at = now
+                health = getattr(rt.meter, "health", None)
                 try:
                     reading = await rt.meter.read()
                 except DeviceError:
                     reading = None  # the bus logs and the health callback alarms
-                health = getattr(rt.meter, "health", None)
-                delay = health.poll_delay(self.poll_s) if health is not None else self.poll_s
+                except Exception as e:  # a driver's bug is a failed read, not a dead room
+                    reading = None
+                    if health is not None:
+                        health.failed(f"{type(e).__name__}: {e}")
+                delay = self.poll_s
+                if health is not None and (reading is None or reading.power_w is None):
+                    # Backed off while offline; a meter that answers with a usable
+                    # power (its energy register bad) keeps its poll: overload
+                    # protection runs on it.
+                    delay = health.poll_delay(self.poll_s)
                 rt.next_read = now + delay - 0.01
-            try:
-                await self.evaluate(rt, reading)
-            except Exception:
-                log.exception("room_evaluation_failed", room=rt.id)
+            await self.evaluate(rt, reading)
             now = self.clock.mono()
             if now >= next_tick:
                 next_tick = max(next_tick + self.poll_s, now)  # fell behind: do not burst
@@ -431,15 +468,81 @@ class PowerService:
 
     async def evaluate(self, rt: RoomRuntime, reading: MeterReading | None,
                        *, startup: bool = False) -> None:
+        """Apply the rules to one reading (or none) and carry them out.
+
+        Never raises (but cancellation): a failure of any kind is logged (the
+        first of a run with its traceback), counted, and raises `room_failing`
+        after ROOM_FAILING_AFTER in a row; what the rules call for to protect the
+        room has been carried out by then (`_carry_out`)."""
         async with rt.lock:
-            now = self.clock.mono()
-            r = None
-            if reading is not None:
-                rt.last = reading
-                r = Reading(reading.energy_wh, reading.power_w, reading.pf, reading.mono,
-                            reading.energy_step_wh)
-            out = step(rt.state, self._context(rt, now), r)
-            await self._carry_out(rt, out, startup=startup)
+            try:
+                await self._evaluate(rt, reading, startup=startup)
+            except Exception as e:
+                await self._room_failed(rt, e)
+            else:
+                if rt.failures:
+                    await self._room_works(rt)
+
+    async def _evaluate(self, rt: RoomRuntime, reading: MeterReading | None,
+                        *, startup: bool) -> None:
+        now = self.clock.mono()
+        r = None
+        if reading is not None:
+            reading = self._screen(rt, reading)
+        if reading is not None:
+            rt.last = reading
+            r = Reading(reading.energy_wh, reading.power_w, reading.pf, reading.mono,
+                        reading.energy_step_wh)
+        ctx = self._context(rt, now)
+        failed: Exception | None = None
+        try:
+            out = step(rt.state, ctx, r)
+        except Exception as e:
+            if r is None:
+                raise
+            # This reading cannot be handled: the rules that need none (timers,
+            # curfew, balance, meter offline) still run, and the room says so.
+            failed = e
+            out = step(rt.state, ctx, None)
+        await self._carry_out(rt, out, startup=startup)
+        if failed is not None:
+            raise failed
+
+    def _screen(self, rt: RoomRuntime, reading: MeterReading) -> MeterReading | None:
+        """The reading without values no meter can report (its meter should have
+        dropped them already); those count against the meter's health."""
+        checked = screened(reading)
+        if checked is not reading:
+            health = getattr(rt.meter, "health", None)
+            if health is not None:
+                health.failed(checked.fault)
+            else:
+                log.warning("meter_bad_reading", room=rt.id, fault=checked.fault)
+        if checked.energy_wh is None and checked.power_w is None:
+            return None
+        return checked
+
+    async def _room_failed(self, rt: RoomRuntime, e: Exception) -> None:
+        """Log a failed evaluation (bounded) and raise room_failing when it keeps failing.
+
+        A store that refuses writes is `store_failing`'s (the daemon's probe):
+        every room would fail with it, and one alarm says it."""
+        rt.failures += 1
+        event = ("power_decision_not_recorded" if isinstance(e, StoreError)
+                 else "room_evaluation_failed")
+        if rt.failures == 1:
+            log.error(event, room=rt.id, error=f"{type(e).__name__}: {e}",
+                      exc_info=not isinstance(e, StoreError))
+        else:
+            log.debug(event, room=rt.id, error=f"{type(e).__name__}: {e}", attempt=rt.failures)
+        if rt.failures >= ROOM_FAILING_AFTER and not isinstance(e, StoreError):
+            await self.alarms.report("room_failing", room_device(rt.id),
+                                     f"{type(e).__name__}: {e}"[:200], True)
+
+    async def _room_works(self, rt: RoomRuntime) -> None:
+        log.info("room_evaluation_recovered", room=rt.id, after_failures=rt.failures)
+        rt.failures = 0
+        await self.alarms.report("room_failing", room_device(rt.id), "", False)
 
     async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False,
                          also: Callable[[Txn, RoomState], None] | None = None) -> None:
@@ -449,16 +552,20 @@ class PowerService:
             out.decisions.append(Cut(out.state.cut_reason, None))
         try:
             await self._commit(rt, out, also=also)
-        except StoreError as e:
-            # The disk is full or failing: the decision cannot be recorded. The
-            # money does not move: the baseline stays, so the energy is charged,
-            # with its reports, at the first commit after the store recovers.
-            # The protection goes on: overload and resistive timers keep running,
+        except Exception as e:
+            # The decision cannot be recorded: the disk is full or failing, or
+            # something in it cannot be stored (a bug, a value out of range).
+            # The money does not move: the baseline stays, so the energy is
+            # charged, with its reports, at the first commit that works. The
+            # protection goes on: overload and resistive timers keep running,
             # and a cut happens (fire and money safety come first), is kept in
             # memory, and its event is written with that first commit. Nothing
-            # else is carried out (a restore waits for the store).
-            log.error("power_decision_not_recorded", room=rt.id, error=str(e))
-            if also is None:
+            # else is carried out (a restore waits for the store). A command's
+            # decision (`also`) is the command's to report: it fails whole.
+            if also is not None:
+                log.error("power_decision_not_recorded", room=rt.id,
+                          error=f"{type(e).__name__}: {e}")
+            else:
                 self._advance_unrecorded(rt, out)
                 if out.state.cut_reason is not None:
                     await self._drive_breaker(rt, want_on=False)
@@ -481,7 +588,7 @@ class PowerService:
                                accrued_since=old.accrued_since, low_sent=old.low_sent)
         else:
             rt.state = replace(old, over_since=new.over_since, last_power_w=new.last_power_w,
-                               meter_online=new.meter_online)
+                               offline_since=new.offline_since)
 
     async def _commit(self, rt: RoomRuntime, out: Outcome,
                       extra_alarms: list[tuple[str, str, str, bool]] | None = None,
@@ -665,6 +772,8 @@ class PowerService:
             "lockout": s.lockout_until is not None,
             "max_power_w": limit_w(s, rt.cfg.rules),
             "online": self.meter_online(rt),
+            # Its readings keep failing to be handled (room_failing): not healthy.
+            "failing": self.alarms.is_active("room_failing", room_device(rt.id)),
             "power_w": None if last is None else last.power_w,
             "energy_wh": None if last is None else last.energy_wh,
             "voltage_v": None if last is None else last.voltage_v,

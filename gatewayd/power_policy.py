@@ -6,12 +6,18 @@ the new state and the decisions the runtime carries out: charges, reports,
 alarms, cuts and restores. No I/O, no clocks: time comes in `ctx.now`
 (monotonic seconds); every timer in the state is on that clock.
 
-A room is cut while any reason holds, checked in this order: a remote hold,
-a lockout, a curfew, a known account at or below zero, a trip waiting to
-reclose (overload, resistive, or a remote cut without hold). `cut_reason` is
-the reason recorded when the breaker went off; a `breaker.restored` event
-names what ended the cut (`balance`, `reclose`, `lockout_end`, `curfew_end`,
-`remote`).
+A room is cut while any reason holds, checked in this order: a meter
+offline for `meter_offline_cut_s` (until its first good reading), a remote
+hold, a lockout, a curfew, a known account at or below zero, a trip waiting
+to reclose (overload, resistive, or a remote cut without hold). `cut_reason`
+is the first reason that holds (stored: after a restart it says why the room
+is cut); a `breaker.restored` event names what ended the cut (`balance`,
+`reclose`, `lockout_end`, `curfew_end`, `remote`, `meter_online`).
+
+A reading may lack its energy or its power (`None`: the meter reported a
+value no meter can, behaviour.md "Bad readings"): without energy nothing is
+charged and the baseline stays; without power the overload and resistive
+rules wait for the next reading. Either way the other half is used.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from typing import Literal
 from gatewayd import pricing
 from gatewayd.config import PowerRules
 
-CutReason = Literal["balance", "overload", "resistive", "curfew", "remote", "lockout"]
-RestoreReason = Literal["balance", "reclose", "lockout_end", "curfew_end", "remote"]
+CutReason = Literal["balance", "overload", "resistive", "curfew", "remote", "lockout",
+                    "meter_offline"]
+RestoreReason = Literal["balance", "reclose", "lockout_end", "curfew_end", "remote",
+                        "meter_online"]
 
 RESTORE_REASON: dict[str, RestoreReason] = {
     "balance": "balance",
@@ -33,6 +41,7 @@ RESTORE_REASON: dict[str, RestoreReason] = {
     "remote": "reclose",  # a remote cut without hold recloses like a trip
     "lockout": "lockout_end",
     "curfew": "curfew_end",
+    "meter_offline": "meter_online",
 }
 
 
@@ -55,19 +64,29 @@ class RoomState:
     lockout_until: float | None = None
     trips: tuple[float, ...] = ()
     max_power_w: int | None = None       # room.limit override
+    # Cut because the meter was offline meter_offline_cut_s, until its first good
+    # reading. Persisted as cut_reason "meter_offline" (it is checked first).
+    meter_cut: bool = False
     # Not persisted: a restart starts these afresh.
     over_since: float | None = None      # first reading above the limit
     last_power_w: float | None = None
-    meter_online: bool = True
+    offline_since: float | None = None   # when the meter was first seen offline
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    energy_wh: int
-    power_w: float
+    """One meter reading; a value the meter could not give usefully is None."""
+
+    energy_wh: int | None
+    power_w: float | None
     pf: float | None
     at: float  # monotonic
     step_wh: float = 0.0  # the energy register's smallest step at its value (MeterReading)
+
+    @property
+    def good(self) -> bool:
+        """Both energy and power: the meter is back (restores a meter_offline cut)."""
+        return self.energy_wh is not None and self.power_w is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +98,7 @@ class Context:
     balance_fen: int           # before this step's charge
     account_known: bool
     curfew: bool               # a curfew window covers this room now (clock trusted)
+    meter_online: bool = True  # the meter's health: False once meter_offline is due
 
 
 # --- decisions -------------------------------------------------------------------
@@ -149,26 +169,29 @@ def step(state: RoomState, ctx: Context, reading: Reading | None = None) -> Outc
     s = out.state
     balance = ctx.balance_fen
     power = s.last_power_w
-    if reading is not None:
+    if reading is not None and reading.energy_wh is not None:
+        balance -= _meter(s, ctx, reading.energy_wh, reading, out)
+    if reading is not None and reading.power_w is not None:
         power = reading.power_w
-        balance -= _meter(s, ctx, reading, out)
-        _protect(s, ctx, reading, out)
+        _protect(s, ctx, reading.power_w, reading, out)
+    _watch_meter(s, ctx, reading)
     _report_if_due(s, ctx, out, force=False)
     _low_balance(s, ctx, balance, out)
     _decide(s, ctx, balance, power, out)
     return out
 
 
-def _meter(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> int:
+def _meter(s: RoomState, ctx: Context, energy_wh: int, r: Reading, out: Outcome) -> int:
     """Charge the energy since the baseline; return the fen charged."""
     if s.baseline_wh is None:
-        s.baseline_wh, s.baseline_at = r.energy_wh, r.at
-        s.chain_from_wh = r.energy_wh
+        s.baseline_wh, s.baseline_at = energy_wh, r.at
+        s.chain_from_wh = energy_wh
         return 0
-    delta = r.energy_wh - s.baseline_wh
+    delta = energy_wh - s.baseline_wh
     if delta < 0:
-        _new_chain(s, ctx, r, out, Alarm(
-            "meter_reset", f"energy register went back from {s.baseline_wh} to {r.energy_wh} Wh"))
+        _new_chain(s, ctx, out, Alarm(
+            "meter_reset", f"energy register went back from {s.baseline_wh} to {energy_wh} Wh"),
+            energy_wh=energy_wh, at=r.at)
         return 0
     elapsed = max(r.at - (s.baseline_at if s.baseline_at is not None else r.at), 0.0)
     # What the room could draw at twice its limit in the elapsed time, plus one
@@ -176,15 +199,16 @@ def _meter(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> int:
     # 16,384 kWh moves in ~2 Wh steps; a 0.01 kWh register in 10 Wh steps).
     plausible = 2 * limit_w(s, ctx.rules) * elapsed / 3600 + 1 + r.step_wh
     if delta > plausible:
-        _new_chain(s, ctx, r, out, Alarm(
+        _new_chain(s, ctx, out, Alarm(
             "meter_jump", delta, note=f"{delta} Wh uncharged: energy rose from {s.baseline_wh} "
-            f"to {r.energy_wh} Wh in {elapsed:.0f} s (at most {plausible:.0f} Wh plausible)"))
+            f"to {energy_wh} Wh in {elapsed:.0f} s (at most {plausible:.0f} Wh plausible)"),
+            energy_wh=energy_wh, at=r.at)
         return 0
     s.baseline_at = r.at
     if delta == 0:
         return 0
     fen, s.carry = pricing.charge(delta, ctx.rate, s.carry)
-    s.baseline_wh = r.energy_wh
+    s.baseline_wh = energy_wh
     s.accrued_wh += delta
     s.accrued_fen += fen
     if s.accrued_since is None:
@@ -193,10 +217,11 @@ def _meter(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> int:
     return fen
 
 
-def _new_chain(s: RoomState, ctx: Context, r: Reading, out: Outcome, alarm: Alarm) -> None:
+def _new_chain(s: RoomState, ctx: Context, out: Outcome, alarm: Alarm, *,
+               energy_wh: int, at: float) -> None:
     _report_if_due(s, ctx, out, force=True)
     out.decisions.append(alarm)
-    s.baseline_wh, s.baseline_at, s.chain_from_wh = r.energy_wh, r.at, r.energy_wh
+    s.baseline_wh, s.baseline_at, s.chain_from_wh = energy_wh, at, energy_wh
 
 
 def _report_if_due(s: RoomState, ctx: Context, out: Outcome, *, force: bool) -> None:
@@ -216,15 +241,15 @@ def _report_if_due(s: RoomState, ctx: Context, out: Outcome, *, force: bool) -> 
     s.accrued_since = None
 
 
-def _protect(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> None:
+def _protect(s: RoomState, ctx: Context, power_w: float, r: Reading, out: Outcome) -> None:
     """Overload and resistive-load trips (only while the supply is on)."""
     previous = s.last_power_w
-    s.last_power_w = r.power_w
+    s.last_power_w = power_w
     if s.cut_reason is not None:
         s.over_since = None
         return
     limit = limit_w(s, ctx.rules)
-    if r.power_w > limit:
+    if power_w > limit:
         if s.over_since is None:
             s.over_since = r.at
         elif r.at - s.over_since >= ctx.rules.trip_after_s:
@@ -236,10 +261,27 @@ def _protect(s: RoomState, ctx: Context, r: Reading, out: Outcome) -> None:
         ctx.resistive_cutoff
         and previous is not None
         and r.pf is not None
-        and r.power_w - previous >= ctx.rules.resistive_step_w
+        and power_w - previous >= ctx.rules.resistive_step_w
         and r.pf >= ctx.rules.resistive_pf
     ):
         _trip(s, ctx, "resistive")
+
+
+def _watch_meter(s: RoomState, ctx: Context, r: Reading | None) -> None:
+    """Meter offline: cut once it has been offline `meter_offline_cut_s` (0: never),
+    until its first good reading (behaviour.md "Meter offline")."""
+    if r is not None and r.good:
+        s.offline_since = None
+        s.meter_cut = False
+        return
+    if ctx.meter_online:
+        s.offline_since = None  # between polls, or failing but not yet offline
+        return
+    if s.offline_since is None:
+        s.offline_since = ctx.now
+    cut_s = ctx.rules.meter_offline_cut_s
+    if cut_s > 0 and ctx.now - s.offline_since >= cut_s:
+        s.meter_cut = True
 
 
 def _trip(s: RoomState, ctx: Context, reason: CutReason) -> None:
@@ -268,8 +310,11 @@ def remote_cut(state: RoomState, ctx: Context, *, hold: bool) -> Outcome:
 
 
 def remote_restore(state: RoomState, ctx: Context) -> Outcome:
-    """room.restore: clears holds, lockouts and pending trips. Balance and curfew still apply."""
+    """room.restore: clears holds, lockouts, pending trips and a meter_offline cut (its
+    timer starts again while the meter stays offline). Balance and curfew still apply."""
     s = replace(state)
+    s.meter_cut = False
+    s.offline_since = None
     s.hold = False
     s.lockout_until = None
     s.reclose_at = None
@@ -288,6 +333,8 @@ def _after_command(
 
 def wanted_cut(s: RoomState, ctx: Context, balance: int) -> CutReason | None:
     """The first reason that keeps the room cut now, or None."""
+    if s.meter_cut:
+        return "meter_offline"
     if s.hold:
         return "remote"
     if s.lockout_until is not None and ctx.now < s.lockout_until:
@@ -319,7 +366,8 @@ def _decide(
     want = wanted_cut(s, ctx, balance)
     if s.cut_reason is None and want is not None:
         _report_if_due(s, ctx, out, force=True)  # usage is reported at a cut
-        out.decisions.append(Cut(want, power))
+        # An offline meter gives no power: the cut says so rather than show a stale one.
+        out.decisions.append(Cut(want, None if want == "meter_offline" else power))
         s.over_since = None
     elif s.cut_reason is not None and want is None:
         out.decisions.append(Restore(restore_reason or RESTORE_REASON[s.cut_reason]))

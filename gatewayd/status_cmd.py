@@ -85,7 +85,8 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
         ["room", "balance", "power W", "breaker", "cut", "meter"],
         [[r["room"], _fen(r["balance_fen"]) + ("" if r["account_known"] else " ?"),
           "-" if r["power_w"] is None else f"{r['power_w']:.0f}", r["breaker"],
-          r["cut_reason"] or "", "online" if r["online"] else "OFFLINE"]
+          r["cut_reason"] or "",
+          ("online" if r["online"] else "OFFLINE") + (" FAILING" if r.get("failing") else "")]
          for r in doc.get("rooms", [])]))
     lines.append("")
     lines.append(_table(

@@ -160,6 +160,9 @@ class AlarmCode(StrEnum):
     # Added: the store could not commit (disk full or failing); raised in memory
     # only (logs, metrics, status.json), its clearing is recorded once it recovers.
     STORE_FAILING = "store_failing"
+    # Added: a room's readings keep failing to be handled (device room:ID); its
+    # protection goes on, what cannot be recorded waits (docs/decisions.md).
+    ROOM_FAILING = "room_failing"
 
 
 class CutReason(StrEnum):
@@ -171,6 +174,7 @@ class CutReason(StrEnum):
     CURFEW = "curfew"
     REMOTE = "remote"
     LOCKOUT = "lockout"
+    METER_OFFLINE = "meter_offline"
 
 
 class RestoreReason(StrEnum):
@@ -181,6 +185,7 @@ class RestoreReason(StrEnum):
     LOCKOUT_END = "lockout_end"
     CURFEW_END = "curfew_end"
     REMOTE = "remote"
+    METER_ONLINE = "meter_online"
 
 
 class EndReason(StrEnum):

@@ -57,7 +57,7 @@ async def test_meter_read_in_one_request_with_values(sim_building: SimBuilding) 
     assert reading.voltage_v == pytest.approx(230.0)
     assert reading.current_a == pytest.approx(1234.5 / (230 * 0.9), rel=1e-5)
     # float32 resolution near 1234.57 kWh is ~0.12 Wh: rounding stays within 1 Wh.
-    assert abs(reading.energy_wh - 1234568) <= 1
+    assert reading.energy_wh is not None and abs(reading.energy_wh - 1234568) <= 1
     assert isinstance(reading.energy_wh, int)
 
 
@@ -69,6 +69,7 @@ async def test_energy_integrates_power_over_time(sim_building: SimBuilding) -> N
         await asyncio.sleep(0.5)
         second = await meter.read()
     elapsed = second.mono - first.mono
+    assert first.energy_wh is not None and second.energy_wh is not None
     assert second.energy_wh > first.energy_wh
     assert second.energy_wh - first.energy_wh == pytest.approx(10 * elapsed, abs=2)
 
@@ -217,7 +218,43 @@ async def test_bad_answers_become_device_errors(sim_building: SimBuilding, fault
             await meter.read()
         endpoint.set_fault(1, None)
         reading = await meter.read()  # the bus reconnects after garbage
-    assert math.isfinite(reading.power_w)
+    assert reading.power_w is not None and math.isfinite(reading.power_w)
+
+
+FLT_MAX = 3.4028234663852886e38
+
+
+async def test_a_value_no_meter_can_report_is_no_reading_and_a_failure(
+    sim_building: SimBuilding,
+) -> None:
+    """behaviour.md "Bad readings": an energy register at 1e17 kWh or FLT_MAX (some
+    meters' "invalid") is None in the reading, the power beside it is kept, and
+    the device's health counts it as a failed read (offline after OFFLINE_AFTER).
+    Neither energy nor power usable: a DeviceError, as a read that failed."""
+    sim_building.set_load(0, 3000.0)
+    async with tcp_bus(sim_building) as bus:
+        meter = bus.meter("room-101", 1, shipped("eastron-sdm120"))
+        good = await meter.read()
+        assert good.energy_wh is not None and good.fault == ""
+        for kwh in (1e17, FLT_MAX, -5.0):
+            sim_building.meter(0).energy_kwh = kwh
+            reading = await meter.read()
+            assert reading.energy_wh is None and "energy register" in reading.fault
+            assert reading.power_w == pytest.approx(3000.0)
+        assert not meter.health.online and meter.health.consecutive_failures == 3
+        sim_building.set_load(0, 2e6)
+        sim_building.meter(0).energy_kwh = 1.0   # rises ~0.6 Wh a ms at 2 MW
+        reading = await meter.read()
+        assert reading.power_w is None
+        assert reading.energy_wh is not None and reading.energy_wh >= 1000
+        assert "power register" in reading.fault
+        sim_building.meter(0).energy_kwh = math.inf
+        with pytest.raises(DeviceError, match=r"energy register is inf.*power register"):
+            await meter.read()
+        sim_building.set_load(0, 10.0)
+        sim_building.meter(0).energy_kwh = 1.0
+        reading = await meter.read()
+    assert reading.fault == "" and reading.energy_wh == 1000 and meter.health.online
 
 
 async def test_illegal_address_is_not_retried(sim_building: SimBuilding) -> None:

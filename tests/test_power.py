@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from gatewayd.alarms import Alarms
+from gatewayd.clock import Clock
+from gatewayd.config import load_config
+from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
+from gatewayd.power import PowerService, RoomRuntime, breaker_device, meter_device
 from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store
+from gatewayd.store import Store, Txn
+from gatewayd.supervisor import Supervisor
 from gatewayd.wire import decode_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -404,3 +411,200 @@ async def test_a_breaker_that_moves_by_itself_is_seen_at_the_next_poll(
     # One cut for room 101 on the wire of events: the breaker's own slip is the alarm.
     assert [(e["room"], e["reason"]) for e in events(tmp_path, "breaker.cut")] == [("101", "balance")]
     assert await coil(sim, 2) is True   # the others untouched
+
+
+FLT_MAX = 3.4028234663852886e38
+
+
+def balance(tmp: Path, account: str) -> int:
+    conn = db(tmp)
+    try:
+        row = conn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()
+    finally:
+        conn.close()
+    return int(row[0])
+
+
+def log_records(output: bytes) -> list[dict[str, Any]]:
+    records = []
+    for line in output.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict)]
+
+
+async def test_an_energy_register_no_meter_can_report_is_no_reading_and_overload_still_cuts(
+    tmp_path: Path, building: SimBuilding
+) -> None:
+    """Issue 14, item 1: a float32 energy register reading 1e17 kWh (room 101) or
+    FLT_MAX (room 102, what some meters report for "invalid") while 3 kW is drawn
+    against a 1 kW limit. Each poll's energy is no reading: nothing is charged,
+    no meter_jump, the baseline stays, and it counts toward meter_offline; the
+    power beside it still cuts the room for overload. Once the register reads a
+    real value again, the energy since the old baseline is charged."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, True)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = write_config(tmp_path, sim)
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        # Baselines taken: a few polls of both meters (two requests each).
+        n1, n2 = sim.endpoints[0].request_count[1], sim.endpoints[0].request_count[2]
+        await until(lambda: sim.endpoints[0].request_count[1] >= n1 + 6
+                    and sim.endpoints[0].request_count[2] >= n2 + 6)
+        for room, kwh in ((0, 1e17), (1, FLT_MAX)):
+            sim.set_load(room, 3000)
+            sim.meter(room).energy_kwh = kwh
+        for rid in ("101", "102"):
+            cut = await until(lambda: [e for e in events(tmp_path, "breaker.cut")
+                                       if e["room"] == rid])  # noqa: B023 - awaited at once
+            assert cut[0]["reason"] == "overload"
+            assert cut[0]["power_w"] == pytest.approx(3000, rel=0.01)
+        await coil_becomes(sim, 0, False)
+        await coil_becomes(sim, 1, False)
+        offline = await until(lambda: {e["device"] for e in events(tmp_path, "alarm")
+                                       if e["code"] == "meter_offline" and e["active"]}
+                              >= {"meter:101", "meter:102"})
+        assert offline
+        # The register reads a real value again, 1 Wh above the baseline: charged
+        # (10 fen at this tariff), no meter_reset or meter_jump.
+        for room in (0, 1):
+            sim.set_load(room, 0)
+            sim.meter(room).energy_kwh = 0.001
+        await until(lambda: balance(tmp_path, "room-b07-101") == 100_000 - 10, timeout=40)
+        await until(lambda: balance(tmp_path, "room-b07-102") == 100_000 - 10, timeout=40)
+        await until(lambda: len([e for e in events(tmp_path, "alarm") if e["code"] == "meter_offline"
+                                 and not e["active"]]) == 2, timeout=40)
+    finally:
+        code = await daemon.stop()
+    assert code == 0, daemon.output.decode()[-3000:]
+    assert not [e for e in events(tmp_path, "alarm") if e["code"] in ("meter_jump", "meter_reset")]
+    assert not [e for e in events(tmp_path, "power.usage") if e["room"] in ("101", "102")
+                and e["meter_wh_to"] > 1]
+    logs = log_records(daemon.output)
+    assert not [r for r in logs if r.get("event") == "room_evaluation_failed"]
+    # The bad values are logged once per meter at WARNING, repeats at DEBUG.
+    warned = [r for r in logs if r.get("event") == "modbus_device_failed"
+              and r.get("level") == "warning" and r.get("device") in ("meter:101", "meter:102")]
+    assert len(warned) == 2, warned
+    assert "energy register" in warned[0]["error"]
+
+
+async def test_meter_offline_cut_s_cuts_a_silent_meters_room_until_its_first_good_reading(
+    tmp_path: Path, building: SimBuilding
+) -> None:
+    """Issue 14, item 10: with power.meter_offline_cut_s, a room whose meter stays
+    offline that long is cut (meter_offline), across a restart, and restored
+    (meter_online) at the meter's first good reading; room 102 (overridden to 0)
+    and the others are not touched."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, True)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = write_config(tmp_path, sim, lambda i: "meter_offline_cut_s = 0" if i == 1 else "")
+    config.write_text(config.read_text().replace("max_power_w = 1000",
+                                                 "max_power_w = 1000\nmeter_offline_cut_s = 1"))
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        await until(lambda: sim.endpoints[0].request_count[1] >= 4)
+        sim.endpoints[0].set_fault(1, "silent")
+        sim.endpoints[0].set_fault(2, "silent")
+        cut = await until(lambda: events(tmp_path, "breaker.cut"))
+        assert [(e["room"], e["reason"], e["power_w"]) for e in cut] == [("101", "meter_offline", None)]
+        await coil_becomes(sim, 0, False)
+    finally:
+        assert await daemon.stop() == 0
+    # Restart with the meter still silent: the room stays cut, nothing is sent.
+    before = len(events(tmp_path))
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        n = sim.endpoints[0].request_count[3]
+        await until(lambda: sim.endpoints[0].request_count[3] >= n + 4)   # polling
+        await asyncio.sleep(4.0)   # past the offline detection and meter_offline_cut_s
+        assert await coil(sim, 0) is False
+        assert not [e for e in events(tmp_path)[before:] if e["type"].startswith("breaker.")]
+        sim.endpoints[0].set_fault(1, None)
+        restored = await until(lambda: events(tmp_path, "breaker.restored"), timeout=40)
+        assert [(e["room"], e["reason"]) for e in restored] == [("101", "meter_online")]
+        await coil_becomes(sim, 0, True)
+        assert await coil(sim, 1) is True   # 102: offline too, never cut (0: never)
+    finally:
+        assert await daemon.stop() == 0
+    assert [(e["room"], e["reason"]) for e in events(tmp_path, "breaker.cut")] == [
+        ("101", "meter_offline")]
+
+
+async def test_a_commit_that_fails_with_any_error_still_cuts_and_raises_room_failing(
+    tmp_path: Path, building: SimBuilding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, item 1: room 101's row can no longer be written (an OverflowError, as a
+    value SQLite cannot hold gave, not a StoreError) while it draws 3 kW against
+    a 1 kW limit. The overload cut still happens (the coil goes off),
+    `room_failing` is raised (and recorded: other writes work) with the failure
+    logged once at ERROR, and the status shows the room failing. Once the row
+    can be written, the cut made meanwhile is recorded and the alarm cleared.
+    The services run in-process so that the commit path can be patched."""
+    sim = building
+    for ch in range(ROOMS):
+        await sim.endpoints[0].set_coil(RELAY, ch, True)
+    seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
+    config = load_config(write_config(tmp_path, sim))
+    broken = False
+    save = PowerService._save
+
+    def failing_save(self: PowerService, txn: Txn, rt: RoomRuntime, row: tuple[Any, ...]) -> None:
+        if broken and rt.id == "101":
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        save(self, txn, rt, row)
+
+    monkeypatch.setattr(PowerService, "_save", failing_save)
+    store = Store.open(config.gateway.state_dir, "b07")
+    hardware = Hardware(config)
+    clock = Clock(config.gateway.timezone, "yes")
+    ledger = Ledger()
+    await store.read(ledger.load)
+    alarms = Alarms(store, clock)
+    power = PowerService(config, store, ledger=ledger, alarms=alarms, clock=clock, devices={
+        r.id: (hardware.meter(meter_device(r.id), r.meter),
+               hardware.switch(breaker_device(r.id), r.breaker)) for r in config.rooms})
+    hardware.on_health(power.meter_health_changed)
+    supervisor = Supervisor([power])
+    await hardware.start()
+    rt = power.rooms["101"]
+    with capture_logs() as logs:
+        task = asyncio.get_running_loop().create_task(supervisor.run())
+        try:
+            n = sim.endpoints[0].request_count[1]
+            await until(lambda: sim.endpoints[0].request_count[1] >= n + 6)   # a few polls
+            broken = True   # from now on every commit of room 101 fails
+            sim.set_load(0, 3000)
+            await coil_becomes(sim, 0, False)
+            assert rt.state.cut_reason == "overload"
+            await until(lambda: alarms.is_active("room_failing", "room:101"))
+            assert power.describe(rt)["failing"] is True
+            raised = [e for e in events(tmp_path, "alarm") if e["code"] == "room_failing"]
+            assert [(e["device"], e["active"]) for e in raised] == [("room:101", True)]
+            assert "OverflowError" in raised[0]["detail"]
+            assert not events(tmp_path, "breaker.cut")   # not recordable yet
+            n = sim.endpoints[0].request_count[1]
+            await until(lambda: sim.endpoints[0].request_count[1] >= n + 10)   # 5 more polls
+            broken = False
+            cut = await until(lambda: events(tmp_path, "breaker.cut"))
+            assert [(e["room"], e["reason"]) for e in cut] == [("101", "overload")]
+            await until(lambda: not alarms.is_active("room_failing", "room:101"))
+            cleared = [e for e in events(tmp_path, "alarm") if e["code"] == "room_failing"]
+            assert [e["active"] for e in cleared] == [True, False]
+            assert await coil(sim, 0) is False
+            assert all([await coil(sim, ch) for ch in range(1, ROOMS)])
+        finally:
+            supervisor.request_stop("test over")
+            await asyncio.wait_for(task, 20)
+            await hardware.close()
+            store.close()
+    failed = [r for r in logs if r["event"] == "room_evaluation_failed"]
+    assert [r["log_level"] for r in failed].count("error") == 1
+    assert len(failed) >= 5

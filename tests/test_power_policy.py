@@ -31,9 +31,10 @@ RATE = pricing.fen_per_quantity(Decimal("0.56"), "kWh")  # 0.056 fen per Wh
 
 
 def ctx(now: float, balance: int = 10_000, *, known: bool = True, curfew: bool = False,
-        rules: PowerRules = POWER_DEFAULTS, resistive: bool = True) -> Context:
+        rules: PowerRules = POWER_DEFAULTS, resistive: bool = True,
+        online: bool = True) -> Context:
     return Context(now=now, rules=rules, resistive_cutoff=resistive, rate=RATE,
-                   balance_fen=balance, account_known=known, curfew=curfew)
+                   balance_fen=balance, account_known=known, curfew=curfew, meter_online=online)
 
 
 def reading(at: float, wh: int, w: float = 100.0, pf: float | None = 0.9) -> Reading:
@@ -234,6 +235,115 @@ def test_a_coarse_register_step_is_charged_not_taken_for_a_jump() -> None:
     # The same rise from a register with a fine step is a jump (behaviour.md).
     fine = step(s, ctx(1), reading(1, 20_000_002)).decisions
     assert [d.code for d in fine if isinstance(d, Alarm)] == ["meter_jump"]
+
+
+def test_a_reading_without_energy_charges_nothing_but_still_trips() -> None:
+    """behaviour.md "Bad readings": the energy register held a value no meter can
+    report (the meter gives None for it). Nothing is charged, the baseline does
+    not move, and the power beside it still drives the overload rule."""
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    no_energy = [Reading(energy_wh=None, power_w=3000.0, pf=0.5, at=t) for t in (1, 4)]
+    out = step(s, ctx(1, rules=rules), no_energy[0])
+    assert out.decisions == []
+    out = step(out.state, ctx(4, rules=rules), no_energy[1])
+    assert out.decisions == [Cut("overload", 3000.0)]
+    assert out.state.baseline_wh == 5000 and out.state.baseline_at == 0
+    assert out.state.accrued_wh == 0 and out.charged_fen == 0
+    # The next good reading charges what the register moved since the baseline.
+    out = step(out.state, ctx(10, rules=rules), reading(10, 5002, 0))
+    assert Charge(2, 0) in out.decisions
+
+
+def test_a_reading_without_power_is_charged_and_keeps_the_overload_timer() -> None:
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000, 1500)).state
+    assert s.over_since == 0
+    out = step(s, ctx(2, rules=rules), Reading(energy_wh=5001, power_w=None, pf=None, at=2))
+    assert out.decisions == [Charge(1, 0)]
+    assert out.state.over_since == 0 and out.state.last_power_w == 1500
+    out = step(out.state, ctx(3, rules=rules), reading(3, 5001, 1500))
+    assert Cut("overload", 1500) in out.decisions
+
+
+def test_meter_offline_cut_after_its_time_and_restored_at_the_first_good_reading() -> None:
+    rules = replace(POWER_DEFAULTS, meter_offline_cut_s=60)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    # Offline from t=10 (the health's verdict): the timer runs from there.
+    s = step(s, ctx(10, rules=rules, online=False)).state
+    assert s.offline_since == 10
+    out = step(s, ctx(69.9, rules=rules, online=False))
+    assert out.decisions == []
+    out = step(out.state, ctx(70, rules=rules, online=False))
+    assert out.decisions == [Cut("meter_offline", None)]
+    assert out.state.cut_reason == "meter_offline"
+    # A reading without energy is not a good reading: still cut, nothing charged.
+    partial = Reading(energy_wh=None, power_w=100.0, pf=1.0, at=80)
+    out = step(out.state, ctx(80, rules=rules, online=False), partial)
+    assert out.decisions == []
+    # Health back online but no reading yet (a restart, a poll not yet due): still cut.
+    out = step(out.state, ctx(85, rules=rules))
+    assert out.decisions == [] and out.state.cut_reason == "meter_offline"
+    out = step(out.state, ctx(90, rules=rules), reading(90, 5010, 0))
+    assert Restore("meter_online") in out.decisions
+    assert out.state.cut_reason is None and out.state.offline_since is None
+
+
+def test_meter_offline_never_cuts_by_default_and_a_good_poll_restarts_the_timer() -> None:
+    s = step(RoomState(), ctx(0), reading(0, 5000)).state
+    assert POWER_DEFAULTS.meter_offline_cut_s == 0
+    out = step(s, ctx(1, online=False))
+    out = step(out.state, ctx(1_000_000, online=False))
+    assert out.decisions == [] and out.state.cut_reason is None
+    rules = replace(POWER_DEFAULTS, meter_offline_cut_s=60)
+    s = step(s, ctx(0, rules=rules, online=False)).state
+    s = step(s, ctx(50, rules=rules), reading(50, 5000)).state   # back for one poll
+    s = step(s, ctx(51, rules=rules, online=False)).state
+    out = step(s, ctx(110, rules=rules, online=False))
+    assert out.decisions == []
+    assert step(out.state, ctx(111, rules=rules, online=False)).decisions == [
+        Cut("meter_offline", None)]
+
+
+def test_meter_back_with_no_balance_stays_cut_for_balance() -> None:
+    rules = replace(POWER_DEFAULTS, meter_offline_cut_s=60)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    s = step(s, ctx(1, rules=rules, online=False)).state
+    out = step(s, ctx(61, rules=rules, online=False))
+    assert out.decisions == [Cut("meter_offline", None)]
+    out = step(out.state, ctx(70, 0, rules=rules), reading(70, 5000, 0))
+    assert not any(isinstance(d, Restore) for d in out.decisions)
+    assert out.state.cut_reason == "balance"
+
+
+def test_meter_offline_is_checked_first_so_the_stored_reason_says_it() -> None:
+    """A room cut for a curfew whose meter then stays offline: its stored cut
+    reason becomes meter_offline (what a restart loads), and the curfew's end
+    does not restore it; the meter's first good reading does."""
+    rules = replace(POWER_DEFAULTS, meter_offline_cut_s=60)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    s = step(s, ctx(1, rules=rules, curfew=True, online=False)).state
+    assert s.cut_reason == "curfew"
+    out = step(s, ctx(61, rules=rules, curfew=True, online=False))
+    assert out.decisions == [] and out.state.cut_reason == "meter_offline"
+    out = step(out.state, ctx(62, rules=rules, online=False))
+    assert out.decisions == []
+    restarted = RoomState(baseline_wh=5000, cut_reason="meter_offline", meter_cut=True)
+    assert step(restarted, ctx(0, rules=rules)).decisions == []
+    assert step(restarted, ctx(1, rules=rules), reading(1, 5000)).decisions == [
+        Restore("meter_online")]
+
+
+def test_remote_restore_ends_a_meter_offline_cut_and_its_timer_starts_again() -> None:
+    rules = replace(POWER_DEFAULTS, meter_offline_cut_s=60)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
+    s = step(s, ctx(1, rules=rules, online=False)).state
+    s = step(s, ctx(61, rules=rules, online=False)).state
+    out = remote_restore(s, ctx(100, rules=rules, online=False))
+    assert out.decisions == [Restore("remote")]
+    s = step(out.state, ctx(101, rules=rules, online=False)).state
+    assert step(s, ctx(160, rules=rules, online=False)).decisions == []
+    assert step(s, ctx(161, rules=rules, online=False)).decisions == [Cut("meter_offline", None)]
 
 
 @settings(max_examples=300, deadline=None)

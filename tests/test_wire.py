@@ -284,9 +284,12 @@ def test_enumerations_match_the_contract() -> None:
         "clock_unsynced",
         "outbox_full",
         "store_failing",  # added (the contract's list "includes" these codes)
+        "room_failing",   # added
     ]
-    assert [r.value for r in CutReason] == ["balance", "overload", "resistive", "curfew", "remote", "lockout"]
-    assert [r.value for r in RestoreReason] == ["balance", "reclose", "lockout_end", "curfew_end", "remote"]
+    assert [r.value for r in CutReason] == ["balance", "overload", "resistive", "curfew", "remote", "lockout",
+                                            "meter_offline"]
+    assert [r.value for r in RestoreReason] == ["balance", "reclose", "lockout_end", "curfew_end", "remote",
+                                                "meter_online"]
     assert [r.value for r in EndReason] == [
         "tap",
         "balance",

@@ -12,7 +12,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from drivers.devices import DeviceError, MeterReading, SwitchMismatch
+from drivers.devices import (
+    DeviceError,
+    MeterReading,
+    SwitchMismatch,
+    energy_fault,
+    power_fault,
+    screened,
+)
 from drivers.modbus.frames import (
     READ_COILS,
     READ_HOLDING_REGISTERS,
@@ -61,7 +68,12 @@ class ModbusMeter:
         return len(self._plan)
 
     async def read(self) -> MeterReading:
-        """One reading: energy rounded to the nearest Wh, the rest as floats."""
+        """One reading: energy rounded to the nearest Wh, the rest as floats.
+
+        A value no meter can report (`drivers.devices.energy_fault`, `power_fault`,
+        not a number) is None in the reading and a failure in `health`, as a read
+        that failed (it counts toward offline); neither energy nor power raises.
+        """
         values: dict[str, float] = {}
         energy_step = 0.0
         try:
@@ -69,27 +81,35 @@ class ModbusMeter:
                 words = await self._bus.read_registers(self.name, self.unit, request)
                 for f, offset in fields:
                     raw = decode_value(words, offset, f.type, f.word_order)
-                    value = raw * f.scale
-                    if not math.isfinite(value):
-                        raise DeviceError(self.name, f"{f.name} is {value} (register not a number)")
-                    values[f.name] = value
+                    values[f.name] = raw * f.scale
                     if f.name == "energy_wh":
                         energy_step = value_step(raw, f.type) * abs(f.scale)
         except DeviceError as exc:
             self.health.failed(exc.message)
             raise
         mono = time.monotonic()
-        self.health.succeeded(mono)
-        return MeterReading(
-            energy_wh=round_half_up(values["energy_wh"]),
-            power_w=values["power_w"],
+        energy, power = values["energy_wh"], values["power_w"]
+        bad_energy, bad_power = energy_fault(energy), power_fault(power)
+        faults = [why for why in (bad_energy, bad_power) if why is not None]
+        if len(faults) == 2:
+            self.health.failed("; ".join(faults))
+            raise DeviceError(self.name, "; ".join(faults))
+        reading = screened(MeterReading(   # screened: voltage, current, pf not numbers
+            energy_wh=None if bad_energy else round_half_up(energy),
+            power_w=None if bad_power else power,
             mono=mono,
             wall=time.time(),
             voltage_v=values.get("voltage_v"),
             current_a=values.get("current_a"),
             pf=values.get("pf"),
-            energy_step_wh=energy_step,
-        )
+            energy_step_wh=energy_step if math.isfinite(energy_step) else 0.0,
+            fault="; ".join(faults),
+        ))
+        if reading.fault:
+            self.health.failed(reading.fault)
+        else:
+            self.health.succeeded(mono)
+        return reading
 
 
 class ModbusSwitch:
