@@ -249,7 +249,9 @@ def _protect(s: RoomState, ctx: Context, power_w: float, r: Reading, out: Outcom
         s.over_since = None
         return
     limit = limit_w(s, ctx.rules)
-    if power_w > limit:
+    # The load is what flows, whichever way the meter signs it: a current
+    # transformer fitted backwards reads negative power for a real load.
+    if abs(power_w) > limit:
         if s.over_since is None:
             s.over_since = r.at
         elif r.at - s.over_since >= ctx.rules.trip_after_s:
@@ -261,7 +263,7 @@ def _protect(s: RoomState, ctx: Context, power_w: float, r: Reading, out: Outcom
         ctx.resistive_cutoff
         and previous is not None
         and r.pf is not None
-        and power_w - previous >= ctx.rules.resistive_step_w
+        and abs(power_w) - abs(previous) >= ctx.rules.resistive_step_w
         and r.pf >= ctx.rules.resistive_pf
     ):
         _trip(s, ctx, "resistive")

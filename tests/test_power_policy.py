@@ -142,6 +142,17 @@ def test_overload_timer_trip_reclose_and_lockout() -> None:
     assert out.decisions == [Restore("lockout_end")]
 
 
+def test_negative_power_is_a_load_too() -> None:
+    """A current transformer fitted backwards reads the load negative: it still trips."""
+    rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3)
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 0, -1500)).state
+    out = step(s, ctx(3, rules=rules), reading(3, 1, -1500))
+    assert Cut("overload", -1500) in out.decisions
+    s = step(RoomState(), ctx(0, rules=rules), reading(0, 0, -100, pf=0.99)).state
+    out = step(s, ctx(1, rules=rules), reading(1, 0, -900, pf=0.99))
+    assert Cut("resistive", -900) in out.decisions
+
+
 def test_trips_exactly_a_window_apart_lock_out() -> None:
     """"lockout_trips trips within lockout_window_s": the window's end is within."""
     rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3, reclose_after_s=60,
