@@ -67,8 +67,6 @@ BREAKER_RETRY_S = 10.0
 BASELINE_SAVE_S = 60.0
 # A relay board that did not answer its breakers' read is read again after this.
 BANK_RETRY_S = 5.0
-# At start, read this many breakers at once (the bus owners queue the rest).
-START_CONCURRENCY = 32
 # An overload read is taken this long after the timer runs out (asyncio timers
 # may fire a clock tick early; the reading's time must be past the deadline).
 TRIP_READ_MARGIN_S = 0.002
@@ -295,16 +293,16 @@ class PowerService:
             "accrued_since, baseline_wall, switch_pending FROM rooms").fetchall())
         self._load(rows)
         await self._update_curfew()
-        sem = asyncio.Semaphore(START_CONCURRENCY)
         unreadable: list[str] = []
 
         async def read_one(rt: RoomRuntime) -> None:
-            async with sem:
-                try:
-                    rt.breaker_on = await rt.breaker.get()
-                except DeviceError:
-                    unreadable.append(rt.id)
+            try:
+                rt.breaker_on = await rt.breaker.get()
+            except DeviceError:
+                unreadable.append(rt.id)
 
+        # Every read is queued at once: each bus owner serves its own in turn, so
+        # a live bus is never held behind a dead one (a limit here would be).
         try:
             async with asyncio.timeout(START_IO_S), asyncio.TaskGroup() as tg:
                 for rt in self.rooms.values():

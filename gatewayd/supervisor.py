@@ -40,7 +40,7 @@ START_ON_STOP_S = 1.5
 # The spec's READY within 10 s of start leaves the rest for the interpreter,
 # opening the store and loading ledger and cards (systemd's TimeoutStartSec
 # is 30 s: a generous margin over a slow SD card, not part of the promise).
-START_IO_S = 5.0
+START_IO_S = 4.0
 # Restart back-off for a component that crashed.
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
