@@ -375,14 +375,15 @@ async def dead_bus(iterations: int) -> Row:
     for it in range(iterations):
         async with workdir("deadbus") as tmp:
             run = await run_mixed(tmp, seconds)
-        check_mixed(run, checks, f"run {it + 1}")
-        notes.append(f"run {it + 1}: {run.cpu_s:.2f} CPU s in {run.seconds:.0f} s, "
+        check_mixed(run, checks, f"round {it + 1}")
+        notes.append(f"round {it + 1}: {run.cpu_s:.2f} CPU s in {run.seconds:.0f} s, "
                      f"{run.lines} log lines, valve_fault lines {dict(run.valve_lines)}, "
                      f"connect attempts {dict(run.attempts)}, peers {run.peer}")
     async with workdir("silent") as tmp:
         silent = await run_silent(tmp)
     check_silent(silent, checks)
-    notes.append(f"silent building: READY after {silent.ready_s} s, "
+    ready = "none" if silent.ready_s is None else f"{silent.ready_s:.2f} s"
+    notes.append(f"silent building: READY after {ready}, "
                  f"{silent.unconfirmed} valves unconfirmed, {silent.unverified} breakers unverified")
     return Row("dead_bus", iterations, iterations * len(DEAD_BUSES) + 6, checks.count,
                checks.violations, notes, time.monotonic() - t0)
