@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 import gatewayd.water as water_mod
-from drivers.devices import Tap
+from drivers.devices import DeviceError, Tap
+from drivers.modbus.bus import ModbusBus
+from drivers.profile import SHIPPED_DIR, load_profile
 from drivers.retry import Backoff, FailureLog
 from gatewayd.cards import Cards
 from gatewayd.ledger import Ledger
@@ -33,6 +35,7 @@ from tests.soak.dead_bus import (
     FEW_AT_START,
     FEW_PER_S,
     READY_WALL_S,
+    DeadEndpoint,
     run_mixed,
     run_silent,
 )
@@ -147,6 +150,26 @@ port = "/dev/null"
             assert (await ep.coils(RELAY, 0, 1)) == [True]
     finally:
         await sim.stop()
+
+
+async def test_an_endpoint_that_accepts_and_closes_is_backed_off_like_a_refused_one() -> None:
+    """A Modbus TCP server that accepts and closes at once (a gateway at its
+    connection limit): a connection lost before any answer is a failed attempt,
+    so 50 reads in a row cost a connection or two, not two each (before the fix:
+    100 connections)."""
+    closing = DeadEndpoint("close")
+    await closing.start()
+    try:
+        async with ModbusBus.tcp("floor", "127.0.0.1", closing.port, timeout_s=0.3,
+                                 retries=1) as bus:
+            meter = bus.meter("meter:101", 1, load_profile("eastron-sdm120-import",
+                                                           [SHIPPED_DIR]))
+            for _ in range(50):
+                with pytest.raises(DeviceError):
+                    await meter.read()
+        assert 1 <= closing.connections <= 3
+    finally:
+        await closing.stop()
 
 
 class _Waits:
