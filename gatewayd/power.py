@@ -14,8 +14,9 @@ Contract:
   `room_failing` until it works again.
 - A value no meter can report is no reading (`drivers.devices.screened`):
   nothing is charged for it and it counts against the meter's health.
-- At start every breaker is read; the gateway acts only where the rules say
-  the state is wrong (see `PowerService.start`).
+- At start every breaker is read, within START_IO_S in all; the gateway acts
+  only where the rules say the state is wrong (see `PowerService.start`). A
+  breaker not read by then is decided at its first answer (`unverified`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,7 @@ from drivers.devices import (
     SwitchMismatch,
     screened,
 )
+from drivers.retry import Backoff, FailureLog
 from gatewayd import pricing
 from gatewayd.alarms import Alarms
 from gatewayd.clock import Clock
@@ -63,19 +66,20 @@ from gatewayd.power_policy import (
     step,
 )
 from gatewayd.store import Store, StoreError, Txn
-from gatewayd.supervisor import Heartbeat
+from gatewayd.supervisor import START_IO_S, Heartbeat
 
 log = structlog.get_logger(__name__)
 
-# A breaker that failed a command is commanded again at most this often; a
-# command for the other state (a cut needed after a restore failed) goes at once.
+# A breaker that failed a command (or a read of its state) is tried again after
+# a back-off from BREAKER_RETRY_MIN_S doubling to BREAKER_RETRY_S (+-25 %),
+# reset once it answers; a command for the other state (a cut needed after a
+# restore failed) goes at once.
+BREAKER_RETRY_MIN_S = 2.0
 BREAKER_RETRY_S = 10.0
 # How stale the stored time of a room's meter baseline may get (see `_key`).
 BASELINE_SAVE_S = 60.0
 # A relay board that did not answer its breakers' read is read again after this.
 BANK_RETRY_S = 5.0
-# At start, read this many breakers at once (the bus owners queue the rest).
-START_CONCURRENCY = 32
 # An overload read is taken this long after the timer runs out (asyncio timers
 # may fire a clock tick early; the reading's time must be past the deadline).
 TRIP_READ_MARGIN_S = 0.002
@@ -110,6 +114,9 @@ class RoomRuntime:
     retry_want: bool | None = None       # the state whose command failed (None: none)
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
     unverified: bool = False             # unreadable at start: first read decides as at start
+    breaker_backoff: Backoff = field(
+        default_factory=lambda: Backoff(BREAKER_RETRY_MIN_S, BREAKER_RETRY_S))
+    breaker_log: FailureLog = field(init=False)
     # Cuts carried out while the store could not record them: (cut, ts, wall),
     # written with the room's next successful commit.
     unrecorded: list[tuple[Cut, str, float]] = field(default_factory=list)
@@ -118,6 +125,10 @@ class RoomRuntime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     persisted: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.breaker_log = FailureLog(log, "breaker_command_failed", recovered="breaker_answers",
+                                      level=logging.ERROR, room=self.cfg.id)
 
     @property
     def id(self) -> str:
@@ -298,6 +309,11 @@ class PowerService:
         store says the gateway cut it and the reason has lapsed; one found off
         for no recorded reason is left off, held, with `breaker_mismatch`
         (restore it with room.restore once it is safe).
+
+        The reads get START_IO_S in all: a breaker that has not answered by
+        then (a dead relay board or bus) is `unverified`, its room's rules
+        start anyway, and its first answer is decided as here
+        (`_drive_breaker`); no more I/O is spent on it before READY.
         """
         rows = await self.store.read(lambda t: t.execute(
             "SELECT room, baseline_wh, carry, accrued_wh, accrued_fen, chain_from_wh, low_sent, "
@@ -305,17 +321,30 @@ class PowerService:
             "accrued_since, baseline_wall, switch_pending FROM rooms").fetchall())
         self._load(rows)
         await self._update_curfew()
-        sem = asyncio.Semaphore(START_CONCURRENCY)
+        unreadable: list[str] = []
 
         async def read_one(rt: RoomRuntime) -> None:
-            async with sem:
-                try:
-                    rt.breaker_on = await rt.breaker.get()
-                except DeviceError as e:
-                    rt.unverified = True
-                    log.warning("breaker_unreadable_at_start", room=rt.id, error=e.message)
+            try:
+                rt.breaker_on = await rt.breaker.get()
+            except DeviceError:
+                unreadable.append(rt.id)
 
-        await asyncio.gather(*(read_one(rt) for rt in self.rooms.values()))
+        # Every read is queued at once: each bus owner serves its own in turn, so
+        # a live bus is never held behind a dead one (a limit here would be).
+        try:
+            async with asyncio.timeout(START_IO_S), asyncio.TaskGroup() as tg:
+                for rt in self.rooms.values():
+                    tg.create_task(read_one(rt), name=f"start-{rt.id}")
+        except TimeoutError:
+            pass
+        unread = [rt for rt in self.rooms.values() if rt.breaker_on is None]
+        for rt in unread:
+            rt.unverified = True
+        if unread:
+            # One line for the lot (a dead bus may hold hundreds), the bus says why.
+            log.warning("breakers_unverified_at_start", count=len(unread), budget_s=START_IO_S,
+                        unanswered=len(unread) - len(unreadable),
+                        rooms=sorted(rt.id for rt in unread)[:20])
         for rt in self.rooms.values():
             if rt.breaker_on is False and rt.state.cut_reason is None and not rt.switch_pending:
                 try:
@@ -570,6 +599,8 @@ class PowerService:
                 if out.state.cut_reason is not None:
                     await self._drive_breaker(rt, want_on=False)
             raise
+        if startup and rt.unverified:
+            return  # not read within the start's budget: its room loop reads it
         await self._drive_breaker(rt)
 
     def _advance_unrecorded(self, rt: RoomRuntime, out: Outcome) -> None:
@@ -662,7 +693,8 @@ class PowerService:
 
     async def _drive_breaker(self, rt: RoomRuntime, want_on: bool | None = None) -> None:
         """Make the breaker follow the rules (or `want_on`); a failed command is
-        retried every BREAKER_RETRY_S with `breaker_mismatch` raised until it follows."""
+        retried with back-off (BREAKER_RETRY_S at most) with `breaker_mismatch`
+        raised until it follows."""
         now = self.clock.mono()
         following = want_on is None
         if want_on is None:
@@ -674,9 +706,10 @@ class PowerService:
             try:
                 rt.breaker_on = await rt.breaker.get()
             except DeviceError:
-                rt.next_breaker_try = now + BREAKER_RETRY_S
+                rt.next_breaker_try = now + rt.breaker_backoff.next_delay()
                 rt.retry_want = want_on
                 return
+            rt.breaker_backoff.reset()
             if rt.unverified:
                 # The start's check, late: a breaker off for no recorded reason
                 # is left off and held, never switched on because we restarted.
@@ -697,13 +730,15 @@ class PowerService:
         try:
             await rt.breaker.set(want_on)
         except DeviceError as e:
-            rt.next_breaker_try = now + BREAKER_RETRY_S
+            rt.next_breaker_try = now + rt.breaker_backoff.next_delay()
             rt.retry_want = want_on
             rt.breaker_on = e.actual if isinstance(e, SwitchMismatch) else None
             detail = f"commanded {'on' if want_on else 'off'}: {e.message}"
-            log.error("breaker_command_failed", room=rt.id, error=e.message)
+            rt.breaker_log.failed(error=e.message)
             await self.alarms.report("breaker_mismatch", device, detail, True)
             return
+        rt.breaker_backoff.reset()
+        rt.breaker_log.ok()
         rt.breaker_on = want_on
         rt.retry_want = None
         if following and rt.switch_pending:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from drivers.retry import FailureLog
 from gatewayd import __version__, outbox
 from gatewayd.alarms import Alarms
 from gatewayd.cards import Cards
@@ -143,13 +144,19 @@ class Snapshot:
         return view
 
     async def run(self, heartbeat: Heartbeat) -> None:
+        # A state_dir that refuses the file (disk full, read-only) is said once,
+        # then a line a minute, not every WRITE_EVERY_S.
+        failures = FailureLog(log, "status_file_failed", recovered="status_file_written",
+                              path=str(self.path))
         while True:
             try:
                 view = await self._full_view()
                 self._tell_systemd(view)
                 await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
-                log.warning("status_file_failed", path=str(self.path), error=str(e))
+                failures.failed(error=str(e))
+            else:
+                failures.ok()
             heartbeat.beat()
             await asyncio.sleep(WRITE_EVERY_S)
 

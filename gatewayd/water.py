@@ -10,7 +10,12 @@ Contract:
   as its row; it ends with one `water.session` event carrying the whole charge.
 - On shutdown no tap is taken, every valve is closed and every session ended
   (`shutdown`), charged and committed.
-- A reader, valve or flow meter failing affects only its point. A flow meter
+- Valves that do not answer do not hold the start: what has not answered
+  within `START_IO_S` is a `valve_fault` (the point refuses taps) until it
+  answers and is closed.
+- A reader, valve or flow meter failing affects only its point. A valve that
+  fails is commanded closed again with capped back-off (`VALVE_RETRY_MIN_S`
+  to `VALVE_RETRY_MAX_S`), and its log lines are bounded. A flow meter
   that stops answering raises `meter_offline` (device `flow:POINT`), ends the
   point's session (`fault`) and makes the point refuse taps (`fault`) until a
   probe every `FLOW_PROBE_S` finds it answering again (cleared).
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -39,6 +45,7 @@ from typing import Any
 import structlog
 
 from drivers.devices import CardReader, Counter, DeviceError, Switch, Tap
+from drivers.retry import Backoff, FailureLog
 from gatewayd import pricing
 from gatewayd.alarms import Alarms
 from gatewayd.cards import Cards
@@ -47,7 +54,7 @@ from gatewayd.config import Config, Point
 from gatewayd.ledger import Ledger
 from gatewayd.reader_flood import Outcome, RefusalFolder
 from gatewayd.store import Store, StoreError, Txn
-from gatewayd.supervisor import Heartbeat
+from gatewayd.supervisor import START_IO_S, Heartbeat
 from gatewayd.water_policy import (
     Advance,
     Alarm,
@@ -62,8 +69,13 @@ from gatewayd.water_policy import (
 
 log = structlog.get_logger(__name__)
 
-# A closed valve that failed to close is commanded again this often.
-VALVE_RETRY_S = 5.0
+# A valve that failed (to close, to open, or to answer a check) is commanded
+# closed again after a back-off from VALVE_RETRY_MIN_S, doubling up to
+# VALVE_RETRY_MAX_S (+-25 %), reset once it obeys: a dead relay board (or bus)
+# costs a request every few seconds, never a busy loop, and one that comes
+# back is closed (and its point serves again) within VALVE_RETRY_MAX_S.
+VALVE_RETRY_MIN_S = 1.0
+VALVE_RETRY_MAX_S = 10.0
 # Consecutive flow meter failures that raise `meter_offline` and end a session
 # with `fault`: one lost frame (noise on RS-485) is not an outage.
 FLOW_FAILURES_FAULT = 3
@@ -125,8 +137,16 @@ class PointRuntime:
     idle_check_at: float = 0.0        # monotonic time of the next idle check
     valve_check_at: float = 0.0       # monotonic time of the next check during a session
     recovered: bool = False           # the session was found open after a crash
+    retry_at: float = 0.0             # monotonic time of the next close while `fault`
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(VALVE_RETRY_MIN_S, VALVE_RETRY_MAX_S))
+    fault_log: FailureLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fault_log = FailureLog(log, "valve_fault", recovered="valve_recovered",
+                                    level=logging.ERROR, point=self.cfg.id)
 
     @property
     def id(self) -> str:
@@ -191,8 +211,13 @@ class WaterService:
     # --- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Close every valve, then end and charge sessions a crash left open."""
-        await asyncio.gather(*(self._close_valve(pt) for pt in self.points.values()))
+        """Close every valve, then end and charge sessions a crash left open.
+
+        The device I/O (every close, and the last flow reading of a crash's
+        session) runs for all points at once and gets START_IO_S in all: a
+        valve not confirmed closed by then is a `valve_fault` (its point
+        refuses taps until the valve answers and is closed), and a session
+        whose reading did not come is charged from its last committed one."""
         rows = await self.store.read(lambda t: t.execute(
             f"SELECT {SESSION_COLUMNS} FROM water_sessions").fetchall())
         today = self.clock.local().date().isoformat()
@@ -210,7 +235,28 @@ class WaterService:
                 continue
             pt.session = session
             pt.recovered = True
-            await self._end(pt, "restart")
+        closed: set[str] = set()
+        counts: dict[str, int | None] = {}
+
+        async def settle(pt: PointRuntime) -> None:
+            if await self._close_valve(pt):
+                closed.add(pt.id)
+            if pt.session is not None and not pt.faulty:
+                counts[pt.id] = await self._read_flow(pt)
+
+        try:
+            async with asyncio.timeout(START_IO_S), asyncio.TaskGroup() as tg:
+                for pt in self.points.values():
+                    tg.create_task(settle(pt), name=f"start-{pt.id}")
+        except TimeoutError:
+            log.warning("valves_unconfirmed_at_start", budget_s=START_IO_S,
+                        points=sorted(p for p in self.points if p not in closed))
+        for pt in self.points.values():
+            if pt.id not in closed and pt.fault is None:
+                await self._valve_failed(pt, f"not confirmed closed within {START_IO_S:g} s "
+                                             "of start")
+            if pt.session is not None:
+                await self._finish(pt, "restart", counts.get(pt.id))
         self.accepting = True
         log.info("water_started", points=len(self.points), readers=len(self.readers),
                  recovered=len(rows))
@@ -454,9 +500,9 @@ class WaterService:
 
     def _wait_s(self, pt: PointRuntime) -> float:
         """How long the point's loop sleeps unless woken."""
-        if pt.session is not None or pt.fault is not None:
+        if pt.session is not None:
             return self.poll_s
-        due = pt.idle_check_at
+        due = pt.retry_at if pt.fault is not None else pt.idle_check_at
         if pt.flow_offline is not None:
             due = min(due, pt.probe_at)
         return max(due - self.clock.mono(), 0.0)
@@ -473,14 +519,15 @@ class WaterService:
                         await self._tick(pt)
                     else:
                         if pt.fault is not None:
-                            await self._close_valve(pt)
+                            if self.clock.mono() >= pt.retry_at:
+                                await self._close_valve(pt)
                         elif self.clock.mono() >= pt.idle_check_at:
                             await self._idle_check(pt)
                         if pt.flow_offline is not None and self.clock.mono() >= pt.probe_at:
                             await self._read_flow(pt)  # clears the alarm when it answers
             except Exception:
                 log.exception("point_loop_failed", point=pt.id)
-                await asyncio.sleep(VALVE_RETRY_S)
+                await asyncio.sleep(VALVE_RETRY_MAX_S)
 
     async def _idle_check(self, pt: PointRuntime) -> None:
         """An idle point: its valve reads closed (else it is closed now) and its
@@ -624,13 +671,19 @@ class WaterService:
 
     async def _end(self, pt: PointRuntime, reason: str) -> None:
         """Close the valve, charge the rest, record one `water.session` (lock held)."""
-        s = pt.session
-        assert s is not None
+        assert pt.session is not None
         await self._close_valve(pt)
         # No read of a flow meter that failed, nor after a close that did (the
         # board is likely dead: its timeouts would eat the stop budget): the
         # session ends now, charged from the last reading.
         count = None if pt.faulty else await self._read_flow(pt)
+        await self._finish(pt, reason, count)
+
+    async def _finish(self, pt: PointRuntime, reason: str, count: int | None) -> None:
+        """End the session with the valve closed (or failed) and the counter at `count`
+        (None: not read): charge the rest, record one `water.session`."""
+        s = pt.session
+        assert s is not None
         step = advance(s, pt.billing, self.limits, now=self.clock.mono(), count=count,
                        balance_fen=self.ledger.balance(s.account),
                        offline=not self.center_online(), final=True)
@@ -680,21 +733,29 @@ class WaterService:
 
     # --- valves -------------------------------------------------------------------
 
-    async def _close_valve(self, pt: PointRuntime) -> None:
+    async def _close_valve(self, pt: PointRuntime) -> bool:
+        """Command the valve closed: True once it obeyed (a fault is cleared)."""
         try:
             await pt.valve.set(False)
         except DeviceError as e:
             await self._valve_failed(pt, f"commanded closed: {e.message}")
-            return
+            return False
+        pt.backoff.reset()
+        pt.fault_log.ok()
         if pt.fault is not None:
             pt.fault = None
             await self.alarms.report("valve_fault", valve_device(pt.id), "", False)
+        return True
 
     async def _valve_failed(self, pt: PointRuntime, detail: str) -> None:
+        """The valve did not obey or answer: the point refuses taps, and its loop
+        commands the valve closed again once the back-off allows (never at
+        once: a dead board fails at once, and that would be a busy loop)."""
         pt.fault = detail
-        log.error("valve_fault", point=pt.id, detail=detail)
+        pt.retry_at = self.clock.mono() + pt.backoff.next_delay()
+        pt.fault_log.failed(detail=detail)
         await self.alarms.report("valve_fault", valve_device(pt.id), detail, True)
-        pt.wake.set()
+        pt.wake.set()  # the loop recomputes its wait (the retry may be sooner than its sleep)
 
     # --- for commands and status --------------------------------------------------
 

@@ -12,8 +12,9 @@ Contract (`drivers.devices.CardReader`):
 - `status(False, why)` once when pcscd is unreachable, no reader matches, or
   the reader goes away; `status(True, "")` when a reader is watched again.
   Readers plugged in later are picked up through pcscd's PnP notification.
-  A lost pcscd connection (pcscd restarted) is re-established with capped
-  back-off and jitter.
+  A lost pcscd connection (pcscd restarted), and a reader that goes away, are
+  tried again with capped back-off and jitter (reset once the link has stayed
+  up `LINK_STABLE_S`), never at once.
 - Every pyscard call runs in the worker thread, never on the event loop.
   `SCardGetStatusChange` waits at most `poll_s`, and cancellation also wakes
   it with `SCardCancel`, so `run()` returns promptly when cancelled, with the
@@ -224,6 +225,8 @@ class _Worker:
                     self._release()
                 if self.stopping.is_set():
                     break
+                if link.proven():
+                    self.owner.backoff.reset()
                 delay = self.owner.backoff.next_delay()
                 link.down(reason, delay)
                 self.stopping.wait(delay)
@@ -267,12 +270,17 @@ class _Worker:
                 pnp_state = self._wait_reader_list(ctx, pnp_state)
                 continue
             missing_reported = False
-            self.owner.backoff.reset()
             self.log.debug("pcsc_reader_selected", device=reader)
             link.up()
             gone = self._watch(ctx, reader)
             if gone is not None:
-                link.down(gone, self.owner.poll_s)
+                # Wait before looking again: a reader listed but unavailable
+                # goes at once, and looking again at once would be a busy loop.
+                if link.proven():
+                    self.owner.backoff.reset()
+                delay = self.owner.backoff.next_delay()
+                link.down(gone, delay)
+                self.stopping.wait(delay)
         return "stopping"
 
     def _find_reader(self, ctx: int) -> str | None:

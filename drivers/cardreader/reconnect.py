@@ -1,7 +1,7 @@
 """Reconnect policy and link state of a card reader, apart from its I/O.
 
-`Backoff` says how long to wait before the next attempt (capped exponential
-with jitter, reset on success). `LinkStatus` turns every open and every
+`Backoff` says how long to wait before the next attempt (`drivers.retry`'s,
+with the readers' delays). `LinkStatus` turns every open and every
 failure into at most one `status` call per change and logs with the house
 levels: first failure WARNING (`card_reader_offline`), repeats DEBUG
 (`card_reader_retry`), recovery INFO (`card_reader_online`).
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import random
+import time
 from typing import Any
 
 import structlog
 
+from drivers import retry
 from drivers.cardreader import report_status
 from drivers.devices import StatusSink
 
@@ -24,42 +26,20 @@ log = structlog.get_logger(__name__)
 # but do not spin on a reader that stays unplugged for hours.
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_CAP_S = 30.0
+# A link that stayed up this long has proven itself: its next failure starts
+# the back-off again from the beginning. One lost sooner (a port that opens
+# and fails at once, a reader listed but unavailable) keeps backing off, so a
+# flapping reader costs an attempt every BACKOFF_CAP_S, and a few log lines.
+LINK_STABLE_S = 5.0
 
 
-class Backoff:
-    """Capped exponential back-off with +/- `jitter` (a fraction) around each delay."""
+class Backoff(retry.Backoff):
+    """A reader's back-off: `drivers.retry.Backoff` with the readers' defaults."""
 
-    def __init__(
-        self,
-        initial_s: float = BACKOFF_INITIAL_S,
-        cap_s: float = BACKOFF_CAP_S,
-        factor: float = 2.0,
-        jitter: float = 0.25,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not 0 < initial_s <= cap_s or factor < 1 or not 0 <= jitter < 1:
-            raise ValueError("back-off needs 0 < initial <= cap, factor >= 1, 0 <= jitter < 1")
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self.factor = factor
-        self.jitter = jitter
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """Seconds to wait before the next attempt; grows until the cap."""
-        base = min(self.cap_s, self.initial_s * self.factor**self.attempt)
-        self.attempt += 1
-        return base * (1 + self.jitter * (2 * self._rng.random() - 1))
-
-    def longest(self) -> float:
-        """The capped delay, for errors that retrying soon will not fix (permissions)."""
-        self.attempt += 1
-        return self.cap_s * (1 + self.jitter * (2 * self._rng.random() - 1))
-
-    def reset(self) -> None:
-        """The link works again: the next failure starts from `initial_s`."""
-        self.attempt = 0
+    def __init__(self, initial_s: float = BACKOFF_INITIAL_S, cap_s: float = BACKOFF_CAP_S,
+                 factor: float = 2.0, jitter: float = 0.25,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(initial_s, cap_s, factor, jitter, rng)
 
 
 class LinkState(enum.Enum):
@@ -77,6 +57,7 @@ class LinkStatus:
         self.reader = reader
         self.state = LinkState.STARTING
         self.failures = 0
+        self._up_at = 0.0
         self._status = status
         self._log = log.bind(reader=reader, **log_context)
 
@@ -84,6 +65,7 @@ class LinkStatus:
         """The device is open and working."""
         if self.state is LinkState.ONLINE:
             return
+        self._up_at = time.monotonic()
         if self.state is LinkState.OFFLINE:
             self._log.info("card_reader_online", failures=self.failures)
         else:
@@ -91,6 +73,10 @@ class LinkStatus:
         self.state = LinkState.ONLINE
         self.failures = 0
         self._report(True, "")
+
+    def proven(self) -> bool:
+        """The link is up and has stayed up LINK_STABLE_S (reset the back-off)."""
+        return self.state is LinkState.ONLINE and time.monotonic() - self._up_at >= LINK_STABLE_S
 
     def down(self, reason: str, retry_in_s: float) -> None:
         """The device failed or could not be opened; the next try is in `retry_in_s`."""

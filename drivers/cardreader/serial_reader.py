@@ -149,6 +149,8 @@ class SerialCardReader:
             except Exception as exc:  # a bug must not stop the reader
                 log.exception("card_reader_error", reader=self.name)
                 reason = _describe(exc)
+            if link.proven():
+                self.backoff.reset()  # a port that fails as soon as it opens keeps backing off
             delay = self.backoff.longest() if config_error else self.backoff.next_delay()
             link.down(reason, delay)
             await asyncio.sleep(delay)
@@ -164,7 +166,6 @@ class SerialCardReader:
             loop, lambda: _TapProtocol(self, queue, closed), port
         )
         try:
-            self.backoff.reset()
             link.up()
             while True:
                 item = await queue.get()

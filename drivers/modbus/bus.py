@@ -9,7 +9,10 @@ Contract: every request on the bus goes through `ModbusBus.transact`, which
 - retries a failed request `retries` times with capped back-off, then raises
   `DeviceError` naming the device;
 - reopens a lost connection or port on the next request, with capped back-off
-  between failed attempts during which requests fail at once.
+  between failed attempts during which requests fail at once. A connection
+  counts as made once it has answered: one that is lost before (a server that
+  accepts and closes at once) is a failed attempt, so a dead endpoint costs a
+  connection every RECONNECT_BACKOFF_MAX_S at most, never one per request.
 
 Devices are made with `meter()`, `switch()` and `counter()`; each has a `health`.
 """
@@ -111,6 +114,7 @@ class ModbusBus:
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._links: list[Link | None] = [None] * workers
+        self._answered = [False] * workers  # the connection has answered a request
         self._down_until = 0.0
         self._down_reason = ""
         self._reconnect_failures = 0
@@ -297,6 +301,8 @@ class ModbusBus:
             try:
                 link = await self._link(index)
                 answer = await link.request(job.unit, job.pdu, self.timeout_s)
+                if not self._answered[index]:
+                    self._link_works(index)
             except LinkError as exc:
                 # Garbage desynchronises a TCP stream, which must be replaced; on a
                 # serial line the next request starts clean after the frame gap, so
@@ -320,26 +326,34 @@ class ModbusBus:
         try:
             link = await self._opener()
         except LinkDown as exc:
-            self._reconnect_failures += 1
-            delay = min(RECONNECT_BACKOFF_S * 2 ** (self._reconnect_failures - 1),
-                        RECONNECT_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
-            self._down_until = time.monotonic() + delay
-            self._down_reason = str(exc)
-            self._lost = True
-            level = log.warning if self._reconnect_failures == 1 else log.debug
-            level("modbus_bus_connect_failed", bus=self.name, error=str(exc),
-                  attempt=self._reconnect_failures, retry_in_s=round(delay, 2))
+            self._attempt_failed(str(exc))
             raise
         self._links[index] = link
+        self._answered[index] = False
+        log.debug("modbus_bus_connected", bus=self.name, connection=index)
+        return link
+
+    def _attempt_failed(self, reason: str) -> None:
+        """A connection could not be made (or was lost before it answered): back off."""
+        self._reconnect_failures += 1
+        delay = min(RECONNECT_BACKOFF_S * 2 ** (self._reconnect_failures - 1),
+                    RECONNECT_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
+        self._down_until = time.monotonic() + delay
+        self._down_reason = reason
+        self._lost = True
+        level = log.warning if self._reconnect_failures == 1 else log.debug
+        level("modbus_bus_connect_failed", bus=self.name, error=reason,
+              attempt=self._reconnect_failures, retry_in_s=round(delay, 2))
+
+    def _link_works(self, index: int) -> None:
+        """The connection answered a request: the bus is up again."""
+        self._answered[index] = True
         if self._lost:
             self.stats.reconnects += 1
             log.info("modbus_bus_reconnected", bus=self.name, after_failures=self._reconnect_failures)
-        else:
-            log.debug("modbus_bus_connected", bus=self.name, connection=index)
         self._lost = False
         self._reconnect_failures = 0
         self._down_until = 0.0
-        return link
 
     def _drop_link(self, index: int, exc: LinkError) -> None:
         link = self._links[index]
@@ -347,6 +361,10 @@ class ModbusBus:
             return
         self._links[index] = None
         link.close()
+        if not self._answered[index] and isinstance(exc, LinkDown):
+            # Closed before a word (garbage is a word: the server is there).
+            self._attempt_failed(f"connection lost before it answered: {exc}")
+            return
         level = log.debug if self._lost else log.warning
         level("modbus_bus_disconnected", bus=self.name, error=str(exc))
         self._lost = True

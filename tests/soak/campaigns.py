@@ -1553,6 +1553,8 @@ async def hostile_input(iterations: int) -> Row:
 
 # --- the table -------------------------------------------------------------------------------
 
+from tests.soak.dead_bus import dead_bus  # noqa: E402 - its own file; it uses workdir above
+
 CAMPAIGNS: dict[str, Campaign] = {
     "power_cut": power_cut,
     "center_outage": center_outage,
@@ -1560,9 +1562,12 @@ CAMPAIGNS: dict[str, Campaign] = {
     "clock_jumps": clock_jumps,
     "disk_full": disk_full,
     "hostile_input": hostile_input,
+    "dead_bus": dead_bus,
 }
 FULL: dict[str, int] = {"power_cut": 200, "center_outage": 2, "device_faults": 6, "clock_jumps": 120,
-                        "disk_full": 5, "hostile_input": 10_000}
+                        "disk_full": 5, "hostile_input": 10_000,
+                        "dead_bus": 3}
 SHORT: dict[str, int] = {"power_cut": 6, "center_outage": 1, "device_faults": 1, "clock_jumps": 14,
-                         "disk_full": 1, "hostile_input": 600}
+                         "disk_full": 1, "hostile_input": 600,
+                         "dead_bus": 1}
 

@@ -381,8 +381,9 @@ class Daemon:
     """`gatewayd run` as a subprocess, restartable; its JSON log goes to `log_path`."""
 
     def __init__(self, config: Path, workdir: Path, *, watchdog_usec: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.config = config
+        self.args = list(args)  # more `gatewayd run` options, e.g. --log-level debug
         self.log_path = workdir / "daemon.log"
         self.notify = Notifications(workdir / "notify.sock")
         self.watchdog_usec = watchdog_usec
@@ -400,7 +401,7 @@ class Daemon:
             self.started_at = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config),
-                "--log-format", "json", cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+                "--log-format", "json", *self.args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
             )
         self.starts += 1

@@ -1,0 +1,111 @@
+"""How anything that fails is tried again and reported (behaviour.md "Faults").
+
+`Backoff` says how long to wait before the next attempt: capped exponential
+with jitter, reset on success. `FailureLog` keeps the log lines of one thing
+that keeps failing bounded: the first failure at WARNING (or the level given),
+repeats counted and summarised at most once every `SUMMARY_S`, the recovery
+at INFO. Together they make a dead bus, port or device cost a few requests a
+second and a few log lines a minute, never a busy loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+# Repeats of one failure are summarised at most this often: a log line a
+# minute says the fault is still there without filling the disk.
+SUMMARY_S = 60.0
+
+
+class Backoff:
+    """Capped exponential back-off with +/- `jitter` (a fraction) around each delay."""
+
+    def __init__(
+        self,
+        initial_s: float,
+        cap_s: float,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < initial_s <= cap_s or factor < 1 or not 0 <= jitter < 1:
+            raise ValueError("back-off needs 0 < initial <= cap, factor >= 1, 0 <= jitter < 1")
+        self.initial_s = initial_s
+        self.cap_s = cap_s
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt; grows until the cap."""
+        base = min(self.cap_s, self.initial_s * self.factor**self.attempt)
+        self.attempt += 1
+        return base * (1 + self.jitter * (2 * self._rng.random() - 1))
+
+    def longest(self) -> float:
+        """The capped delay, for errors that retrying soon will not fix (permissions)."""
+        self.attempt += 1
+        return self.cap_s * (1 + self.jitter * (2 * self._rng.random() - 1))
+
+    def reset(self) -> None:
+        """It works again: the next failure starts from `initial_s`."""
+        self.attempt = 0
+
+
+class FailureLog:
+    """The log lines of one thing (a valve, a breaker, a file) that may keep failing.
+
+    `failed()` logs the first failure of a run at `level` under `event`; later
+    ones are counted, and logged as `event` with `repeats` (failures since the
+    last line) and `failing_s` (since the run began) at most once a
+    `summary_s`, at WARNING. `ok()` ends a run with `recovered` at INFO.
+    """
+
+    def __init__(self, logger: Any, event: str, *, recovered: str,
+                 level: int = logging.WARNING, summary_s: float = SUMMARY_S,
+                 clock: Callable[[], float] = time.monotonic, **context: Any) -> None:
+        self._log = logger.bind(**context) if context else logger
+        self.event = event
+        self.recovered = recovered
+        self.level = level
+        self.summary_s = summary_s
+        self._clock = clock
+        self.failures = 0          # in the current run; 0: not failing
+        self._since = 0.0          # when the run began
+        self._said_at = 0.0        # when its last line was logged
+        self._unsaid = 0           # failures since that line
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, **fields: Any) -> bool:
+        """One more failure; True when it begins a run (the caller may raise an alarm)."""
+        now = self._clock()
+        self.failures += 1
+        if self.failures == 1:
+            self._since = self._said_at = now
+            self._unsaid = 0
+            self._log.log(self.level, self.event, **fields)
+            return True
+        self._unsaid += 1
+        if now - self._said_at >= self.summary_s:
+            self._log.warning(self.event, repeats=self._unsaid,
+                              failing_s=round(now - self._since), **fields)
+            self._said_at = now
+            self._unsaid = 0
+        return False
+
+    def ok(self, **fields: Any) -> bool:
+        """It works; True when that ends a run of failures (logged once, at INFO)."""
+        if self.failures == 0:
+            return False
+        self._log.info(self.recovered, failures=self.failures,
+                       failing_s=round(self._clock() - self._since), **fields)
+        self.failures = 0
+        return True
