@@ -23,17 +23,12 @@ from drivers.devices import DeviceError, Tap
 from drivers.modbus import ModbusBus
 from drivers.modbus.frames import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
-from gatewayd.alarms import Alarms
 from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.hardware import Hardware
 from gatewayd.ledger import Ledger
 from gatewayd.sim.modbus import SimBuilding, SimEndpoint, SimRtu
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService, flow_device, valve_device
+from gatewayd.store import Txn
 from gatewayd.water_policy import Card
+from tests.test_water_service import running_water
 
 COUNTER = 40   # a pulse-counter board: shower-1 on channel 0, shower-2 on channel 1
 RELAY = 31     # the showers' valves
@@ -264,7 +259,7 @@ retries = 1
             Cards.put(txn, Card(uid, f"stu-{i}", "student", "active", None))
 
     board.delay_replies(COUNTER, (0.05, 0.45))
-    async with water_service(tmp_path / "gw.toml", seed) as (service, store):
+    async with running_water(tmp_path / "gw.toml", seed, lambda: True) as (service, store):
         for i, uid in cards.items():
             await service.on_tap(Tap(f"r{i}", uid, time.monotonic()))
         assert all(pt.session is not None for pt in service.points.values())
@@ -284,37 +279,3 @@ retries = 1
     # shower-1 is charged for its own water at most (its counter rose this much).
     assert wet["volume_ml"] <= (counter.counts[0] - 5000.0) * 10 + 10, wet
     assert wet["volume_ml"] > 0, "no reading of shower-1 succeeded: the test proved nothing"
-
-
-@contextlib.asynccontextmanager
-async def water_service(config_path: Path, seed: Callable[[Txn], None]
-                        ) -> AsyncIterator[tuple[WaterService, Store]]:
-    """The water service of `config_path` with its valves and flow counters, as the
-    daemon builds it, on a store seeded by `seed`."""
-    config = load_config(config_path)
-    store = Store.open(config.gateway.state_dir, "b07")
-    store.call(seed)
-    ledger, cards = Ledger(), Cards()
-    await store.read(ledger.load)
-    await store.read(cards.load)
-    hw = Hardware(config)
-    await hw.start()
-    service = WaterService(
-        config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
-        clock=Clock(config.gateway.timezone, "yes"),
-        devices={p.id: (hw.switch(valve_device(p.id), p.valve),
-                        hw.counter(flow_device(p.id), p.flow) if p.flow else None)
-                 for p in config.points},
-        readers={}, center_online=lambda: True)
-    await service.start()
-    task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))
-    try:
-        yield service, store
-    finally:
-        if service.accepting:
-            await service.shutdown()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hw.close()
-        store.close()

@@ -451,8 +451,9 @@ def _set_open(counter: SimCounter, channel: int, on: bool, now: float) -> None:
     counter.set_open(channel, on, now)
 
 
-# An answer's delay: fixed seconds, or (low, high) drawn uniformly for each answer.
-ReplyDelay = float | tuple[float, float]
+# An answer's delay: fixed seconds, (low, high) drawn uniformly for each answer, or
+# a function drawing it.
+ReplyDelay = float | tuple[float, float] | Callable[[], float]
 
 
 class SimRtu:
@@ -473,6 +474,7 @@ class SimRtu:
         self.endpoint = endpoint
         self.baudrate = baudrate
         self.reply_delays: dict[int, ReplyDelay] = {}
+        self.delays: collections.deque[float] = collections.deque(maxlen=record)  # applied
         self.wire: collections.deque[tuple[float, str, bytes]] = collections.deque(maxlen=record)
         self._rng = random.Random(seed)
         self._held: dict[int, asyncio.TimerHandle] = {}   # chunks on their way
@@ -514,7 +516,11 @@ class SimRtu:
     def _delay(self, data: bytes) -> float:
         delay = self.reply_delays.get(data[0], 0.0)
         if isinstance(delay, tuple):
-            return self._rng.uniform(*delay)
+            delay = self._rng.uniform(*delay)
+        elif callable(delay):
+            delay = delay()
+        if delay:
+            self.delays.append(delay)
         return delay
 
     def _pump(self, src: int, dst: int) -> None:
