@@ -26,10 +26,10 @@ class Hardware:
     def _bus(self, b: Bus) -> ModbusBus:
         if b.type == "tcp":
             return ModbusBus.tcp(b.name, b.host, b.tcp_port, timeout_s=b.timeout_s,
-                                 retries=b.retries, on_health=self._health)
+                                 retries=b.retries, gap_s=b.gap_s, on_health=self._health)
         return ModbusBus.rtu(b.name, b.port, baudrate=b.baudrate, parity=b.parity,
                              stopbits=b.stopbits, timeout_s=b.timeout_s, retries=b.retries,
-                             on_health=self._health)
+                             gap_s=b.gap_s, on_health=self._health)
 
     def on_health(self, sink: HealthSink) -> None:
         self._sinks.append(sink)

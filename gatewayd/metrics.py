@@ -271,6 +271,8 @@ class _Collector:
             ("failures", "Modbus requests failed (timeout, exception, garbage, link down)"),
             ("timeouts", "Modbus requests unanswered"),
             ("reconnects", "Connections reopened after a loss"),
+            ("noise_faults", "RTU: the line did not fall quiet before a request (noise)"),
+            ("dropped_bytes", "RTU: bytes with no request waiting (late answers, noise), dropped"),
         )}
         for name, bus in sorted(m.buses.items()):
             connected.add_metric([name], int(bus.connected))

@@ -25,7 +25,7 @@ from gatewayd.ledger import Ledger
 from gatewayd.sim.modbus import SimBuilding
 from gatewayd.store import Store, Txn
 from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService, valve_device
+from gatewayd.water import WaterService, flow_device, valve_device
 from gatewayd.water_policy import Card
 
 RELAY = SimBuilding.RELAY_BASE
@@ -101,8 +101,9 @@ port = "/dev/null"
 async def running_water(
     config_path: Path, seed: Callable[[Txn], None], center_online: Callable[[], bool]
 ) -> AsyncIterator[tuple[WaterService, Store]]:
-    """The water service of `config_path` running on a store seeded by `seed`;
-    stopped (if the test did not) and closed afterwards."""
+    """The water service of `config_path` (valves and flow counters built as the
+    daemon builds them) running on a store seeded by `seed`; stopped (if the
+    test did not) and closed afterwards."""
     config = load_config(config_path)
     store = Store.open(config.gateway.state_dir, "b07")
     store.call(seed)
@@ -114,7 +115,9 @@ async def running_water(
     service = WaterService(
         config, store, ledger=ledger, cards=cards, alarms=Alarms(store, Clock("UTC", "yes")),
         clock=Clock(config.gateway.timezone, "yes"),
-        devices={p.id: (hw.switch(valve_device(p.id), p.valve), None) for p in config.points},
+        devices={p.id: (hw.switch(valve_device(p.id), p.valve),
+                        hw.counter(flow_device(p.id), p.flow) if p.flow else None)
+                 for p in config.points},
         readers={}, center_online=center_online)
     await service.start()
     task = asyncio.get_running_loop().create_task(service.run(Heartbeat("water", None)))

@@ -3,9 +3,14 @@
 Contract: every request on the bus goes through `ModbusBus.transact`, which
 - orders requests by priority: commands (switch writes and their read-back) before
   routine polls, first come first served within a priority;
-- keeps an RTU line to one request at a time with its frame gaps, and a TCP
-  endpoint to `max_in_flight` requests at once (one per connection: many Modbus
-  TCP servers and gateways, pymodbus' own included, do not pipeline);
+- keeps an RTU line to one request at a time, each written only on a quiet line
+  (`RtuLink`: a late answer is dropped, never taken for the next request), and a
+  TCP endpoint to `max_in_flight` requests at once (one per connection: many
+  Modbus TCP servers and gateways, pymodbus' own included, do not pipeline);
+- leaves at least `gap_s` between the end of an answer (or a timeout) and the
+  next request (on TCP this means one request at a time);
+- a line that will not fall quiet (`LinkNoisy`) is a bus fault: its requests
+  fail at once for a capped, jittered back-off;
 - retries a failed request `retries` times with capped back-off, then raises
   `DeviceError` naming the device;
 - reopens a lost connection or port on the next request, with capped back-off
@@ -46,7 +51,16 @@ from drivers.modbus.frames import (
     read_registers_reply,
 )
 from drivers.modbus.health import DeviceHealth, HealthSink
-from drivers.modbus.link import Link, LinkDown, LinkError, LinkGarbage, LinkTimeout, RtuLink, TcpLink
+from drivers.modbus.link import (
+    Link,
+    LinkDown,
+    LinkError,
+    LinkGarbage,
+    LinkNoisy,
+    LinkTimeout,
+    RtuLink,
+    TcpLink,
+)
 from drivers.profile import Profile
 
 log = structlog.get_logger(__name__)
@@ -60,6 +74,9 @@ RETRY_BACKOFF_MAX_S = 0.5
 # Back-off between attempts to reopen a lost connection or port.
 RECONNECT_BACKOFF_S = 0.2
 RECONNECT_BACKOFF_MAX_S = 10.0
+# Back-off after an RTU line did not fall quiet: noise rarely stops at once.
+NOISE_BACKOFF_S = 0.5
+NOISE_BACKOFF_MAX_S = 10.0
 # Exception codes worth retrying: the device is alive but busy.
 RETRYABLE_EXCEPTIONS = frozenset({5, 6})
 # Closing a serial port drains it in a thread; do not let a wedged adapter hang shutdown.
@@ -88,6 +105,8 @@ class BusStats:
     failures: int = 0
     timeouts: int = 0
     reconnects: int = 0
+    noise_faults: int = 0  # an RTU line did not fall quiet before a request
+    dropped_bytes: int = 0  # RTU bytes with no request waiting (late answers, noise)
 
 
 class ModbusBus:
@@ -102,12 +121,19 @@ class ModbusBus:
         timeout_s: float,
         retries: int,
         on_health: HealthSink | None = None,
+        gap_s: float = 0.0,
+        stats: BusStats | None = None,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.retries = retries
         self.on_health = on_health
-        self.stats = BusStats()
+        self.stats = stats or BusStats()
+        # TCP: the pause the bus keeps after each answer (an RtuLink keeps its own).
+        self._gap_s = gap_s
+        self._idle_since = 0.0
+        self._noise_failures = 0
+        self._noisy_until = 0.0
         self._opener = opener
         self._n_workers = workers
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
@@ -127,25 +153,34 @@ class ModbusBus:
     @classmethod
     def tcp(cls, name: str, host: str, port: int = 502, *, timeout_s: float = 1.0,
             retries: int = 1, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-            on_health: HealthSink | None = None) -> ModbusBus:
-        """A Modbus TCP endpoint with up to `max_in_flight` requests at once."""
+            gap_s: float = 0.0, on_health: HealthSink | None = None) -> ModbusBus:
+        """A Modbus TCP endpoint with up to `max_in_flight` requests at once, or
+        one at a time `gap_s` apart when `gap_s` > 0 (a device that needs a pause)."""
         async def opener() -> Link:
             return await TcpLink.connect(name, host, port, timeout_s)
-        return cls(name, opener, workers=max(1, max_in_flight), timeout_s=timeout_s,
-                   retries=retries, on_health=on_health)
+        workers = 1 if gap_s > 0 else max(1, max_in_flight)
+        return cls(name, opener, workers=workers, timeout_s=timeout_s,
+                   retries=retries, on_health=on_health, gap_s=gap_s)
 
     @classmethod
     def rtu(cls, name: str, port: str, *, baudrate: int = 9600, parity: str = "N",
             stopbits: int = 1, timeout_s: float = 0.3, retries: int = 1,
-            on_health: HealthSink | None = None) -> ModbusBus:
-        """An RS-485 line in RTU mode (one request at a time)."""
+            gap_s: float = 0.0, on_health: HealthSink | None = None) -> ModbusBus:
+        """An RS-485 line in RTU mode (one request at a time, on a line quiet for
+        the 3.5-character gap or `gap_s` if larger; see `RtuLink`)."""
         if parity not in ("N", "E", "O"):
             raise ValueError(f"parity must be N, E or O, got {parity!r}")
+        stats = BusStats()
+
+        def dropped(n: int) -> None:
+            stats.dropped_bytes += n
+
         async def opener() -> Link:
             return await RtuLink.open(name, port, baudrate=baudrate, parity=parity,
-                                      stopbits=stopbits, timeout_s=timeout_s)
+                                      stopbits=stopbits, timeout_s=timeout_s, gap_s=gap_s,
+                                      on_dropped=dropped)
         return cls(name, opener, workers=1, timeout_s=timeout_s, retries=retries,
-                   on_health=on_health)
+                   on_health=on_health, stats=stats)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -277,7 +312,8 @@ class ModbusBus:
                 if isinstance(exc, LinkTimeout):
                     self.stats.timeouts += 1
                 error = f"{_kind(exc)}: {exc} (unit {unit})"
-                if isinstance(exc, LinkDown) and self._down_until > time.monotonic():
+                if isinstance(exc, LinkNoisy) or (
+                        isinstance(exc, LinkDown) and self._down_until > time.monotonic()):
                     raise DeviceError(device, error) from None
             if attempt + 1 < attempts:
                 backoff = min(RETRY_BACKOFF_S * 2**attempt, RETRY_BACKOFF_MAX_S)
@@ -298,23 +334,66 @@ class ModbusBus:
             job = await self._queue.get()
             if job.future.done():  # the caller gave up (cancelled) while queued
                 continue
+            now = time.monotonic()
+            if now < self._noisy_until:
+                job.future.set_exception(LinkNoisy(
+                    f"line noisy; retrying in {self._noisy_until - now:.1f} s"))
+                continue
             try:
                 link = await self._link(index)
+                if not self._may_send(link):
+                    # Wait with the job queued again, so that a command arriving
+                    # meanwhile (a cut) goes first once the bus may send.
+                    self._queue.put_nowait(job)
+                    await self._until_may_send(link)
+                    job = self._queue.get_nowait()
+                    if job.future.done():
+                        continue
                 answer = await link.request(job.unit, job.pdu, self.timeout_s)
                 if not self._answered[index]:
                     self._link_works(index)
             except LinkError as exc:
                 # Garbage desynchronises a TCP stream, which must be replaced; on a
-                # serial line the next request starts clean after the frame gap, so
+                # serial line the next request starts clean on a quiet line, so
                 # one noisy device does not close the port under all the others.
                 if isinstance(exc, LinkDown) or (
                         isinstance(exc, LinkGarbage) and not isinstance(link, RtuLink)):
                     self._drop_link(index, exc)
+                elif isinstance(exc, LinkNoisy):
+                    self._noisy(exc)
                 if not job.future.done():
                     job.future.set_exception(exc)
                 continue
+            finally:
+                self._idle_since = time.monotonic()
+            if self._noise_failures:
+                log.info("modbus_bus_quiet", bus=self.name, after_failures=self._noise_failures)
+                self._noise_failures = 0
             if not job.future.done():
                 job.future.set_result(answer)
+
+    def _may_send(self, link: Link) -> bool:
+        if isinstance(link, RtuLink):
+            return link.quiet()
+        return time.monotonic() >= self._idle_since + self._gap_s
+
+    async def _until_may_send(self, link: Link) -> None:
+        """RTU: until the line is quiet (`LinkNoisy` if it will not be); TCP: `gap_s`
+        after the last answer."""
+        if isinstance(link, RtuLink):
+            await link.settle()
+        else:
+            await asyncio.sleep(max(0.0, self._idle_since + self._gap_s - time.monotonic()))
+
+    def _noisy(self, exc: LinkNoisy) -> None:
+        self._noise_failures += 1
+        self.stats.noise_faults += 1
+        delay = min(NOISE_BACKOFF_S * 2 ** (self._noise_failures - 1),
+                    NOISE_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
+        self._noisy_until = time.monotonic() + delay
+        level = log.warning if self._noise_failures == 1 else log.debug
+        level("modbus_bus_noisy", bus=self.name, error=str(exc), attempt=self._noise_failures,
+              retry_in_s=round(delay, 2))
 
     async def _link(self, index: int) -> Link:
         link = self._links[index]
@@ -379,6 +458,8 @@ def _kind(exc: LinkError) -> str:
         return "timeout"
     if isinstance(exc, LinkGarbage):
         return "garbage"
+    if isinstance(exc, LinkNoisy):
+        return "noisy line"
     return "disconnected"
 
 

@@ -70,6 +70,7 @@ from tests.soak.harness import (
     start_building,
     until,
 )
+from tests.soak.late_rtu import late_rtu
 
 Campaign = Callable[[int], Awaitable[Row]]
 
@@ -1563,11 +1564,12 @@ CAMPAIGNS: dict[str, Campaign] = {
     "disk_full": disk_full,
     "hostile_input": hostile_input,
     "dead_bus": dead_bus,
+    "late_rtu": late_rtu,
 }
 FULL: dict[str, int] = {"power_cut": 200, "center_outage": 2, "device_faults": 6, "clock_jumps": 120,
                         "disk_full": 5, "hostile_input": 10_000,
-                        "dead_bus": 3}
+                        "dead_bus": 3, "late_rtu": 50}
 SHORT: dict[str, int] = {"power_cut": 6, "center_outage": 1, "device_faults": 1, "clock_jumps": 14,
                          "disk_full": 1, "hostile_input": 600,
-                         "dead_bus": 1}
+                         "dead_bus": 1, "late_rtu": 5}
 
