@@ -19,9 +19,8 @@ Contract:
   `COMMAND_QUEUE_MAX` messages and `COMMAND_QUEUE_BYTES` (a small command
   always fits while the count allows): one that does not fit is
   acknowledged unread, counted and logged within a budget, and gets no
-  result. With MQTT 5 the CONNECT says `RECEIVE_MAXIMUM` and
-  `MAX_PACKET_BYTES`, so the broker itself holds back a QoS 1 flood and
-  never sends an oversized payload.
+  result. With MQTT 5 the CONNECT says `RECEIVE_MAXIMUM`, so the broker
+  itself holds back the QoS 1 commands we have not acknowledged.
 - Commands on `{root}/cmd` and `{prefix}/all/cmd` (QoS 1) go one at a time,
   in arrival order, to the `CommandHandler`. They are acknowledged to the
   broker only after the handler returned (and its immediate result, if any,
@@ -121,10 +120,11 @@ BACKOFF_CONFIG_S: Final = 60.0
 #: MQTT 5 Receive Maximum sent on CONNECT: at most this many unacknowledged
 #: QoS 1 commands are in our hands; the broker holds the rest of a flood.
 RECEIVE_MAXIMUM: Final = 8
-#: MQTT 5 Maximum Packet Size sent on CONNECT: the broker never sends a bigger
-#: packet (it drops it). Twice the largest command, so that a command a little
-#: too big is still answered `bad_json` (refused on its size, unparsed).
-MAX_PACKET_BYTES: Final = 2 * MAX_COMMAND_BYTES + 64 * 1024
+#: No MQTT 5 Maximum Packet Size is sent: mosquitto 2.0 counts a QoS 1 message it
+#: holds back for being too big against the Receive Maximum for good, so a few
+#: oversized commands would stop every later one. The broker's own
+#: `max_packet_size` bounds what paho reads (README); the queue's bytes bound
+#: drops the rest.
 #: Commands waiting for the command loop, at most (3.1.1 has no Receive Maximum).
 COMMAND_QUEUE_MAX: Final = 16
 #: ...and their payload bytes at most: two of the largest commands. A command of
@@ -567,7 +567,6 @@ class CenterLink:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = c.session_expiry_s
             props.ReceiveMaximum = RECEIVE_MAXIMUM
-            props.MaximumPacketSize = MAX_PACKET_BYTES
             kwargs: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
                                       "properties": props}
         else:

@@ -293,6 +293,26 @@ def test_drops_are_logged_within_a_budget() -> None:
 # --- item 11: a silent broker, and a broker that comes back ------------------------------------
 
 
+def _receive_maximum(props: bytes) -> int | None:
+    """Receive Maximum (0x21) among CONNECT properties (a varint length, then the properties)."""
+    length, shift, i = 0, 0, 0
+    while True:
+        length |= (props[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not props[i - 1] & 0x80:
+            break
+    end = i + length
+    sizes = {0x11: 4, 0x21: 2, 0x27: 4, 0x22: 2, 0x19: 1, 0x17: 1}
+    while i < end:
+        pid = props[i]
+        if pid == 0x21:
+            value: int = struct.unpack("!H", props[i + 1:i + 3])[0]
+            return value
+        i += 1 + sizes[pid]
+    return None
+
+
 class SilentProxy:
     """A TCP proxy to the broker that can go silent: it keeps every socket open but
     forwards nothing more, in either direction. Reads the client's CONNECT keep-alive."""
@@ -302,6 +322,7 @@ class SilentProxy:
         self.port = 0
         self.silent = False
         self.keepalives: list[int] = []
+        self.receive_maximums: list[int | None] = []
         self.closed_by_client = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -328,6 +349,7 @@ class SilentProxy:
                 i += 1
             if first[i + 1:i + 7] == b"\x00\x04MQTT":
                 self.keepalives.append(struct.unpack("!H", first[i + 9:i + 11])[0])
+                self.receive_maximums.append(_receive_maximum(first[i + 11:]))
         if not self.silent:
             up_writer.write(first)
 
@@ -385,6 +407,8 @@ port = "/dev/null"
             await gw.wait_connected()
             # Given up within 20 s of silence: two keep-alives and paho's 1 s tick.
             assert proxy.keepalives and all(2 * k + 1 <= 20 for k in proxy.keepalives)
+            # The broker holds back what we have not acknowledged beyond this many.
+            assert proxy.receive_maximums == [center_mod.RECEIVE_MAXIMUM]
             proxy.silent = True
             async with asyncio.timeout(60):  # a guard, not a measure: the bound is the keep-alive above
                 while gw.link.connected:
