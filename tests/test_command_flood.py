@@ -110,7 +110,7 @@ listen = "127.0.0.1:{free_port()}"
                          devices={}, readers={}, center_online=lambda: True)
     service = CommandService(config, store, clock, ledger=ledger, cards=cards, power=power,
                              water=water, public_key=key.public_key())
-    link = CenterLink(config, store, clock, handler=service, status=lambda: {}, telemetry=None)
+    link = CenterLink(config, store, clock, handler=service, status=dict, telemetry=None)
     metrics = MetricsEndpoint(config, store, {}, power=power, water=water, alarms=alarms,
                               center=link.view)
     await service.screen.start()
