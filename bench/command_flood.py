@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import itertools
 import contextlib
+import itertools
 import json
 import logging
 import os
