@@ -446,6 +446,7 @@ class CenterLink:
                 for task in helpers:
                     task.cancel()
         finally:
+            self._drop_log.flush(force=True)  # what was suppressed is said before the stop
             self._running = False
             self._client = None
             self._set_state(LinkState.STOPPED if self._stopping else LinkState.IDLE)

@@ -71,8 +71,8 @@ def _cheap_refusal(payload: bytes, public_key: Ed25519PublicKey | None,
     (None also when the scan cannot tell: the full checks decide)."""
     try:
         head = _head.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None  # not a JSON object, say: the full parse gives the precise answer
+    except Exception:  # not JSON, too deep, ...: the full parse gives the precise answer
+        return None
     cid = _usable_id(head.id)
     if cid is None:
         return None
@@ -112,6 +112,7 @@ def screen_command(
         return CommandRejection(None, ErrorCode.INTERNAL, "the gateway's command key is unusable")
     if len(payload) <= max_bytes and (refused := _cheap_refusal(payload, key, insecure_unsigned)):
         return refused
+    # `parse_command` never raises: whatever the payload, the outcome is a value.
     checked = parse_command(
         payload, topic_kind=topic_kind, building=building, max_bytes=max_bytes,
         signature=lambda raw, cid: _signature_problem(raw, cid, key, insecure_unsigned))
@@ -164,6 +165,8 @@ class CommandScreen:
                 bounded.flush()
 
     async def shutdown(self) -> None:
+        for bounded in self.logs:
+            bounded.flush(force=True)
         self._discard()
 
     def _discard(self) -> None:
