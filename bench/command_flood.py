@@ -93,7 +93,7 @@ def flood_payload(mib: float, signed_look: bool) -> bytes:
     """A `cards.load`-shaped command of about `mib` MiB: a list of small objects, the
     shape that costs a JSON parser the most; with a well-formed wrong `sig` or none."""
     card = '{"card":"04A1B2C3","account":"acct-000000","kind":"student","status":"active"},'
-    n = int(mib * 1024 * 1024) // len(card)
+    n = (int(mib * 1024 * 1024) - 4096) // len(card)  # just under the 8 MiB a command may have
     cards = "[" + (card * n)[:-1] + "]"
     head = {"id": "ID_PLACEHOLDER_0000000000000000", "to": BUILDING, "type": "cards.load",
             "ts": "2026-11-25T10:00:00+08:00"}

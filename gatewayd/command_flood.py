@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import time
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -51,6 +52,9 @@ log = structlog.get_logger(__name__)
 #: The worker is spawned (a fresh interpreter, no fork of a threaded daemon)
 #: and imports this module; a slow SD card takes a second or two.
 WORKER_START_S: Final = 10.0
+#: The worker's niceness: a flood of bogus commands keeps it busy, and on a
+#: machine short of cores the daemon's loop must still get the CPU first.
+WORKER_NICE: Final = 10
 #: Summaries of suppressed log lines are looked at this often.
 LOG_FLUSH_S: Final = 5.0
 
@@ -123,6 +127,12 @@ def _ready() -> bool:
     return True
 
 
+def _background() -> None:
+    """In the worker: yield the CPU to the daemon (taps, cuts) when both want it."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+
+
 class CommandScreen:
     """The worker process that screens big commands; a supervisor component."""
 
@@ -144,7 +154,8 @@ class CommandScreen:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_background)
         return self._pool
 
     async def start(self) -> None:

@@ -130,7 +130,7 @@ async def command_flood(iterations: int) -> Row:
                     # meanwhile the shower is closed and the center sends a signed credit.
                     sends = []
                     for n, kind in enumerate(FLOOD_ROUND):
-                        size = rng.randint(1 * MIB, 8 * MIB) if kind != "garbage" else MIB
+                        size = rng.randint(1 * MIB, 8 * MIB - 4096) if kind != "garbage" else MIB
                         qos = 0 if n in (0, len(FLOOD_ROUND) - 1) else 1
                         cid, payload = flood_payload(rng, kind, size, key)
                         flood_ids[cid] = qos
