@@ -150,6 +150,7 @@ class CommandScreen:
         #: Flushed every LOG_FLUSH_S by `run`, so a burst's summary is logged once it ends.
         self.logs: list[BoundedLog] = []
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._stopping = False  # shutdown ends the worker: not a death worth an error
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -176,6 +177,7 @@ class CommandScreen:
                 bounded.flush()
 
     async def shutdown(self) -> None:
+        self._stopping = True
         for bounded in self.logs:
             bounded.flush(force=True)
         self._discard()
@@ -203,7 +205,8 @@ class CommandScreen:
         except BrokenProcessPool as e:
             # Killed (out of memory, say): the next command gets a fresh worker.
             self.restarts += 1
-            log.error("command_screen_worker_died", bytes=len(payload), error=str(e))
+            (log.debug if self._stopping else log.error)(
+                "command_screen_worker_died", bytes=len(payload), error=str(e))
             self._discard()
             return CommandRejection(None, ErrorCode.INTERNAL,
                                     "the gateway failed to check the command")

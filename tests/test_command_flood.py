@@ -25,6 +25,7 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from drivers.devices import Tap
 from gatewayd import center as center_mod
@@ -279,6 +280,31 @@ def test_the_screen_gives_the_rejection_the_full_checks_give(variant: str) -> No
     else:
         assert isinstance(expected, CommandRejection)
         assert got == expected
+
+
+def _publish_packet(topic: bytes, payload: bytes, qos: int, props: bytes | None) -> bytes:
+    """A PUBLISH packet after its fixed header, as paho's decoder is given it."""
+    out = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", 7) if qos else b"")
+    if props is not None:
+        out += bytes([len(props)]) + props  # a one-byte variable length: props under 128 bytes
+    return out + payload
+
+
+@pytest.mark.parametrize(("qos", "props"), [
+    (0, None), (1, None), (0, b""), (1, b""),
+    (1, b"\x01\x01" + b"\x26\x00\x01k\x00\x01v" + b"\x03\x00\x04json"),  # format, user property, type
+])
+def test_the_publish_decoder_reads_what_pahos_reads(qos: int, props: bytes | None) -> None:
+    """The decoder that copies the payload once (center._decode_publish) gives what paho's gives."""
+    protocol = MQTTProtocolVersion.MQTTv5 if props is not None else MQTTProtocolVersion.MQTTv311
+    packet = _publish_packet(b"ecard/v1/b07/cmd", b'{"id": "x"}' * 1000, qos, props)
+    header = 0x30 | (qos << 1) | 0x01
+    mine = center_mod._decode_publish(header, bytearray(packet), protocol)
+    paho = center_mod._paho_decode_publish(header, bytearray(packet), protocol)
+    assert (mine.dup, mine.qos, mine.retain, mine.topic, mine.mid, bytes(mine.payload)) == (
+        paho.dup, paho.qos, paho.retain, paho.topic, paho.mid, bytes(paho.payload))
+    assert isinstance(mine.payload, bytes)
+    assert str(mine.properties) == str(paho.properties)
 
 
 def test_drops_are_logged_within_a_budget() -> None:
