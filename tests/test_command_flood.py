@@ -170,7 +170,8 @@ async def test_a_flood_of_big_unsigned_commands_is_dropped_and_counted_and_signe
             await center.publish(f"{ROOT}/cmd", gw.signed("ping", cid="ping-after"))
             await center.publish(f"{ROOT}/cmd", gw.signed(
                 "account.credit", {"account": ACCOUNT, "amount_fen": 700}, cid="credit-after"))
-            await center.wait_for(lambda seen: "credit-after" in results(center))
+            # A guard, not a measure: 48 payloads of 3 MiB go through the broker first.
+            await center.wait_for(lambda seen: "credit-after" in results(center), timeout=120)
             gw.link._drop_log.flush(force=True)
         got = results(center)
         assert got["ping-after"] == {"id": "ping-after", "ok": True, "result": {}}
@@ -195,7 +196,8 @@ async def test_a_flood_of_big_unsigned_commands_is_dropped_and_counted_and_signe
                 f'{float(dropped["queue_full"])}') in scrape
         drop_lines = [e for e in logs if e["event"] == "center_command_dropped"]
         summaries = [e for e in logs if e["event"] == "center_command_dropped_summary"]
-        assert len(drop_lines) == center_mod.DROPS_LOGGED_PER_MIN
+        # One window of a minute (two if this machine was slow enough to straddle one).
+        assert center_mod.DROPS_LOGGED_PER_MIN <= len(drop_lines) <= 2 * center_mod.DROPS_LOGGED_PER_MIN
         assert sum(e["suppressed"] for e in summaries) + len(drop_lines) == n + dropped["queue_full"]
 
 
