@@ -6,10 +6,21 @@ Contract:
   `SessionExpiryInterval` of `center.session_expiry_s`; `clean_session`
   false with 3.1.1), so commands sent while the gateway is away wait for it.
   The will is the offline status document, retained, QoS 1.
-- Reconnects with jittered, capped exponential back-off, reset on success;
-  after an authentication or configuration error it waits the longest
-  delay. The first failure is logged at WARNING, repeats at DEBUG, the
+- Reconnects with jittered, capped exponential back-off, reset on success,
+  capped at `BACKOFF_CAP_S` so that the backlog flows within 5 s of a
+  broker's return; after an authentication or configuration error it waits
+  `BACKOFF_CONFIG_S`. A broker that accepts and then goes silent is given
+  up after two `KEEPALIVE_S` (paho pings after one of silence and gives up
+  one more later without its answer), so the link says disconnected within
+  ~13 s. The first failure is logged at WARNING, repeats at DEBUG, the
   recovery at INFO. The state is an explicit `LinkState`.
+- Commands arriving at QoS 0 are ignored without a result, before any
+  parsing (center-link.md), and counted. The others are queued within
+  `COMMAND_QUEUE_MAX` messages and `COMMAND_QUEUE_BYTES` (a small command
+  always fits while the count allows): one that does not fit is
+  acknowledged unread, counted and logged within a budget, and gets no
+  result. With MQTT 5 the CONNECT says `RECEIVE_MAXIMUM`, so the broker
+  itself holds back the QoS 1 commands we have not acknowledged.
 - Commands on `{root}/cmd` and `{prefix}/all/cmd` (QoS 1) go one at a time,
   in arrival order, to the `CommandHandler`. They are acknowledged to the
   broker only after the handler returned (and its immediate result, if any,
@@ -57,12 +68,17 @@ import msgspec
 import paho.mqtt.client as paho
 import structlog
 from aiomqtt.exceptions import MqttConnectError  # not re-exported by the package
+from paho.mqtt import _packet  # the PUBLISH decoder, replaced below (paho is pinned)
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gatewayd import __version__, outbox
 from gatewayd.clock import Clock
+from gatewayd.command_flood import BoundedLog
+from gatewayd.commands import MAX_COMMAND_BYTES
 from gatewayd.config import CenterSection, Config
 from gatewayd.outbox import OutMessage, Pending
 from gatewayd.store import Event, Store, StoreError, Txn
@@ -83,9 +99,12 @@ TopicKind = Literal["building", "broadcast"]
 
 # --- timing, with the reason for each ---------------------------------------------
 
-#: MQTT keep-alive: paho pings after this much silence and gives the connection
-#: up when no answer follows, so a dead path is noticed within ~1.5x this.
-KEEPALIVE_S: Final = 30
+#: MQTT keep-alive: paho pings after this much silence from the broker and gives
+#: the connection up when nothing has come one more keep-alive later, so a broker
+#: that accepted and went silent is noticed within 2x this plus paho's 1 s tick
+#: (13 s; the goal is 20 s, and sessions started meanwhile say `offline`).
+#: The broker drops us after 1.5x this without a packet: we ping when idle.
+KEEPALIVE_S: Final = 6
 #: TCP, TLS and CONNACK on a campus network take well under a second; a broker
 #: silent this long is not answering.
 CONNECT_TIMEOUT_S: Final = 15.0
@@ -94,9 +113,30 @@ SUBSCRIBE_TIMEOUT_S: Final = 10.0
 #: A broker that holds an acknowledgment this long is stuck: the connection is
 #: dropped and what was in flight is sent again on the next one.
 PUBACK_TIMEOUT_S: Final = 60.0
-#: Reconnect back-off: first delay, cap (also the wait after an auth/config error).
+#: Reconnect back-off: first delay, and cap. The cap bounds how long after a
+#: broker's return the backlog starts flowing (goal 5 s); each delay is jittered
+#: to half to all of itself, so a campus of gateways does not come back in step.
 BACKOFF_MIN_S: Final = 1.0
-BACKOFF_MAX_S: Final = 60.0
+BACKOFF_CAP_S: Final = 4.0
+#: The wait after an auth or configuration error: only an operator can fix it.
+BACKOFF_CONFIG_S: Final = 60.0
+#: MQTT 5 Receive Maximum sent on CONNECT: at most this many unacknowledged
+#: QoS 1 commands are in our hands; the broker holds the rest of a flood.
+RECEIVE_MAXIMUM: Final = 8
+#: No MQTT 5 Maximum Packet Size is sent: mosquitto 2.0 counts a QoS 1 message it
+#: holds back for being too big against the Receive Maximum for good, so a few
+#: oversized commands would stop every later one. The broker's own
+#: `max_packet_size` bounds what paho reads (README); the queue's bytes bound
+#: drops the rest.
+#: Commands waiting for the command loop, at most (3.1.1 has no Receive Maximum).
+COMMAND_QUEUE_MAX: Final = 16
+#: ...and their payload bytes at most: two of the largest commands. A command of
+#: `SMALL_COMMAND_BYTES` or less is admitted whenever the count allows, so a
+#: flood of big payloads never keeps out a credit or a cut.
+COMMAND_QUEUE_BYTES: Final = 2 * MAX_COMMAND_BYTES
+SMALL_COMMAND_BYTES: Final = 64 * 1024
+#: Dropped or ignored commands logged one by one a minute; the rest summarised.
+DROPS_LOGGED_PER_MIN: Final = 5
 #: QoS 1 messages in flight at most: enough to fill a campus round trip at
 #: thousands of messages a second; paho's own inflight limit is set above it.
 MAX_WINDOW: Final = 256
@@ -178,6 +218,48 @@ class CommandHandler(Protocol):
         ...
 
 
+#: PUBLISH properties larger than this are not decoded (paho's decoder copies the
+#: rest of the buffer at every property: quadratic). Commands carry none.
+_MAX_PUBLISH_PROPERTIES: Final = 64 * 1024
+
+
+def _decode_publish(header: int, packet: bytes | bytearray,
+                    protocol: MQTTProtocolVersion) -> _packet.PublishPacket:
+    """paho 2.2's `decode_publish`, copying the payload once. paho's copies the whole
+    packet three or four times (and once more per property): an 8 MiB command held
+    the loop ~25 ms, in the code that must read even what is then ignored."""
+    view = memoryview(packet)
+    qos = (header & 0x06) >> 1
+    if len(view) < 2:
+        raise MalformedPacket("PUBLISH too short")
+    slen = int.from_bytes(view[:2], "big")
+    i = 2 + slen
+    topic = bytes(view[2:i])
+    if len(topic) != slen or (protocol != MQTTProtocolVersion.MQTTv5 and slen == 0):
+        raise MalformedPacket("PUBLISH topic")
+    mid = 0
+    if qos > 0:
+        if len(view) < i + 2:
+            raise MalformedPacket("PUBLISH too short")
+        mid = int.from_bytes(view[i:i + 2], "big")
+        i += 2
+    properties = None
+    if protocol == MQTTProtocolVersion.MQTTv5:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        length, size = VariableByteIntegers.decode(bytes(view[i:i + 4]))  # type: ignore[no-untyped-call]
+        end = i + size + length
+        if length <= _MAX_PUBLISH_PROPERTIES:
+            properties.unpack(bytes(view[i:end]))  # type: ignore[no-untyped-call]
+        i = end
+    return _packet.PublishPacket(
+        dup=bool(header & 0x08), qos=qos, retain=bool(header & 0x01), topic=topic, mid=mid,
+        properties=properties, payload=bytes(view[i:]))
+
+
+_paho_decode_publish = _packet.decode_publish  # kept for the test that compares them
+_packet.decode_publish = _decode_publish  # paho's client calls it through the module
+
+
 class _Farewell(Exception):
     """Ends a connection's task group once the shutdown drain is over."""
 
@@ -215,6 +297,19 @@ class _Client(aiomqtt.Client):
         """Send the PUBACK of a QoS 1 message received."""
         self._client.ack(message.mid, message.qos)
 
+    async def publish_while_connected(self, *args: Any, **kwargs: Any) -> None:
+        """`publish`, but failing as soon as the connection drops (aiomqtt's own waits
+        for its PUBACK until the timeout, even on a connection paho has given up)."""
+        sending = asyncio.ensure_future(self.publish(*args, **kwargs))
+        try:
+            await asyncio.wait([sending, self._disconnected], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not sending.done():
+                sending.cancel()  # its PUBACK will not come on a dropped connection
+        if not sending.done() or sending.cancelled():
+            raise aiomqtt.MqttError("the connection dropped before the PUBACK")
+        await sending  # its outcome: None, or its MqttError
+
 
 class _Backoff:
     """Capped exponential back-off with jitter (half to full delay)."""
@@ -223,8 +318,8 @@ class _Backoff:
         self.delay = BACKOFF_MIN_S
 
     def next(self, *, longest: bool = False) -> float:
-        base = BACKOFF_MAX_S if longest else self.delay
-        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
+        base = BACKOFF_CONFIG_S if longest else self.delay
+        self.delay = min(self.delay * 2, BACKOFF_CAP_S)
         return base * (0.5 + random.random() / 2)
 
     def reset(self) -> None:
@@ -261,6 +356,11 @@ class _Counters:
     telemetry_queued: int = 0
     commands: int = 0
     connects: int = 0
+    attempts: int = 0  # connection attempts, successful or not
+    commands_qos0: int = 0  # ignored: arrived at QoS 0
+    commands_dropped: int = 0  # acknowledged unread: the queue was full
+    command_queue_peak: int = 0  # most commands queued at once
+    command_queue_peak_bytes: int = 0  # most payload bytes queued at once
 
 
 class CenterLink:
@@ -312,7 +412,10 @@ class CenterLink:
         self._stopping = False
         self._running = False
         self._conn_task: asyncio.Task[None] | None = None
-        self._commands: asyncio.Queue[tuple[_Client, aiomqtt.Message]] = asyncio.Queue()
+        # Bounded by admission in `_receive` (count and bytes), never by blocking it.
+        self._commands: asyncio.Queue[tuple[_Client, aiomqtt.Message, bytes]] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._drop_log = BoundedLog("center_command_dropped", burst=DROPS_LOGGED_PER_MIN)
         self._acked: list[OutMessage] = []
         self._marking: set[tuple[int, str | int]] = set()
         self._last_status_pending = 0
@@ -354,6 +457,11 @@ class CenterLink:
             "last_error": self._last_error or None,
             "published": self.counters.published,
             "commands": self.counters.commands,
+            "commands_dropped": {"qos0": self.counters.commands_qos0,
+                                 "queue_full": self.counters.commands_dropped},
+            "command_queue_peak": self.counters.command_queue_peak,
+            "command_queue_peak_bytes": self.counters.command_queue_peak_bytes,
+            "connect_attempts": self.counters.attempts,
         }
 
     # --- component ---------------------------------------------------------------
@@ -383,6 +491,7 @@ class CenterLink:
                 for task in helpers:
                     task.cancel()
         finally:
+            self._drop_log.flush(force=True)  # what was suppressed is said before the stop
             self._running = False
             self._client = None
             self._set_state(LinkState.STOPPED if self._stopping else LinkState.IDLE)
@@ -459,6 +568,7 @@ class CenterLink:
 
     async def _session(self, backoff: _Backoff, failures: int) -> None:
         client = await self._make_client()
+        self.counters.attempts += 1
         async with client:
             self._client = client
             self._set_state(LinkState.CONNECTED)
@@ -474,15 +584,20 @@ class CenterLink:
             # MQTT 5: at most Receive Maximum unacknowledged QoS 1 messages; one
             # status and one direct result may be in flight beside the window.
             window = max(1, min(MAX_WINDOW, client.receive_maximum - _RESERVED_INFLIGHT))
-            codes = await client.subscribe([(self.topic_cmd, 1), (self.topic_broadcast, 1)],
-                                           timeout=SUBSCRIBE_TIMEOUT_S)
-            refused = [c for c in codes if (c.value if isinstance(c, ReasonCode) else c) >= 0x80]
-            if refused:
-                raise LinkConfigError(f"the broker refused the command subscriptions ({refused[0]})")
-            await self._publish_status(client)
             try:
                 async with asyncio.TaskGroup() as tg:
+                    # First, so that a connection paho gives up (a broker gone silent:
+                    # keep-alive) ends the session at once, even while the subscription
+                    # or the first status waits for an answer that will not come
+                    # (aiomqtt would wait for their timeouts).
                     tg.create_task(self._receive(client), name="center-receive")
+                    codes = await client.subscribe([(self.topic_cmd, 1), (self.topic_broadcast, 1)],
+                                                   timeout=SUBSCRIBE_TIMEOUT_S)
+                    refused = [c for c in codes if (c.value if isinstance(c, ReasonCode) else c) >= 0x80]
+                    if refused:
+                        raise LinkConfigError(
+                            f"the broker refused the command subscriptions ({refused[0]})")
+                    await self._publish_status(client)
                     pump = tg.create_task(self._pump(client, window, tg), name="center-pump")
                     status = tg.create_task(self._status_loop(client), name="center-status")
                     tg.create_task(self._farewell(client, (pump, status)), name="center-farewell")
@@ -497,6 +612,7 @@ class CenterLink:
         if c.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = c.session_expiry_s
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
                                       "properties": props}
         else:
@@ -541,9 +657,33 @@ class CenterLink:
         return password, tls
 
     async def _receive(self, client: _Client) -> None:
-        """Queue commands for the command loop; raises MqttError when the connection drops."""
+        """Queue commands for the command loop, within the bounds; raises MqttError
+        when the connection drops. Never waits: a full queue drops, it does not
+        push back into aiomqtt's own (unbounded) queue."""
         async for message in client.messages:
-            await self._commands.put((client, message))
+            topic = message.topic.value
+            if message.qos == 0:
+                # center-link.md: ignored without a result. Nothing is parsed.
+                self.counters.commands_qos0 += 1
+                self._drop_log.note(reason="qos0", topic=topic, bytes=_payload_len(message.payload))
+                continue
+            payload = _payload_bytes(message.payload)
+            size = len(payload)
+            fits = self._commands.qsize() < COMMAND_QUEUE_MAX and (
+                size <= SMALL_COMMAND_BYTES or self._queued_bytes + size <= COMMAND_QUEUE_BYTES)
+            if not fits:
+                # Acknowledged, or its slot of the Receive Maximum would stay taken
+                # and the broker would stop sending us anything.
+                self.counters.commands_dropped += 1
+                self._drop_log.note(reason="queue_full", topic=topic, bytes=size,
+                                    queued=self._commands.qsize(), queued_bytes=self._queued_bytes)
+                client.ack(message)
+                continue
+            self._queued_bytes += size
+            self._commands.put_nowait((client, message, payload))
+            c = self.counters
+            c.command_queue_peak = max(c.command_queue_peak, self._commands.qsize())
+            c.command_queue_peak_bytes = max(c.command_queue_peak_bytes, self._queued_bytes)
 
     async def _farewell(self, client: _Client, stop_first: tuple[asyncio.Task[None], ...]) -> None:
         await self._stop.wait()
@@ -578,7 +718,8 @@ class CenterLink:
     async def _command_loop(self) -> None:
         """Apply commands one at a time, in arrival order, whatever the connection does."""
         while True:
-            client, message = await self._commands.get()
+            client, message, payload = await self._commands.get()
+            self._queued_bytes -= len(payload)
             if client is not self._client or self._stopping:
                 # From a connection that is gone (the broker delivers it again,
                 # unacknowledged) or arriving while stopping (likewise, next start).
@@ -593,7 +734,6 @@ class CenterLink:
                 log.warning("center_unexpected_topic", topic=topic)
                 client.ack(message)
                 continue
-            payload = _payload_bytes(message.payload)
             self.counters.commands += 1
             try:
                 result = await self._handler.handle(payload, kind)
@@ -606,7 +746,8 @@ class CenterLink:
                 self.wake()  # stored for the outbox
             elif client is self._client:
                 try:
-                    await client.publish(self.topic_result, result, qos=1, timeout=PUBACK_TIMEOUT_S)
+                    await client.publish_while_connected(self.topic_result, result, qos=1,
+                                                         timeout=PUBACK_TIMEOUT_S)
                     self.counters.results += 1
                 except aiomqtt.MqttError as e:
                     # Unacknowledged, the command comes again on the next connection.
@@ -845,6 +986,7 @@ class CenterLink:
                     next_retention = time.monotonic() + RETENTION_INTERVAL_S
             except StoreError as e:
                 log.warning("outbox_housekeeping_failed", error=str(e))
+            self._drop_log.flush()
             heartbeat.beat()
             await asyncio.sleep(HOUSEKEEPING_S)
 
@@ -917,10 +1059,16 @@ def _payload_bytes(payload: Any) -> bytes:
     return b"" if payload is None else str(payload).encode()
 
 
+def _payload_len(payload: Any) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+
+
 def _internal_result(payload: bytes) -> bytes:
     """The `internal` result of a command whose handler failed, under its id if readable."""
     command_id = None
     with contextlib.suppress(Exception):
+        if len(payload) > SMALL_COMMAND_BYTES:  # not parsed on the loop: answered under id null
+            raise ValueError
         obj = msgspec.json.decode(payload)
         if isinstance(obj, dict) and isinstance(obj.get("id"), str) and 1 <= len(obj["id"]) <= 64:
             command_id = obj["id"]

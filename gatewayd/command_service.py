@@ -15,6 +15,12 @@ Contract:
   (class 0). A repeated id is answered with the first result and
   `"duplicate": true`, never applied again.
 - Commands are applied one at a time, in arrival order.
+- A payload over `INLINE_PARSE_BYTES` is first screened in a worker process
+  (`gatewayd.command_flood`): one that fails its JSON, signature or schema
+  checks is refused from there, and never parsed in the daemon, so a flood
+  of big bogus commands costs the loop that serves taps only the hand-off.
+- Refusals are logged within a budget (the first 20 a minute, then a
+  summary); each one is still answered.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gatewayd import outbox
 from gatewayd.cards import Cards
 from gatewayd.clock import Clock
+from gatewayd.command_flood import BoundedLog, CommandScreen
 from gatewayd.commands import (
     AccountCredit,
     AccountSync,
@@ -67,8 +74,11 @@ log = structlog.get_logger(__name__)
 # floor of "now" while the clock is not synchronised.
 NEWEST_TS_KEY = "commands.newest_ts"
 DEBIT_TYPES = ("water.session", "power.usage")
-# Commands larger than this are parsed and verified in a worker thread.
+# Commands larger than this are screened in the worker process, then (if they
+# pass) parsed and verified in a worker thread.
 INLINE_PARSE_BYTES = 64 * 1024
+# Refusals logged one by one each minute; the rest are summarised.
+REFUSALS_LOGGED_PER_MIN = 20
 
 
 class Refused(Exception):
@@ -105,12 +115,22 @@ class CommandService:
         self.water = water
         self.public_key = public_key
         self.status = status
+        center = config.center
+        #: The worker process for big payloads: a supervisor component of its own.
+        self.screen = CommandScreen(config.gateway.building, public_key,
+                                    insecure_unsigned=bool(center and center.insecure_unsigned_commands))
+        self.refusal_log = BoundedLog("command_refused", burst=REFUSALS_LOGGED_PER_MIN, group="code")
+        self.screen.logs.append(self.refusal_log)
         self._lock = asyncio.Lock()
         self.applied = 0
         self.refused = 0
         self._newest_ts: float | None = None   # NEWEST_TS_KEY, read when first needed
 
     async def handle(self, payload: bytes, topic_kind: TopicKind) -> bytes | None:
+        if len(payload) > INLINE_PARSE_BYTES:
+            refused = await self._screened(payload, topic_kind)
+            if refused is not None:
+                return refused
         center = self.config.center
         try:
             # The age is checked in `_apply`, after the duplicate lookup: a repeat of
@@ -137,10 +157,20 @@ class CommandService:
             cid = _id_of(payload)
             return encode_result_error(cid, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
 
+    async def _screened(self, payload: bytes, topic_kind: TopicKind) -> bytes | None:
+        """The refusal of a big payload, decided in the worker process; None if it passes."""
+        try:
+            rejection = await self.screen.screen(payload, topic_kind)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not kill the link: answer `internal`
+            log.exception("command_screen_failed")
+            return encode_result_error(None, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+        return None if rejection is None else self._refused(rejection)
+
     def _refused(self, rejection: CommandRejection) -> bytes:
         self.refused += 1
-        log.warning("command_refused", id=rejection.id, code=str(rejection.code),
-                    message=rejection.message)
+        self.refusal_log.note(id=rejection.id, code=str(rejection.code), message=rejection.message)
         return rejection.encode()
 
     async def _apply(self, cmd: ParsedCommand) -> bytes | None:

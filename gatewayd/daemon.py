@@ -167,7 +167,8 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     # sessions), then power, then the center link (publish, say offline, disconnect).
     components: list[Component] = [water, power, snapshot]
     if link is not None:
-        components.append(link)
+        # The command screen stops after the link (which may be waiting on it).
+        components += [link, commands.screen]
     components.append(StoreProbe(store, alarms, settle_after_s=alarm_settle_s(config)))
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,

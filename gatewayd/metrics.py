@@ -246,6 +246,12 @@ class _Collector:
         yield GaugeMetricFamily("gatewayd_center_connected",
                                 "1 while the broker has accepted the gateway's connection",
                                 value=int(bool(view.get("connected"))))
+        f = CounterMetricFamily("gatewayd_center_commands_dropped", "Commands not applied and not "
+                                "answered: arrived at QoS 0, or the bounded command queue was full",
+                                labels=["reason"])
+        for reason, n in sorted((view.get("commands_dropped") or {"qos0": 0, "queue_full": 0}).items()):
+            f.add_metric([reason], n)
+        yield f
         yield GaugeMetricFamily("gatewayd_last_seq", "The last event seq assigned",
                                 value=m.store.next_seq - 1)
 

@@ -20,7 +20,7 @@ async def test_campaign_short(name: str, request: pytest.FixtureRequest,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     if name == "disk_full" and not can_mount():
         pytest.skip("the disk campaign mounts a small tmpfs: needs root on Linux")
-    if name in {"power_cut", "center_outage"} and shutil.which("mosquitto") is None:
+    if name in {"power_cut", "center_outage", "command_flood"} and shutil.which("mosquitto") is None:
         pytest.skip("the campaign runs a broker: mosquitto not installed")
     if name == "device_faults":
         # The campaign restarts pcscd: it must be the session's (only one can run).

@@ -45,6 +45,7 @@ from gatewayd.water_policy import Card
 from gatewayd.wire import rfc3339
 from tests.cardreader_fixtures import VPCD_READER, Pcscd, pcscd_unavailable, private_pcscd
 from tests.mqtt_fixtures import Broker, Collector, mosquitto
+from tests.soak.command_flood import command_flood
 from tests.soak.harness import (
     BUILDING,
     ROOT,
@@ -1565,11 +1566,12 @@ CAMPAIGNS: dict[str, Campaign] = {
     "hostile_input": hostile_input,
     "dead_bus": dead_bus,
     "late_rtu": late_rtu,
+    "command_flood": command_flood,
 }
 FULL: dict[str, int] = {"power_cut": 200, "center_outage": 2, "device_faults": 6, "clock_jumps": 120,
                         "disk_full": 5, "hostile_input": 10_000,
-                        "dead_bus": 3, "late_rtu": 50}
+                        "dead_bus": 3, "late_rtu": 50, "command_flood": 40}
 SHORT: dict[str, int] = {"power_cut": 6, "center_outage": 1, "device_faults": 1, "clock_jumps": 14,
                          "disk_full": 1, "hostile_input": 600,
-                         "dead_bus": 1, "late_rtu": 5}
+                         "dead_bus": 1, "late_rtu": 5, "command_flood": 3}
 
