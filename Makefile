@@ -54,6 +54,7 @@ bench: venv
 	$(BIN)/python bench/tap.py
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/cards_load.py
+	$(BIN)/python bench/store_restore.py
 
 # Reliability campaigns, full length (the short versions run in make test).
 soak: venv

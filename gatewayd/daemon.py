@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import structlog
@@ -101,14 +102,17 @@ class StoreProbe:
             # Recorded in the open database before the copy: the copy keeps it.
             await self.alarms.report("store_failing", "store",
                                      f"{problem}; restoring it from the open database", True)
+        began = time.monotonic()
         try:
             done = await self.store.restore()
         except StoreError as e:
             log.error("store_restore_failed", path=path, error=str(e))
             return f"{problem}; restoring it failed: {e}"
         self.restores += 1
+        # took_ms: how long the writer (and so every tap and charge) waited.
         log.warning("store_restored", path=path, store_id=self.store.store_id,
-                    next_seq=self.store.next_seq, done=done)
+                    next_seq=self.store.next_seq, done=done,
+                    took_ms=round((time.monotonic() - began) * 1000, 1))
         return None
 
     async def shutdown(self) -> None:

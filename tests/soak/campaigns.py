@@ -70,6 +70,7 @@ from tests.soak.harness import (
     start_building,
     until,
 )
+from tests.soak.removed_store import removed_store
 
 Campaign = Callable[[int], Awaitable[Row]]
 
@@ -1560,9 +1561,12 @@ CAMPAIGNS: dict[str, Campaign] = {
     "clock_jumps": clock_jumps,
     "disk_full": disk_full,
     "hostile_input": hostile_input,
+    "removed_store": removed_store,
 }
 FULL: dict[str, int] = {"power_cut": 200, "center_outage": 2, "device_faults": 6, "clock_jumps": 120,
                         "disk_full": 5, "hostile_input": 10_000}
+FULL["removed_store"] = 30
 SHORT: dict[str, int] = {"power_cut": 6, "center_outage": 1, "device_faults": 1, "clock_jumps": 14,
                          "disk_full": 1, "hostile_input": 600}
+SHORT["removed_store"] = 3
 
