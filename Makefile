@@ -55,6 +55,7 @@ bench: venv
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/cards_load.py
 	$(BIN)/python bench/dead_bus.py
+	$(BIN)/python bench/store_restore.py
 
 # Reliability campaigns, full length (the short versions run in make test).
 soak: venv

@@ -906,6 +906,7 @@ class CenterLink:
         status = Status(
             building=self.building,
             boot_id=self.boot_id,
+            store_id=self._store.store_id,
             version=__version__,
             started=self._clock.stamp(self.started),
             clock_synced=bool(fields.get("clock_synced", False)),

@@ -70,6 +70,12 @@ class ConfigError(Exception):
         return [header, *(str(p) for p in self.problems)]
 
 
+def is_secret(key: str) -> bool:
+    """A file key that names a secret: `password_file` (wherever it appears, e.g. a
+    DL/T 645 breaker's), `key_file` (the TLS client key). Not public keys."""
+    return key.endswith(("password_file", "private_key_file")) or key == "key_file"
+
+
 def warning_lines(warnings: Sequence[Problem]) -> list[str]:
     """Warnings as printed on stderr: `warning: place: message`."""
     return [f"warning: {w}" for w in warnings]
@@ -333,6 +339,8 @@ class _Loader:
         self.switch_users: list[tuple[str, str, DeviceRef]] = []
         self.meter_users: list[tuple[str, str, DeviceRef]] = []
         self.counter_users: list[tuple[str, str, DeviceRef]] = []
+        # Every device use in file order, with its kind: one address is one device.
+        self.device_uses: list[tuple[str, str, str, DeviceRef]] = []
         # Serial ports: one owner each (a bus or a reader), by place and owner.
         self.serial_ports: dict[str, str] = {}
 
@@ -490,16 +498,24 @@ class _Loader:
             t.problem("profiles_dir", f"{show(str(profiles_dir))} is not a directory")
 
     def file(self, t: Table, key: str, *, required: bool = False) -> Path | None:
+        """A file key; with `check_files`, the file must be readable, and a secret
+        (`is_secret(key)`) readable by every user is warned about."""
         value = self.path_text(t, key, required=required)
         if value is None:
             return None
         path = self.resolve(value)
         if self.check_files:
             try:
-                with path.open("rb"):
-                    pass
+                with path.open("rb") as f:
+                    mode = os.fstat(f.fileno()).st_mode
             except OSError as e:
                 t.problem(key, f"cannot read {path}: {e.strerror or e}")
+            else:
+                if is_secret(key) and mode & 0o004:
+                    self.warnings.append(Problem(t.at(key), (
+                        f"{path} is a secret readable by every user on this machine "
+                        f"(mode {mode & 0o7777:04o}): chmod 0640 with the group gatewayd runs "
+                        "as (chown root:gatewayd), or 0600 owned by that user")))
         return path
 
     def center(self, t: Table, building: str) -> CenterSection:
@@ -568,8 +584,19 @@ class _Loader:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+        from gatewayd.signing import PRIVATE_KEY_REFUSED, private_key_kind
+
         try:
-            key = load_pem_public_key(path.read_bytes())
+            data = path.read_bytes()
+        except OSError as e:
+            t.problem("command_public_key_file", f"cannot read {path}: {e.strerror or e}")
+            return
+        # Before the cryptography library sees it: its message would be about PEM.
+        if private_key_kind(data):
+            t.problem("command_public_key_file", f"{path} {PRIVATE_KEY_REFUSED}")
+            return
+        try:
+            key = load_pem_public_key(data)
         except (OSError, ValueError) as e:
             t.problem("command_public_key_file", f"{path} is not a PEM public key: {e}")
             return
@@ -730,6 +757,7 @@ class _Loader:
         t = parent.table(key, required=required)
         if t is None:
             return None
+        before = len(self.problems)
         bus_name = t.text("bus", "", required=True)
         bus = buses.get(bus_name)
         if bus_name and bus is None:
@@ -748,7 +776,10 @@ class _Loader:
             if ml <= 0 and t.has("ml_per_pulse") and len(self.problems) == before:
                 t.problem("ml_per_pulse", "expected a positive number of mL per pulse")
         t.done()
-        if profile is None or (bus_name and bus is None):
+        if len(self.problems) > before or profile is None:
+            # A value reported wrong was replaced by a fallback (unit 1, channel 0):
+            # a device made of it would be found "already used" by another, an
+            # error that is not there. It takes no part in the shared-use checks.
             return None
         return DeviceRef(bus_name, unit, profile, ch, invert, ml)
 
@@ -774,10 +805,10 @@ class _Loader:
                           f"{show(owner)}: each room has its own account")
             meter = self.device(t, "meter", "meter", buses)
             if meter:
-                self.meter_users.append((t.at("meter"), f"room {show(rid)}", meter))
+                self.use(self.meter_users, t.at("meter"), f"room {show(rid)}", "meter", meter)
             breaker = self.device(t, "breaker", "switch", buses, channel=True)
             if breaker:
-                self.switch_users.append((t.at("breaker"), f"room {show(rid)}", breaker))
+                self.use(self.switch_users, t.at("breaker"), f"room {show(rid)}", "switch", breaker)
             rules = self.power_rules(t, power)
             resistive = t.flag("resistive_cutoff", False)
             if resistive and meter is not None and "pf" not in meter.profile.fields:
@@ -845,10 +876,10 @@ class _Loader:
                 reader_owner[reader] = pid
             valve = self.device(t, "valve", "switch", buses, channel=True)
             if valve:
-                self.switch_users.append((t.at("valve"), f"point {show(pid)}", valve))
+                self.use(self.switch_users, t.at("valve"), f"point {show(pid)}", "switch", valve)
             flow = self.device(t, "flow", "counter", buses, required=False, channel=True, flow=True)
             if flow:
-                self.counter_users.append((t.at("flow"), f"point {show(pid)}", flow))
+                self.use(self.counter_users, t.at("flow"), f"point {show(pid)}", "counter", flow)
             kinds = t.str_list("kinds", choices=CARD_KINDS, default=("student", "teacher", "family"))
             if service in SERVICES:
                 tariff: Tariff = getattr(tariffs, service)
@@ -870,13 +901,20 @@ class _Loader:
             t.problem("port", f"port {show(port)} is already used by {owner}")
         return port
 
+    def use(self, users: list[tuple[str, str, DeviceRef]], place: str, who: str, kind: str,
+            ref: DeviceRef) -> None:
+        users.append((place, who, ref))
+        self.device_uses.append((place, who, kind, ref))
+
     def check_switches(self) -> None:
         """Two rooms may not share a breaker coil; two points may not share a valve.
 
         Added to the contract, for the same reason: two rooms may not share a
         meter, nor two points a flow counter channel, since each would be
-        charged for the other's use.
+        charged for the other's use; and two different devices may not share
+        one bus address (`check_addresses`).
         """
+        self.check_addresses()
         self._check_shared(self.switch_users, "state", "switch")
         self._check_shared(self.counter_users, "count", "flow counter")
         meters: dict[tuple[str, int], str] = {}
@@ -886,6 +924,39 @@ class _Loader:
                     Problem(place, f"the same meter (bus {show(ref.bus)}, unit {ref.unit}) "
                             f"is already used by {owner}")
                 )
+
+    def check_addresses(self) -> None:
+        """One bus address (bus, unit) is one physical device.
+
+        A relay board may also be the counter board (relays and pulse inputs on
+        one module: the contract's own example has a valve and a flow counter at
+        unit 40), so a switch and a counter may share an address. A meter shares
+        its address with nothing else, and one device is read with one profile
+        per kind: anything else is two devices answering to one address, whose
+        answers would be taken for each other's. Meters sharing an address are
+        reported by the meter check (`check_switches`), not again here.
+        """
+        at: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+        for place, who, kind, ref in self.device_uses:
+            seen = at.setdefault((ref.bus, ref.unit), {})
+            address = f"bus {show(ref.bus)}, unit {ref.unit}"
+            if kind in seen:
+                owner, profile = seen[kind]
+                if kind != "meter" and profile != ref.profile.name:
+                    self.problems.append(Problem(place, (
+                        f"{address} is already {owner}'s {kind} with profile {show(profile)}: "
+                        f"one device cannot also be a {kind} with profile "
+                        f"{show(ref.profile.name)}")))
+                continue
+            clash = [k for k in seen if {k, kind} != {"switch", "counter"}]
+            if clash:
+                owner, profile = seen[clash[0]]
+                self.problems.append(Problem(place, (
+                    f"{address} is already {owner}'s {clash[0]} (profile {show(profile)}): "
+                    f"a {kind} (profile {show(ref.profile.name)}) cannot have the same address; "
+                    "two devices on one bus need two units")))
+                continue
+            seen[kind] = (who, ref.profile.name)
 
     def _check_shared(
         self, users: list[tuple[str, str, DeviceRef]], field: str, what: str

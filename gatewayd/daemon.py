@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import structlog
@@ -46,7 +47,9 @@ def _touch(txn: Txn) -> None:
 
 
 class StoreProbe:
-    """Proves the store's writer thread still commits: a tiny job every few seconds."""
+    """Proves the store's writer thread still commits (a tiny job every few seconds),
+    and that the database is still at its path: one removed or replaced under the
+    daemon raises `store_failing` and is put back from the open database."""
 
     name = "store"
     heartbeat_s: float | None = 4 * STORE_PROBE_S
@@ -56,6 +59,7 @@ class StoreProbe:
         self.store = store
         self.alarms = alarms
         self.settle_after_s = settle_after_s
+        self.restores = 0
 
     async def start(self) -> None:
         await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
@@ -67,20 +71,49 @@ class StoreProbe:
             if settle_at is not None and loop.time() >= settle_at and self.alarms is not None:
                 settle_at = None
                 await self.alarms.settle()
-            try:
-                await self.store.run(_touch)
-            except StoreError as e:
-                # The writer answered; the disk did not. A restart cannot free a
-                # disk, so this still counts as alive. The alarm lives in memory
-                # only (it cannot be stored): logs, metrics and status show it.
-                log.error("store_probe_failed", error=str(e))
-                if self.alarms is not None:
-                    self.alarms.raise_("store_failing", "store", str(e))
-            else:
-                if self.alarms is not None:
-                    await self.alarms.report("store_failing", "store", "", False)
+            failing = await self._check_file()
+            if failing is None:
+                try:
+                    await self.store.run(_touch)
+                except StoreError as e:
+                    # The writer answered; the disk did not. A restart cannot free a
+                    # disk, so this still counts as alive. The alarm lives in memory
+                    # only (it cannot be stored): logs, metrics and status show it.
+                    log.error("store_probe_failed", error=str(e))
+                    failing = str(e)
+                    if self.alarms is not None:
+                        self.alarms.raise_("store_failing", "store", failing)
+            if failing is None and self.alarms is not None:
+                await self.alarms.report("store_failing", "store", "", False)
             heartbeat.beat()
             await asyncio.sleep(STORE_PROBE_S)
+
+    async def _check_file(self) -> str | None:
+        """None when the database is at its path (or was just put back); else why not."""
+        try:
+            problem = await self.store.file_problem()
+        except StoreError as e:
+            return str(e)
+        if problem is None:
+            return None
+        path = str(self.store.path)
+        log.error("store_file_lost", path=path, problem=problem)
+        if self.alarms is not None:
+            # Recorded in the open database before the copy: the copy keeps it.
+            await self.alarms.report("store_failing", "store",
+                                     f"{problem}; restoring it from the open database", True)
+        began = time.monotonic()
+        try:
+            done = await self.store.restore()
+        except StoreError as e:
+            log.error("store_restore_failed", path=path, error=str(e))
+            return f"{problem}; restoring it failed: {e}"
+        self.restores += 1
+        # took_ms: how long the writer (and so every tap and charge) waited.
+        log.warning("store_restored", path=path, store_id=self.store.store_id,
+                    next_seq=self.store.next_seq, done=done,
+                    took_ms=round((time.monotonic() - began) * 1000, 1))
+        return None
 
     async def shutdown(self) -> None:
         return None

@@ -30,6 +30,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 __all__ = [
+    "PRIVATE_KEY_REFUSED",
     "SIGNATURE_FIELD",
     "KeyFileError",
     "KeyPair",
@@ -50,6 +52,7 @@ __all__ = [
     "generate_keypair",
     "load_private_key",
     "load_public_key",
+    "private_key_kind",
     "sign_command",
     "signature_of",
     "verify_command",
@@ -181,6 +184,17 @@ def _algorithm(key: object) -> str:
     return type(key).__name__
 
 
+#: Why a private key given as the center's public key is refused (behaviour.md "Faults").
+PRIVATE_KEY_REFUSED: Final = (
+    "holds a private key; a gateway must hold only the center's public key: a center's "
+    "private key must never be on a gateway (whoever reads it can sign commands for every "
+    "building). Delete it here, have the center make a new key pair (gatewayd keygen) and "
+    "give the gateways only the public one (center.pub)"
+)
+
+_PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+
+
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """Load the center's Ed25519 public key from a PEM file.
 
@@ -190,11 +204,8 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
             another algorithm.
     """
     name, data = _read_key_file(path)
-    if b"PRIVATE KEY-----" in data:
-        raise KeyFileError(
-            name,
-            "holds a private key; a gateway must hold only the center's public key",
-        )
+    if private_key_kind(data):
+        raise KeyFileError(name, PRIVATE_KEY_REFUSED)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -204,6 +215,48 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
             name, f"not an Ed25519 public key (found {_algorithm(key)})"
         )
     return key
+
+
+def private_key_kind(data: bytes) -> str | None:
+    """What kind of private key `data` holds ("PEM", "DER", "PuTTY"), or None.
+
+    Looked at before any parser sees the bytes, so that the refusal says what
+    the file is rather than why it is not a public key. DER: a SEQUENCE whose
+    first element is an INTEGER (PKCS#8, PKCS#1 and SEC1 private keys start with
+    a version) or a SEQUENCE followed by an OCTET STRING (encrypted PKCS#8); a
+    SubjectPublicKeyInfo is a SEQUENCE followed by a BIT STRING."""
+    if _PEM_PRIVATE.search(data):
+        return "PEM"
+    if data.startswith(b"PuTTY-User-Key-File-"):
+        return "PuTTY"
+    outer = _der_header(data, 0)
+    if outer is None or data[0] != 0x30:
+        return None
+    _, first = outer
+    if first >= len(data):
+        return None
+    if data[first] == 0x02:
+        return "DER"
+    inner = _der_header(data, first)
+    if data[first] == 0x30 and inner is not None:
+        length, body = inner
+        after = body + length
+        if after < len(data) and data[after] == 0x04:
+            return "DER"
+    return None
+
+
+def _der_header(data: bytes, at: int) -> tuple[int, int] | None:
+    """(content length, content offset) of the DER element at `at`, or None."""
+    if at + 2 > len(data):
+        return None
+    first = data[at + 1]
+    if first < 0x80:
+        return first, at + 2
+    n = first & 0x7F
+    if not 1 <= n <= 4 or at + 2 + n > len(data):
+        return None
+    return int.from_bytes(data[at + 2:at + 2 + n], "big"), at + 2 + n
 
 
 def load_private_key(

@@ -121,7 +121,7 @@ class Snapshot:
                        for (c, d), t in sorted(self.alarms.active.items())],
             "rooms": [self.power.describe(rt) for rt in self.power.rooms.values()],
             "points": [self.water.describe(pt) for pt in self.water.points.values()],
-            "store": {"next_seq": self.store.next_seq},
+            "store": {"next_seq": self.store.next_seq, "store_id": self.store.store_id},
             "taps": self.water.taps,
         }
 

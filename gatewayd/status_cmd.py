@@ -74,7 +74,8 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
         ),
         f"clock synced {st.get('clock_synced')}  cards version {st.get('cards_version')}  "
         f"accounts unknown {st.get('accounts_unknown')}  "
-        f"last seq {doc.get('store', {}).get('next_seq', 1) - 1}",
+        f"last seq {doc.get('store', {}).get('next_seq', 1) - 1}  "
+        f"store {doc.get('store', {}).get('store_id') or '?'}",
         f"faults: meters {faults.get('meters', 0)}, readers {faults.get('readers', 0)}, "
         f"valves {faults.get('valves', 0)}",
     ]

@@ -14,6 +14,13 @@ Contract:
   never recreated.
 - A second process on the same `state_dir` is refused (an flock on a lock
   file, held for the life of the store).
+- A store has a `store_id` (a UUID made with it, kept in `meta`): `seq` starts
+  again at 1 only under a new one. Starting a new store is logged at WARNING
+  (`store_created`), never confused with opening one.
+- The database file is never lost quietly: `file_problem()` compares the open
+  files with what is at their paths (removed, or another file moved over them),
+  and `restore()` puts the open database back at its path (online backup into
+  a temp file beside it, fsync, rename), keeping every commit and the `seq`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import fcntl
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -43,6 +51,8 @@ T = TypeVar("T")
 
 DB_NAME = "gatewayd.db"
 LOCK_NAME = "gatewayd.lock"
+# The files SQLite keeps open for the database, by suffix of its path.
+DB_FILES = ("", "-wal", "-shm")
 # At most this many jobs share one transaction: bounds the latency of the
 # first job in a burst while still amortising the fsync.
 MAX_GROUP = 512
@@ -266,6 +276,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE commands ADD COLUMN valid_until REAL;
     """,
+    # 7: the store's identity (center-link.md "Status", `store_id`): a random
+    # UUID (version 4) made once, with the store or by this migration, and kept;
+    # the center keys its seq bookkeeping on it.
+    """
+    INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'store_id', lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3)
+                             || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 18, 3)
+                             || '-' || substr(h, 21, 12))
+    FROM (SELECT hex(randomblob(16)) AS h);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -333,10 +353,16 @@ class Store:
         self.path = state_dir / DB_NAME
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[Job, Future[Any], bool] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Job, Future[Any], bool] | _Exclusive | None] = (
+            queue.SimpleQueue())
         self._thread: threading.Thread | None = None
         self._next_seq = 1
         self._closed = False
+        self.store_id = ""
+        # (st_dev, st_ino) of the files open for the database, by suffix (DB_FILES),
+        # and of the lock file: what `file_problem()` compares the paths with.
+        self._idents: dict[str, tuple[int, int]] = {}
+        self._lock_ident: tuple[int, int] | None = None
         # Listeners called (in the writer thread) with the events of each commit.
         self._on_commit: list[Callable[[list[Event]], None]] = []
         self.commits = 0
@@ -365,11 +391,30 @@ class Store:
             raise StoreError(f"cannot create state directory {self.state_dir}: {e.strerror}") from e
         self._lock()
         existed = self.path.exists()
+        conn = self._connect(check=existed)
+        self._conn = conn
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+        if existed:
+            log.info("store_opened", path=str(self.path), schema=SCHEMA_VERSION,
+                     next_seq=self._next_seq, store_id=self.store_id)
+        else:
+            # Not an error on a new box, but never to be mistaken for a restart: a
+            # gateway that had a store and lost it starts again at seq 1 here.
+            log.warning("store_created", path=str(self.path), store_id=self.store_id,
+                        detail="no database at this path: a new store starts (seq from 1). "
+                        "If this gateway had one before, its unreported money is not in it: "
+                        "stop the service and restore gatewayd.db from a backup.")
+
+    def _connect(self, *, check: bool) -> sqlite3.Connection:
+        """Open the database at `path` in WAL mode, migrate it, read its seq and id.
+
+        Sets `_next_seq` (never lower than it was), `store_id` and the files'
+        identities. `check` runs a quick_check first (an existing file)."""
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path}: {e}") from e
-        self._conn = conn
         try:
             conn.execute("PRAGMA busy_timeout = 0")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -377,19 +422,28 @@ class Store:
                 raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if existed:
+            if check:
                 row = conn.execute("PRAGMA quick_check").fetchone()
                 if row is None or row[0] != "ok":
                     raise StoreError(self._corrupt_message(str(row[0] if row else "no answer")))
             self._migrate(conn)
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            self._next_seq = (row[0] if row else 0) + 1
+            self._next_seq = max(self._next_seq, (row[0] if row else 0) + 1)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+            self.store_id = row[0] if row else ""
         except sqlite3.DatabaseError as e:
+            conn.close()
             raise StoreError(self._corrupt_message(str(e))) from e
-        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
-        self._thread.start()
-        log.info("store_opened", path=str(self.path), schema=SCHEMA_VERSION,
-                 next_seq=self._next_seq)
+        except BaseException:
+            conn.close()
+            raise
+        # The reads above opened the -wal and -shm: these are the files to watch.
+        self._idents = {}
+        for suffix in DB_FILES:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"{self.path}{suffix}")
+                self._idents[suffix] = (st.st_dev, st.st_ino)
+        return conn
 
     def _corrupt_message(self, detail: str) -> str:
         return (
@@ -421,7 +475,11 @@ class Store:
             raise StoreError(f"cannot lock {lock_path}: {e.strerror}") from e
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # a lock file that was removed: this one replaces it
         self._lock_fd = fd
+        st = os.fstat(fd)
+        self._lock_ident = (st.st_dev, st.st_ino)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -497,16 +555,162 @@ class Store:
     def next_seq(self) -> int:
         return self._next_seq
 
+    # --- the file under the store --------------------------------------------------
+
+    async def file_problem(self) -> str | None:
+        """What is wrong with the database's files at their paths, or None.
+
+        Run in the writer thread (the identities change only there)."""
+        return await self.read(lambda _txn: self._file_problem())
+
+    def _file_problem(self) -> str | None:
+        if not self.state_dir.is_dir():
+            return f"the state directory {self.state_dir} was removed"
+        for suffix, ident in self._idents.items():
+            name = f"{self.path.name}{suffix}"
+            try:
+                st = os.stat(self.state_dir / name)
+            except FileNotFoundError:
+                return f"{name} was removed"
+            except OSError as e:
+                return f"cannot check {name}: {e.strerror or e}"
+            if (st.st_dev, st.st_ino) != ident:
+                return f"{name} was replaced by another file"
+        return None
+
+    async def restore(self) -> str:
+        """Put the open database back at its path, losing nothing; say what was done.
+
+        For a database removed or replaced under the running daemon: a file
+        found at its place is kept aside (renamed, never deleted); the open
+        database is copied with SQLite's online backup into a temp file beside
+        the path, fsynced and renamed over it; then the writer reopens it.
+        Runs in the writer thread between transactions. Raises StoreError."""
+        fut: Future[str] = Future()
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        self._queue.put(_Exclusive(self._restore, fut))
+        return await asyncio.wrap_future(fut)
+
+    def _restore(self) -> str:
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create state directory {self.state_dir}: {e.strerror}") from e
+        self._relock()
+        done: list[str] = []
+        if self._conn is None:
+            # A restore that failed after closing the connection: the file at the
+            # path is the copy it made; open it.
+            self._conn = self._connect(check=True)
+            return "reopened the restored database"
+        kept = self._set_aside_foreign()
+        if kept:
+            done.append(f"kept the file found at its place as {kept}")
+        tmp = self._backup_beside()
+        try:
+            os.replace(tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(f"cannot put {self.path} back: {e.strerror or e}") from e
+        try:
+            _fsync_dir(self.state_dir)
+        except OSError as e:  # the file is in place; only the rename's durability is unsure
+            log.error("store_restore_fsync_failed", path=str(self.state_dir), error=str(e))
+        # Close the old connection only now: everything it holds is in the new file.
+        # SQLite checkpoints into the old (unlinked) file and deletes the -wal/-shm
+        # at the paths, which are ours or gone (foreign ones were set aside above).
+        old, self._conn = self._conn, None
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        for suffix in DB_FILES[1:]:
+            # Left by a close that could not checkpoint (a reader held it): the old
+            # database's, whose content the copy has. Never apply it to the copy.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        seq_before = self._next_seq
+        self._conn = self._connect(check=False)
+        if self._next_seq != seq_before:
+            log.error("store_restore_seq_moved", expected=seq_before, found=self._next_seq)
+        done.append(f"restored {self.path.name} from the open database (next seq {self._next_seq})")
+        return "; ".join(done)
+
+    def _relock(self) -> None:
+        """Take the lock file again when it was removed (with the state directory)."""
+        try:
+            st = os.stat(self.state_dir / LOCK_NAME)
+            if (st.st_dev, st.st_ino) == self._lock_ident:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot check {self.state_dir / LOCK_NAME}: {e.strerror}") from e
+        self._lock()
+
+    def _set_aside_foreign(self) -> str | None:
+        """Rename files at the database's paths that are not the open ones (another
+        database moved over it) to `gatewayd.db.replaced-STAMP[-wal|-shm]`."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        kept: str | None = None
+        for suffix in DB_FILES:
+            path = f"{self.path}{suffix}"
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot check {path}: {e.strerror or e}") from e
+            if self._idents.get(suffix) == (st.st_dev, st.st_ino):
+                continue
+            aside = f"{self.path}.replaced-{stamp}{suffix}"
+            try:
+                os.rename(path, aside)
+            except OSError as e:
+                raise StoreError(f"cannot move {path} aside: {e.strerror or e}") from e
+            log.warning("store_foreign_file_kept", path=path, kept_as=aside)
+            if suffix == "":
+                kept = os.path.basename(aside)
+        return kept
+
+    def _backup_beside(self) -> str:
+        """A durable copy of the open database in a temp file in state_dir; its path."""
+        assert self._conn is not None
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.restore-", dir=self.state_dir)
+        os.close(fd)
+        try:
+            dest = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._conn.backup(dest)
+            finally:
+                dest.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (OSError, sqlite3.Error) as e:
+            for leftover in (tmp, f"{tmp}-journal"):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+            raise StoreError(f"cannot copy the open database beside {self.path}: {e}") from e
+        return tmp
+
+    # --- the writer thread ----------------------------------------------------------
+
     def _writer(self) -> None:
-        conn = self._conn
-        assert conn is not None
         stop = False
         while not stop:
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
-            while len(batch) < MAX_GROUP:
+            batch: list[tuple[Job, Future[Any], bool]] = []
+            exclusive: _Exclusive | None = None
+            if isinstance(item, _Exclusive):
+                exclusive = item
+            else:
+                batch.append(item)
+            while batch and len(batch) < MAX_GROUP:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -514,14 +718,23 @@ class Store:
                 if nxt is None:
                     stop = True
                     break
+                if isinstance(nxt, _Exclusive):
+                    exclusive = nxt   # after the jobs queued before it
+                    break
                 batch.append(nxt)
-            self._run_batch(conn, batch)
+            if batch:
+                self._run_batch(batch)
+            if exclusive is not None:
+                exclusive.run()
 
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[Job, Future[Any], bool]]
-    ) -> None:
+    def _run_batch(self, batch: list[tuple[Job, Future[Any], bool]]) -> None:
         live = [(job, fut, write) for job, fut, write in batch if fut.set_running_or_notify_cancel()]
         if not live:
+            return
+        conn = self._conn
+        if conn is None:
+            for _, fut, _ in live:
+                fut.set_exception(StoreError(f"{self.path} is not open (a restore failed)"))
             return
         seq_at_start = self._next_seq
         txn = Txn(conn, self)
@@ -576,6 +789,35 @@ class Store:
                     log.exception("store_listener_failed")
         for fut, ok, value in outcomes:
             _resolve(fut, ok, value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Exclusive:
+    """Work the writer runs alone, outside any transaction (a restore)."""
+
+    fn: Callable[[], Any]
+    fut: Future[Any]
+
+    def run(self) -> None:
+        if not self.fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn()
+        except BaseException as e:  # reported to the caller, like a job's
+            if isinstance(e, sqlite3.Error | OSError):
+                e = StoreError(f"{e}")
+            self.fut.set_exception(e)
+        else:
+            self.fut.set_result(result)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _resolve(fut: Future[Any], ok: bool, value: Any) -> None:

@@ -591,6 +591,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
 
     building: str
     boot_id: str
+    store_id: str
     version: str
     started: str
     clock_synced: bool

@@ -183,6 +183,9 @@ async def test_status_is_retained_with_online_true_on_connect(tmp_path: Path, br
         assert status["online"] is True
         assert status["building"] == "b07"
         assert status["boot_id"] == gw.link.boot_id
+        # The store the events come from (center-link.md "Status"), right after boot_id.
+        assert status["store_id"] == gw.store.store_id and len(status["store_id"]) == 36
+        assert list(status)[:4] == ["online", "building", "boot_id", "store_id"]
         assert status["version"] == __version__
         assert status["cards_version"] == 3 and status["faults"] == STATUS_FIELDS["faults"]
         assert isinstance(status["started"], str) and isinstance(status["pending"], int)

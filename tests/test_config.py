@@ -702,3 +702,214 @@ def test_building_all_is_reserved_for_broadcasts(tmp_path: Path) -> None:
     path = write(tmp_path, '[gateway]\nbuilding = "all"\nstate_dir = "{state}"\n')
     assert problems(path) == [
         'gateway.building: "all" is reserved: {prefix}/all/cmd is the broadcast topic']
+
+
+# -- no follow-on errors; one address, one device (issue 14, item 12) -------------
+
+TWO_ROOMS = """
+[gateway]
+building = "b07"
+state_dir = "{state}"
+
+[[buses]]
+name = "a"
+type = "tcp"
+host = "h"
+
+[[rooms]]
+id = "101"
+meter = { bus = "a", unit = 1, profile = "eastron-sdm120" }
+breaker = { bus = "a", unit = 200, profile = "relay-board", channel = 0 }
+
+[[rooms]]
+id = "102"
+meter = { bus = "a", unit = METER, profile = "eastron-sdm120" }
+breaker = { bus = "a", unit = 200, profile = "relay-board", channel = CHANNEL }
+"""
+
+
+@pytest.mark.parametrize(("meter", "channel", "expected"), [
+    ('"3"', "1", 'rooms[1].meter.unit: expected an integer from 0 to 255, got "3"'),
+    ("300", "1", "rooms[1].meter.unit: expected an integer from 0 to 255, got 300"),
+    ("2", '"2"', 'rooms[1].breaker.channel: expected an integer from 0 to 1999, got "2"'),
+    ("2", "-1", "rooms[1].breaker.channel: expected an integer from 0 to 1999, got -1"),
+])
+def test_a_wrong_value_is_one_problem_not_a_false_shared_device(
+    tmp_path: Path, meter: str, channel: str, expected: str
+) -> None:
+    """The fallback used to go on checking (unit 1, channel 0) is no device: it must
+    not be found "already used" by room 101's meter or breaker channel."""
+    text = TWO_ROOMS.replace("METER", meter).replace("CHANNEL", channel)
+    assert problems(write(tmp_path, text)) == [expected]
+
+
+DEVICES = """
+[gateway]
+building = "b07"
+state_dir = "{state}"
+
+[tariffs]
+shower = { price = "0.5", unit = "min" }
+
+[[buses]]
+name = "a"
+type = "rtu"
+port = "/dev/ttyUSB0"
+
+[[rooms]]
+id = "101"
+meter = { bus = "a", unit = 1, profile = "eastron-sdm120" }
+breaker = { bus = "a", unit = BREAKER_UNIT, profile = "relay-board", channel = 0 }
+
+[[readers]]
+id = "r1"
+type = "serial"
+port = "/dev/ttyUSB1"
+
+[[points]]
+id = "p1"
+service = "shower"
+reader = "r1"
+valve = { bus = "a", unit = 40, profile = "VALVE_PROFILE", channel = 0 }
+flow = { bus = "a", unit = FLOW_UNIT, profile = "pulse-counter", channel = 0, ml_per_pulse = 10 }
+"""
+
+
+def devices(breaker: int = 31, valve: str = "relay-board", flow: int = 40) -> str:
+    return (DEVICES.replace("BREAKER_UNIT", str(breaker)).replace("VALVE_PROFILE", valve)
+            .replace("FLOW_UNIT", str(flow)))
+
+
+def test_two_devices_on_one_bus_address_are_an_error(tmp_path: Path) -> None:
+    # The contract's own example: a valve and a flow counter on one board (unit 40).
+    cfg = load_config(write(tmp_path, devices()))
+    assert cfg.points[0].valve.unit == cfg.points[0].flow.unit == 40  # type: ignore[union-attr]
+    # A meter and a relay board on one unit: two devices answering to one address.
+    assert problems(write(tmp_path, devices(breaker=1))) == [
+        'rooms[0].breaker: bus "a", unit 1 is already room "101"\'s meter (profile '
+        '"eastron-sdm120"): a switch (profile "relay-board") cannot have the same address; '
+        "two devices on one bus need two units"]
+    # A flow counter on a meter's unit.
+    assert problems(write(tmp_path, devices(flow=1))) == [
+        'points[0].flow: bus "a", unit 1 is already room "101"\'s meter (profile '
+        '"eastron-sdm120"): a counter (profile "pulse-counter") cannot have the same address; '
+        "two devices on one bus need two units"]
+    # One relay board read as coils by one user and as holding registers by another.
+    assert problems(write(tmp_path, devices(breaker=40, valve="relay-board-holding"))) == [
+        'points[0].valve: bus "a", unit 40 is already room "101"\'s switch with profile '
+        '"relay-board": one device cannot also be a switch with profile "relay-board-holding"']
+
+
+def test_a_generated_floor_of_205_rooms_keeps_its_boards_clear_of_its_meters(
+    tmp_path: Path,
+) -> None:
+    sys.path.insert(0, str(ROOT / "conf"))
+    try:
+        import generate
+    finally:
+        sys.path.pop(0)
+    text = generate.generate("b07", floors=2, rooms_per_floor=205, showers_per_floor=6,
+                             subnet="10.20")
+    text = text.replace('timezone = "Asia/Shanghai"',
+                        f'timezone = "Asia/Shanghai"\nstate_dir = "{tmp_path}/s"')
+    cfg = load_config(write(tmp_path, text))
+    assert len(cfg.rooms) == 410 and len({r.id for r in cfg.rooms}) == 410
+    assert {r.breaker.unit for r in cfg.rooms} == {206}
+    assert {p.valve.unit for p in cfg.points} == {207}
+    with pytest.raises(ValueError, match="at most 244 rooms a floor"):
+        generate.generate("b07", floors=1, rooms_per_floor=245, showers_per_floor=1,
+                          subnet="10.20")
+
+
+# -- secrets (issue 14, item 9) ---------------------------------------------------
+
+SECRETS = """
+[gateway]
+building = "b07"
+state_dir = "{state}"
+
+[center]
+broker = "BROKER"
+username = "gw-b07"
+password_file = "mqtt.password"
+command_public_key_file = "center.pub"
+"""
+
+
+def secrets(tmp_path: Path, password_mode: int, *, tls: bool = False,
+            key_mode: int = 0o600) -> Path:
+    from gatewayd.signing import generate_keypair
+
+    (tmp_path / "center.pub").write_bytes(generate_keypair().public_pem)
+    (tmp_path / "mqtt.password").write_text("secret\n")
+    (tmp_path / "mqtt.password").chmod(password_mode)
+    text = SECRETS.replace("BROKER", "mqtts://127.0.0.1" if tls else "mqtt://127.0.0.1:1")
+    if tls:
+        for name, mode in (("gw.pem", 0o644), ("gw.key", key_mode)):
+            (tmp_path / name).write_text("-\n")
+            (tmp_path / name).chmod(mode)
+        text += 'cert_file = "gw.pem"\nkey_file = "gw.key"\n'
+    return write(tmp_path, text)
+
+
+def test_secrets_readable_by_every_user_are_warned_about(tmp_path: Path) -> None:
+    path = secrets(tmp_path, 0o666, tls=True, key_mode=0o644)
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        f"warning: center.password_file: {tmp_path}/mqtt.password is a secret readable by every "
+        "user on this machine (mode 0666): chmod 0640 with the group gatewayd runs as "
+        "(chown root:gatewayd), or 0600 owned by that user",
+        f"warning: center.key_file: {tmp_path}/gw.key is a secret readable by every user on "
+        "this machine (mode 0644): chmod 0640 with the group gatewayd runs as "
+        "(chown root:gatewayd), or 0600 owned by that user",
+    ]
+    # 0640 is the contract's own mode for a secret (config.md): no warning.
+    assert load_config(secrets(tmp_path, 0o640, tls=True, key_mode=0o640)).warnings == ()
+    # The certificate (0644) is public: never warned about.
+
+
+def test_run_warns_about_a_readable_secret_at_start(tmp_path: Path) -> None:
+    path = secrets(tmp_path, 0o644)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(path), "--log-format", "json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        warnings: list[str] = []
+        for line in proc.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "config_warning":
+                warnings.append(event["warning"])
+            if event.get("event") == "ready":
+                break
+        proc.terminate()
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert warnings == [
+        f"center.password_file: {tmp_path}/mqtt.password is a secret readable by every user on "
+        "this machine (mode 0644): chmod 0640 with the group gatewayd runs as "
+        "(chown root:gatewayd), or 0600 owned by that user"]
+
+
+@pytest.mark.parametrize("encoding", ["PEM", "DER"])
+def test_a_private_key_given_as_the_centers_public_key_is_refused(
+    tmp_path: Path, encoding: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = secrets(tmp_path, 0o600)
+    (tmp_path / "center.pub").write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        getattr(serialization.Encoding, encoding), serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    assert problems(path) == [
+        f"center.command_public_key_file: {tmp_path}/center.pub holds a private key; a gateway "
+        "must hold only the center's public key: a center's private key must never be on a "
+        "gateway (whoever reads it can sign commands for every building). Delete it here, have "
+        "the center make a new key pair (gatewayd keygen) and give the gateways only the public "
+        "one (center.pub)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -233,3 +234,116 @@ def test_notify_never_blocks_when_the_manager_stops_reading(tmp_path: Path) -> N
     finally:
         notifier.close()
         listener.close()
+
+
+# --- a store removed or replaced under the running daemon ----------------------------------
+
+
+def seed_credits(state: Path, n: int) -> None:
+    """`n` top-ups of 100 fen to one account, as CommandService records them."""
+    from gatewayd.ledger import Ledger
+    from gatewayd.store import Store, Txn
+
+    store = Store.open(state, "b07")
+    try:
+        def job(txn: Txn) -> None:
+            for i in range(n):
+                balance = Ledger.credit(txn, "stu-1", 100)
+                txn.event("account.credited", {"account": "stu-1", "amount_fen": 100,
+                                               "balance_fen": balance, "command": f"c-{i}"},
+                          ts="2026-11-23T21:04:05.120+08:00")
+        store.call(job)
+    finally:
+        store.close()
+
+
+def read_db(db: Path) -> tuple[list[dict[str, object]], list[tuple[str, int]], str]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        events = [{**json.loads(p), "_seq": s} for s, p in conn.execute(
+            "SELECT seq, payload FROM events ORDER BY seq")]
+        balances = conn.execute("SELECT account, balance_fen FROM accounts").fetchall()
+        (store_id,) = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        return events, balances, store_id
+    finally:
+        conn.close()
+
+
+def store_failing(events: list[dict[str, object]]) -> list[bool]:
+    return [bool(e["active"]) for e in events
+            if e["type"] == "alarm" and e["code"] == "store_failing"]
+
+
+@pytest.mark.parametrize("fault", ["removed", "replaced"])
+def test_a_store_removed_or_replaced_under_the_daemon_is_put_back(
+    tmp_path: Path, notify_socket: socket.socket, fault: str
+) -> None:
+    """behaviour.md "Faults": noticed within 10 s, `store_failing` raised, the
+    database put back from what the daemon has open, nothing lost; after a
+    restart the balances, events and seq go on under the same store_id."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    db = state / "gatewayd.db"
+    seed_credits(state, 30)
+    events, _, store_id = read_db(db)
+    assert len(events) == 30
+    if fault == "replaced":
+        # An old copy of the store (10 top-ups) is what gets moved over the live one.
+        seed_credits(tmp_path / "old", 10)
+    proc = start(tmp_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        messages(notify_socket, "READY=1")
+        if fault == "removed":
+            for suffix in ("", "-wal", "-shm"):
+                os.unlink(f"{db}{suffix}")
+        else:
+            os.replace(tmp_path / "old" / "gatewayd.db", db)
+        # The test's patience, not the promise (10 s): the raising event, committed
+        # into the lost file, and the clearing one, into the restored one.
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, sqlite3.Error, TypeError):
+                if store_failing(read_db(db)[0]) == [True, False]:
+                    break
+            assert time.monotonic() < deadline, "the store was not put back"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    names = [r["event"] for r in log]
+    assert names.count("store_file_lost") == 1 and names.count("store_restored") == 1
+    (lost,) = [r for r in log if r["event"] == "store_file_lost"]
+    assert lost["problem"] == ("gatewayd.db was removed" if fault == "removed"
+                               else "gatewayd.db was replaced by another file")
+    assert [(r["code"], r["level"]) for r in log if r["event"] == "alarm_raised"] == [
+        ("store_failing", "warning")]
+    if fault == "replaced":
+        (kept,) = state.glob("gatewayd.db.replaced-*")
+        assert len(read_db(kept)[0]) == 10      # the other file is kept, untouched
+    events, balances, again = read_db(db)
+    assert again == store_id
+    assert [e["_seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["seq"] for e in events[:30]] == list(range(1, 31))
+    assert balances == [("stu-1", 3000)]
+    # A restart opens the same store: no new one, seq goes on.
+    proc = start(tmp_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        messages(notify_socket, "READY=1")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    (opened,) = [r for r in log if r["event"] == "store_opened"]
+    assert opened["store_id"] == store_id and opened["next_seq"] == len(events) + 1
+    assert "store_created" not in [r["event"] for r in log]

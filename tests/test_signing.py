@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.signing import (
+    PRIVATE_KEY_REFUSED,
     KeyFileError,
     canonical_json,
     decode_signature,
@@ -203,6 +204,8 @@ def other_keys() -> dict[str, bytes]:
 def test_public_key_file_errors_name_the_file(tmp_path: Path) -> None:
     keys = other_keys()
     pair = generate_keypair()
+    private_der = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     cases = {
         tmp_path / "missing.pub": "no such file",
         tmp_path: "is a directory, expected a PEM file",
@@ -211,9 +214,8 @@ def test_public_key_file_errors_name_the_file(tmp_path: Path) -> None:
         write(tmp_path / "big.pub", b"x" * 70_000): "too large for a PEM key file",
         write(tmp_path / "rsa.pub", keys["rsa_public"]): "not an Ed25519 public key (found RSA)",
         write(tmp_path / "ec.pub", keys["ec_public"]): "not an Ed25519 public key (found EC)",
-        write(tmp_path / "private.pem", pair.private_pem): (
-            "holds a private key; a gateway must hold only the center's public key"
-        ),
+        write(tmp_path / "private.pem", pair.private_pem): PRIVATE_KEY_REFUSED,
+        write(tmp_path / "private.der", private_der): PRIVATE_KEY_REFUSED,
     }
     for path, reason in cases.items():
         with pytest.raises(KeyFileError) as caught:

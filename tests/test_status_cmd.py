@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -67,10 +68,16 @@ port = {sim.ports[0]}
             assert "101" in out and "480" in out
             assert "cards version 0" in out
             assert doc["status"]["outbox"]["pending"] >= 1   # no center: events wait
+            store_id = doc["status"]["store"]["store_id"]
+            assert f"store {store_id}" in out
         finally:
             assert await daemon.stop() == 0
         code, out = await status(config)
         assert code == 3 and "not running" in out and "last known state" in out
+        # The store's own id, as kept in it.
+        db = sqlite3.connect(tmp_path / "state" / "gatewayd.db")
+        assert db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone() == (store_id,)
+        db.close()
     finally:
         await sim.stop()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gatewayd import store as store_mod
 from gatewayd.store import SCHEMA_VERSION, Store, StoreError, StoreLocked, Txn
@@ -264,3 +267,125 @@ def test_alarms_on_record_are_kept_from_the_event_log(tmp_path: Path,
         assert active() == [("reader_offline", "reader:r1", "unplugged")]
     finally:
         s.close()
+
+
+# --- store_id, and a database removed or replaced under the running store -------------
+
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+
+
+def test_a_new_store_is_logged_as_such_and_keeps_its_id(tmp_path: Path) -> None:
+    """center-link.md: `store_id` changes only with a new store; behaviour.md: a
+    gateway that has to start a new store says so."""
+    with structlog.testing.capture_logs() as logs:
+        s = Store.open(tmp_path, "b07")
+        s.call(credit("a", 1))
+        first = s.store_id
+        s.close()
+        s = Store.open(tmp_path, "b07")
+        again = s.store_id
+        s.close()
+    assert re.fullmatch(UUID_RE, first) and again == first
+    created = [e for e in logs if e["event"] == "store_created"]
+    opened = [e for e in logs if e["event"] == "store_opened"]
+    assert [(e["log_level"], e["store_id"]) for e in created] == [("warning", first)]
+    assert [(e["log_level"], e["store_id"], e["next_seq"]) for e in opened] == [("info", first, 2)]
+
+
+def test_a_migration_gives_an_existing_store_its_id(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 5)
+    s = Store.open(tmp_path, "b07")
+    assert s.call(credit("a", 7)) == 1
+    assert s.store_id == ""
+    s.close()
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", SCHEMA_VERSION)
+    with structlog.testing.capture_logs() as logs:
+        s = Store.open(tmp_path, "b07")
+    try:
+        assert re.fullmatch(UUID_RE, s.store_id)
+        assert s.call(credit("a", 1)) == 2
+        assert s.call(lambda t: t.execute("SELECT balance_fen FROM accounts").fetchall()) == [(8,)]
+    finally:
+        s.close()
+    assert "store_created" not in [e["event"] for e in logs]
+
+
+def _events(db: Path) -> list[int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def test_a_removed_database_is_put_back_from_the_open_one(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "state", "b07")
+    db = s.path
+    try:
+        for _ in range(40):
+            await s.run(credit("a", 10))
+        assert await s.file_problem() is None
+        for suffix in ("", "-wal", "-shm"):
+            os.unlink(f"{db}{suffix}")
+        # Commits go on meanwhile, into the open (unlinked) file.
+        seqs = [await s.run(credit("a", 10)) for _ in range(5)]
+        assert seqs == [41, 42, 43, 44, 45]
+        assert await s.file_problem() == "gatewayd.db was removed"
+        assert "restored gatewayd.db" in await s.restore()
+        assert await s.file_problem() is None
+        assert _events(db) == list(range(1, 46))   # on disk at the path, before any close
+        assert await s.run(credit("a", 10)) == 46
+        store_id = s.store_id
+    finally:
+        s.close()
+    s = Store.open(tmp_path / "state", "b07")
+    try:
+        assert s.store_id == store_id and s.next_seq == 47
+        assert s.call(lambda t: t.execute("SELECT balance_fen FROM accounts").fetchall()) == [(460,)]
+    finally:
+        s.close()
+
+
+async def test_a_file_moved_over_the_database_is_kept_aside_and_ours_put_back(
+    tmp_path: Path,
+) -> None:
+    """An old copy of the store moved over the live one (a backup restored while
+    the daemon runs): the live store wins, the other file is kept, not deleted."""
+    s = Store.open(tmp_path, "b07")
+    try:
+        for _ in range(10):
+            await s.run(credit("a", 1))
+        live, old = sqlite3.connect(s.path), sqlite3.connect(tmp_path / "old.db")
+        live.backup(old)
+        live.close()
+        old.close()
+        for _ in range(10):
+            await s.run(credit("a", 1))
+        os.replace(tmp_path / "old.db", s.path)
+        assert await s.file_problem() == "gatewayd.db was replaced by another file"
+        assert "kept the file found at its place as gatewayd.db.replaced-" in await s.restore()
+        assert await s.run(credit("a", 1)) == 21
+    finally:
+        s.close()
+    (kept,) = tmp_path.glob("gatewayd.db.replaced-*")
+    assert _events(kept) == list(range(1, 11))
+    assert _events(tmp_path / "gatewayd.db") == list(range(1, 22))
+
+
+async def test_a_removed_state_dir_is_made_again_and_locked(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    s = Store.open(state, "b07")
+    try:
+        await s.run(credit("a", 1))
+        shutil.rmtree(state)
+        assert await s.file_problem() == f"the state directory {state} was removed"
+        await s.restore()
+        assert await s.file_problem() is None
+        assert oct(state.stat().st_mode & 0o777) == "0o700"
+        with pytest.raises(StoreLocked):
+            Store.open(state, "b07")   # the new lock file is held
+        assert await s.run(credit("a", 1)) == 2
+    finally:
+        s.close()
+    assert _events(state / "gatewayd.db") == [1, 2]

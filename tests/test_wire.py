@@ -375,6 +375,7 @@ def test_status_document() -> None:
     status = Status(
         building="b07",
         boot_id="6f1c",
+        store_id="9a2e",
         version="1.2.0",
         started="2026-11-23T06:00:00.000+08:00",
         clock_synced=True,
@@ -388,7 +389,7 @@ def test_status_document() -> None:
         faults=Faults(meters=0, readers=1, valves=0),
     )
     assert encode_status(status) == (
-        b'{"online":true,"building":"b07","boot_id":"6f1c","version":"1.2.0",'
+        b'{"online":true,"building":"b07","boot_id":"6f1c","store_id":"9a2e","version":"1.2.0",'
         b'"started":"2026-11-23T06:00:00.000+08:00","clock_synced":true,"cards_version":41,'
         b'"last_seq":1234,"pending":0,"accounts_unknown":0,"rooms":312,"points":40,"readers":40,'
         b'"faults":{"meters":0,"readers":1,"valves":0}}'

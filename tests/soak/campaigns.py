@@ -72,6 +72,7 @@ from tests.soak.harness import (
     until,
 )
 from tests.soak.late_rtu import late_rtu
+from tests.soak.removed_store import removed_store
 
 Campaign = Callable[[int], Awaitable[Row]]
 
@@ -1567,11 +1568,12 @@ CAMPAIGNS: dict[str, Campaign] = {
     "dead_bus": dead_bus,
     "late_rtu": late_rtu,
     "command_flood": command_flood,
+    "removed_store": removed_store,
 }
 FULL: dict[str, int] = {"power_cut": 200, "center_outage": 2, "device_faults": 6, "clock_jumps": 120,
                         "disk_full": 5, "hostile_input": 10_000,
-                        "dead_bus": 3, "late_rtu": 50, "command_flood": 40}
+                        "dead_bus": 3, "late_rtu": 50, "command_flood": 40, "removed_store": 30}
 SHORT: dict[str, int] = {"power_cut": 6, "center_outage": 1, "device_faults": 1, "clock_jumps": 14,
                          "disk_full": 1, "hostile_input": 600,
-                         "dead_bus": 1, "late_rtu": 5, "command_flood": 3}
+                         "dead_bus": 1, "late_rtu": 5, "command_flood": 3, "removed_store": 3}
 
