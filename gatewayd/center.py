@@ -120,6 +120,10 @@ BACKOFF_MIN_S: Final = 1.0
 BACKOFF_CAP_S: Final = 4.0
 #: The wait after an auth or configuration error: only an operator can fix it.
 BACKOFF_CONFIG_S: Final = 60.0
+#: A connection proves the broker well only once it has lasted this long: one
+#: that accepts and drops at once (a broker restarting in a loop, a proxy) is a
+#: failed attempt, backed off, and its connect/disconnect lines are summarised.
+STABLE_SESSION_S: Final = 30.0
 #: MQTT 5 Receive Maximum sent on CONNECT: at most this many unacknowledged
 #: QoS 1 commands are in our hands; the broker holds the rest of a flood.
 RECEIVE_MAXIMUM: Final = 8
@@ -422,6 +426,8 @@ class CenterLink:
         self._last_changes: Any = None   # what, changed, publishes the status at once
         self._last_status_at = 0.0
         self._offline_since = time.monotonic()
+        self._connected_at = 0.0
+        self._flaps = 0   # connections in a row that did not last STABLE_SESSION_S
         self._last_error = ""
         store.on_commit(self._on_commit)
 
@@ -530,7 +536,7 @@ class CenterLink:
             self._set_state(LinkState.CONNECTING)
             longest = False
             try:
-                await self._session(backoff, failures)
+                await self._session(failures)
                 return  # a session returns only after the farewell
             except* LinkConfigError as group:
                 error: BaseException = group.exceptions[0]
@@ -549,11 +555,17 @@ class CenterLink:
             self._client = None
             if self._stopping:
                 return
-            failures = 0 if was_connected else failures + 1
             self._last_error = f"{type(error).__name__}: {error}"
-            if was_connected:
-                log.warning("center_disconnected", error=self._last_error)
+            stable = was_connected and time.monotonic() - self._connected_at >= STABLE_SESSION_S
+            if stable:
+                failures = self._flaps = 0
                 backoff.reset()
+            else:
+                failures += 1
+            if was_connected:
+                self._flaps += 0 if stable else 1
+                (log.warning if self._flaps <= 1 else log.debug)(
+                    "center_disconnected", error=self._last_error, flaps=self._flaps)
             delay = backoff.next(longest=longest)
             if failures == 1:
                 log.warning("center_unreachable", broker=self.center.broker, error=self._last_error,
@@ -566,17 +578,18 @@ class CenterLink:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
 
-    async def _session(self, backoff: _Backoff, failures: int) -> None:
+    async def _session(self, failures: int) -> None:
         client = await self._make_client()
         self.counters.attempts += 1
         async with client:
             self._client = client
             self._set_state(LinkState.CONNECTED)
             self.counters.connects += 1
-            backoff.reset()
+            self._connected_at = time.monotonic()
             offline_s = round(time.monotonic() - self._offline_since, 1)
-            log.info("center_connected", broker=self.center.broker, session_present=client.session_present,
-                     receive_maximum=client.receive_maximum, failed_attempts=failures, offline_s=offline_s)
+            (log.info if self._flaps == 0 else log.debug)(
+                "center_connected", broker=self.center.broker, session_present=client.session_present,
+                receive_maximum=client.receive_maximum, failed_attempts=failures, offline_s=offline_s)
             if not client.session_present and self.counters.connects > 1:
                 # The broker forgot the session (restarted without persistence, or
                 # it expired): commands sent meanwhile were not kept for us.

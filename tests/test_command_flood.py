@@ -491,3 +491,54 @@ def test_backoff_is_capped_and_a_campus_does_not_reconnect_in_step() -> None:
         if step >= 3:  # at the cap: spread over half of it
             assert max(delays) - min(delays) >= center_mod.BACKOFF_CAP_S / 2 * 0.9
     assert _Backoff().next(longest=True) >= center_mod.BACKOFF_CONFIG_S / 2
+
+
+class DroppingProxy:
+    """A broker that accepts and drops at once: each connection is closed right after
+    the broker's CONNACK has reached the gateway."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> DroppingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        with contextlib.suppress(ConnectionError):
+            up_writer.write(await reader.read(65536))     # CONNECT
+            writer.write(await up_reader.read(65536))     # CONNACK
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+        up_writer.close()
+
+
+async def test_a_broker_that_accepts_and_drops_at_once_is_backed_off_and_its_lines_summarised(
+        tmp_path: Path, broker: Broker) -> None:
+    """A connection proves the broker well only once it lasts: one dropped at once is a
+    failed attempt, so the back-off grows instead of starting again at 1 s."""
+    with structlog.testing.capture_logs() as logs:
+        async with DroppingProxy(broker.port) as proxy, \
+                gateway(tmp_path, f"mqtt://127.0.0.1:{proxy.port}") as gw:
+            async with asyncio.timeout(90):   # a guard, not a measure
+                while gw.link.counters.connects < 5:
+                    await asyncio.sleep(0.05)
+    delays = [e["retry_s"] for e in logs if e["event"] == "center_unreachable"]
+    assert len(delays) >= 4
+    # The fourth delay on is at the cap (2 to 4 s jittered); reset at every connect
+    # (the old behaviour) it would stay at 0.5 to 1 s.
+    assert max(delays) > center_mod.BACKOFF_MIN_S
+    loud = [e for e in logs if e["event"] in {"center_connected", "center_disconnected"}
+            and e["log_level"] in {"info", "warning"}]
+    assert len(loud) <= 2, loud
