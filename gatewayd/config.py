@@ -76,6 +76,12 @@ def is_secret(key: str) -> bool:
     return key.endswith(("password_file", "private_key_file")) or key == "key_file"
 
 
+def is_trust_anchor(key: str) -> bool:
+    """A file key whose content decides whom the gateway trusts: the center's
+    public key and the CA. Anyone may read it; only its owner may write it."""
+    return key in ("command_public_key_file", "ca_file")
+
+
 def warning_lines(warnings: Sequence[Problem]) -> list[str]:
     """Warnings as printed on stderr: `warning: place: message`."""
     return [f"warning: {w}" for w in warnings]
@@ -516,6 +522,13 @@ class _Loader:
                         f"{path} is a secret readable by every user on this machine "
                         f"(mode {mode & 0o7777:04o}): chmod 0640 with the group gatewayd runs "
                         "as (chown root:gatewayd), or 0600 owned by that user")))
+                if is_trust_anchor(key) and mode & 0o022:
+                    # Whoever can replace the center's public key can sign commands
+                    # that move money and cut power.
+                    self.warnings.append(Problem(t.at(key), (
+                        f"{path} can be written by users other than its owner "
+                        f"(mode {mode & 0o7777:04o}): whoever replaces it can forge the center's "
+                        "commands; chmod 0644, owned by root")))
         return path
 
     def center(self, t: Table, building: str) -> CenterSection:

@@ -869,6 +869,21 @@ def test_secrets_readable_by_every_user_are_warned_about(tmp_path: Path) -> None
     # The certificate (0644) is public: never warned about.
 
 
+def test_a_center_public_key_others_can_write_is_warned_about(tmp_path: Path) -> None:
+    """Whoever can replace the center's public key can forge its commands."""
+    path = secrets(tmp_path, 0o640)
+    (tmp_path / "center.pub").chmod(0o666)
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        f"warning: center.command_public_key_file: {tmp_path}/center.pub can be written by users "
+        "other than its owner (mode 0666): whoever replaces it can forge the center's commands; "
+        "chmod 0644, owned by root",
+    ]
+    (tmp_path / "center.pub").chmod(0o644)
+    assert load_config(path).warnings == ()
+
+
 def test_run_warns_about_a_readable_secret_at_start(tmp_path: Path) -> None:
     path = secrets(tmp_path, 0o644)
     proc = subprocess.Popen(
