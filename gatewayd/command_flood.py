@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -127,10 +129,24 @@ def _ready() -> bool:
     return True
 
 
-def _background() -> None:
-    """In the worker: yield the CPU to the daemon (taps, cuts) when both want it."""
+def _background(parent: int) -> None:
+    """In the worker: die with the daemon, and yield it the CPU (taps, cuts) when
+    both want it."""
+    _die_with(parent)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: SIGKILL this process when the daemon dies. A daemon killed (SIGKILL,
+    the OOM killer) must not leave its worker behind holding the journal's pipe or
+    the unit's cgroup."""
+    PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:   # it died before the line above
+        os._exit(0)
 
 
 class CommandScreen:
@@ -156,7 +172,7 @@ class CommandScreen:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_background)
+                initializer=_background, initargs=(os.getpid(),))
         return self._pool
 
     async def start(self) -> None:

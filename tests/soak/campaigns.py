@@ -1426,8 +1426,11 @@ async def fuzz_serial(n: int, tmp: Path, checks: Checks, notes: list[str]) -> in
     layout = Layout(tmp, rooms=1, points=1, water_rules={"min_balance_fen": 10})
     sim = await start_building(layout)
     port = PtyPort(layout.tty(0))
+    # The sentinel is a known card: its taps are granted, never folded with the
+    # refusals the mutated frames cause (a flooded reader folds those).
     sentinel = "5E5E5E5E5E"
-    seed(layout.state_dir, {layout.account(0): 1_000_000})
+    seed(layout.state_dir, {layout.account(0): 1_000_000, "sentinel": 1_000_000},
+         [Card(sentinel, "sentinel", "student", "active", None)])
     daemon = Daemon(layout.config(sim), tmp)
     sentinels = 0
     rss: list[int] = []
