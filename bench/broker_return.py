@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
-from gatewayd import center as center_mod  # noqa: E402
-from gatewayd.center import CenterLink, _Backoff  # noqa: E402
-from gatewayd.clock import Clock  # noqa: E402
-from gatewayd.config import load_config  # noqa: E402
-from gatewayd.store import Store  # noqa: E402
-from gatewayd.supervisor import Heartbeat  # noqa: E402
+from gatewayd.center import link as center_mod  # noqa: E402
+from gatewayd.center.link import CenterLink, _Backoff  # noqa: E402
+from gatewayd.config.load import load_config  # noqa: E402
+from gatewayd.services.clock import Clock  # noqa: E402
+from gatewayd.services.component import Heartbeat  # noqa: E402
+from gatewayd.store.db import Store  # noqa: E402
 from tests.mqtt_fixtures import Broker, collecting, mosquitto  # noqa: E402
 from tests.test_command_flood import SilentProxy  # noqa: E402
 

@@ -24,17 +24,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gatewayd import command_service
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.ledger import Ledger
-from gatewayd.logs import setup as setup_logging
-from gatewayd.power import PowerService
-from gatewayd.signing import sign_command
-from gatewayd.store import Store
-from gatewayd.water import WaterService
+from gatewayd.app.logs import setup as setup_logging
+from gatewayd.center import apply as command_service
+from gatewayd.config.load import load_config
+from gatewayd.contract.signing import sign_command
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.power import PowerService
+from gatewayd.services.water import WaterService
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
 
 TICK_S = 0.005
 

@@ -17,7 +17,7 @@ screen worker, multiprocessing's resource tracker), the commands dropped as
 the daemon's metrics count them; after the flood, how soon a signed `ping`
 and `account.credit` are answered.
 
-The real daemon (`python -m gatewayd.cli run`), a real mosquitto, the
+The real daemon (`python -m gatewayd.app.cli run`), a real mosquitto, the
 simulators and the flood publisher are separate processes.
 
     .venv/bin/python bench/command_flood.py [--seconds 45] [--flood unsigned|bogus-sig|both]
@@ -70,13 +70,13 @@ from daemon_poll import (  # noqa: E402
 )
 from tap import DEBOUNCE_S, SERIAL_CARDS, STUDENT, serial_taps  # noqa: E402
 
-from gatewayd.cards import Cards  # noqa: E402
-from gatewayd.clock import Clock  # noqa: E402
-from gatewayd.ledger import Ledger  # noqa: E402
-from gatewayd.signing import sign_command  # noqa: E402
-from gatewayd.sim.serial_card import PtyPort  # noqa: E402
-from gatewayd.store import Store, Txn  # noqa: E402
-from gatewayd.water_policy import Card  # noqa: E402
+from gatewayd.contract.signing import sign_command  # noqa: E402
+from gatewayd.rules.water import Card  # noqa: E402
+from gatewayd.services.clock import Clock  # noqa: E402
+from gatewayd.store.cards import Cards  # noqa: E402
+from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.ledger import Ledger  # noqa: E402
+from sim.serial_card import PtyPort  # noqa: E402
 from tests.mqtt_fixtures import Broker, free_port  # noqa: E402
 
 ROOT_TOPIC = f"ecard/v1/{BUILDING}"
@@ -167,7 +167,7 @@ class WatchedDaemon(Daemon):
         self._sock = sock
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config),
+                sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(self.config),
                 "--log-format", "json", cwd=ROOT, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "NOTIFY_SOCKET": str(sock_path),
                      "WATCHDOG_USEC": str(WATCHDOG_USEC)},

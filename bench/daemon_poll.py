@@ -4,7 +4,7 @@ A simulated building runs in a separate process (its CPU is not the daemon's):
 `--meters` SDM120 meters, 50 per Modbus TCP endpoint (one `[[buses]]` per
 endpoint, like one gateway per floor), and on each endpoint the relay boards
 for that floor's breakers (units 201.., 16 coils each; room on unit u is
-breaker channel (u-1) % 16 of board 201 + (u-1) // 16). `gatewayd.sim.modbus`
+breaker channel (u-1) % 16 of board 201 + (u-1) // 16). `sim.modbus`
 as a command offers one 16-channel board for the whole building, too few for
 500 breakers, so this bench builds its endpoints from `SimEndpoint` itself and
 talks to that process over a small JSON-lines control channel (stdin/stdout):
@@ -12,7 +12,7 @@ set a room's load, read request counts, and be told of every coil write with
 the simulator's `time.monotonic()` when the request arrived (same machine,
 same monotonic clock as this process).
 
-The real daemon (`python -m gatewayd.cli run`) polls every room each
+The real daemon (`python -m gatewayd.app.cli run`) polls every room each
 `poll_interval_s` = 1. For each meter profile (`eastron-sdm120`, 2 requests a
 reading; `eastron-sdm120-import`, 1) it prints, over `--seconds`:
 CPU seconds of the daemon (utime+stime from /proc/PID/stat), peak RSS (VmHWM),
@@ -66,9 +66,9 @@ sys.path.insert(0, str(ROOT))
 import structlog  # noqa: E402
 from pymodbus.pdu import ModbusPDU  # noqa: E402
 
-from gatewayd.ledger import Ledger  # noqa: E402
-from gatewayd.sim.modbus import COILS, SimEndpoint  # noqa: E402
-from gatewayd.store import Store, Txn  # noqa: E402
+from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.ledger import Ledger  # noqa: E402
+from sim.modbus import COILS, SimEndpoint  # noqa: E402
 
 PER_ENDPOINT = 50
 RELAY_BASE = 201
@@ -360,7 +360,7 @@ class Daemon:
         try:
             with self.log.open("ab") as out:
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config),
+                    sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(self.config),
                     "--log-format", "json", cwd=ROOT, stdout=out, stderr=asyncio.subprocess.STDOUT,
                     env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
                 )

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the scenarios live in tests/soak/dead_bus.py
 
-from gatewayd.supervisor import START_IO_S  # noqa: E402 - after the path above
+from gatewayd.services.component import START_IO_S  # noqa: E402 - after the path above
 from tests.soak.dead_bus import run_mixed, run_silent  # noqa: E402
 
 

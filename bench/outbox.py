@@ -35,15 +35,15 @@ from typing import Any
 
 import aiomqtt
 
-from gatewayd import outbox
-from gatewayd.center import CenterLink, TopicKind
-from gatewayd.clock import Clock
-from gatewayd.commands import CommandRejection, accept_command
-from gatewayd.config import load_config
-from gatewayd.signing import generate_keypair, load_private_key, load_public_key, sign_command
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
-from gatewayd.wire import encode_result_ok, rfc3339
+from gatewayd.center.link import CenterLink, TopicKind
+from gatewayd.config.load import load_config
+from gatewayd.contract.commands import CommandRejection, accept_command
+from gatewayd.contract.signing import generate_keypair, load_private_key, load_public_key, sign_command
+from gatewayd.contract.wire import encode_result_ok, rfc3339
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.store import outbox
+from gatewayd.store.db import Store, Txn
 
 TS = "2026-11-25T10:05:00.000+08:00"
 SESSION = {"session": "s", "point": "shower-1", "service": "shower", "card": "04A1B2C3",

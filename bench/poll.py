@@ -1,6 +1,6 @@
 """Benchmark: poll simulated meters the way the daemon does, and print what it costs.
 
-TCP (default): starts `python -m gatewayd.sim.modbus` as a subprocess (its CPU is
+TCP (default): starts `python -m sim.modbus` as a subprocess (its CPU is
 not counted) with `--meters` SDM120 meters, 50 per endpoint (one `ModbusBus` per
 endpoint, as one `[[buses]]` entry per floor gateway), and polls every meter once
 per `--interval` seconds for `--seconds`, each meter in its own task. Prints CPU
@@ -42,7 +42,7 @@ from drivers.profile import SHIPPED_DIR, load_profile  # noqa: E402
 def start_sim(extra: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd.sim.modbus", *extra],
+        [sys.executable, "-m", "sim.modbus", *extra],
         stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     assert proc.stdout is not None

@@ -1,6 +1,6 @@
 """Benchmark: a card emulator cycling UIDs at one reader, printed as figures (no pass/fail).
 
-The real daemon (`python -m gatewayd.cli run`) serves two water points, each
+The real daemon (`python -m gatewayd.app.cli run`) serves two water points, each
 with an RDM6300 on a pty; their valves are a relay board in a separate
 process (bench/daemon_poll.py's simulator, which stamps coil writes with
 `time.monotonic()`). For `--seconds`, an emulator writes `--rate` distinct
@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import structlog  # noqa: E402
 from daemon_poll import BUILDING, VALVE_BASE, Daemon, SimProc, cpu_seconds, peak_rss_mb  # noqa: E402
 
-from gatewayd.cards import Cards  # noqa: E402
-from gatewayd.ledger import Ledger  # noqa: E402
-from gatewayd.sim.serial_card import PtyPort, frame  # noqa: E402
-from gatewayd.store import Store, Txn  # noqa: E402
-from gatewayd.water_policy import Card  # noqa: E402
+from gatewayd.rules.water import Card  # noqa: E402
+from gatewayd.store.cards import Cards  # noqa: E402
+from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.ledger import Ledger  # noqa: E402
+from sim.serial_card import PtyPort, frame  # noqa: E402
 
 DEBOUNCE_S = 0.05
 CARDS = [f"04A1B2C3{i:02X}" for i in range(16)]

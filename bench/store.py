@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewayd.store import Store, Txn
+from gatewayd.store.db import Store, Txn
 
 
 def debit(account: str, fen: int) -> Callable[[Txn], int]:

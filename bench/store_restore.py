@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewayd import logs
-from gatewayd.store import Store, Txn
+from gatewayd.app import logs
+from gatewayd.store.db import Store, Txn
 
 
 def debit(account: str, fen: int) -> Callable[[Txn], int]:

@@ -1,6 +1,6 @@
 """Benchmark: tap to valve open through the whole daemon, printed as figures (no pass/fail).
 
-The real daemon (`python -m gatewayd.cli run`) serves two water points while
+The real daemon (`python -m gatewayd.app.cli run`) serves two water points while
 it polls `--meters` rooms (poll_interval_s = 1) in the background:
 
 - the rooms: a simulated building in a separate process (bench/daemon_poll.py's
@@ -59,12 +59,12 @@ from daemon_poll import (  # noqa: E402
     rooms_config,
 )
 
-from gatewayd.cards import Cards  # noqa: E402
-from gatewayd.ledger import Ledger  # noqa: E402
-from gatewayd.sim.serial_card import PtyPort, frame  # noqa: E402
-from gatewayd.sim.vcard import VirtualCard  # noqa: E402
-from gatewayd.store import Store, Txn  # noqa: E402
-from gatewayd.water_policy import Card  # noqa: E402
+from gatewayd.rules.water import Card  # noqa: E402
+from gatewayd.store.cards import Cards  # noqa: E402
+from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.ledger import Ledger  # noqa: E402
+from sim.serial_card import PtyPort, frame  # noqa: E402
+from sim.vcard import VirtualCard  # noqa: E402
 
 DEBOUNCE_S = 0.05
 SERIAL_CARDS = [f"04A1B2C3{i:02X}" for i in range(16)]

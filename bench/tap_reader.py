@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from drivers.cardreader.pcsc_reader import PcscCardReader  # noqa: E402
 from drivers.cardreader.serial_reader import SerialCardReader  # noqa: E402
 from drivers.devices import Tap  # noqa: E402
-from gatewayd.sim.serial_card import PtyPort, SerialCardProtocol, frame  # noqa: E402
-from gatewayd.sim.vcard import VirtualCard  # noqa: E402
+from sim.serial_card import PtyPort, SerialCardProtocol, frame  # noqa: E402
+from sim.vcard import VirtualCard  # noqa: E402
 
 
 def summary(name: str, samples_s: list[float]) -> str:

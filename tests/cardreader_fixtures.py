@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from drivers.devices import CardReader, Tap
-from gatewayd.sim.serial_card import PtyPort
+from sim.serial_card import PtyPort
 
 # Safety net against a hung test, not a performance threshold.
 WAIT_S = 10.0

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gatewayd.sim.modbus import SimBuilding, SimEndpoint, SimRtu
+from sim.modbus import SimBuilding, SimEndpoint, SimRtu
 
 
 def _tasks() -> set[asyncio.Task[object]]:

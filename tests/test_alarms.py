@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gatewayd.alarms import Alarms
-from gatewayd.clock import Clock
-from gatewayd.store import Store
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.store.db import Store
 
 
 def alarm_events(store: Store) -> list[tuple[str, str, bool]]:

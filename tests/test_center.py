@@ -21,12 +21,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gatewayd import __version__, outbox
-from gatewayd.center import CenterLink, LinkState, TopicKind
-from gatewayd.clock import Clock
-from gatewayd.config import Config, load_config
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
+from gatewayd import __version__
+from gatewayd.center.link import CenterLink, LinkState, TopicKind
+from gatewayd.config.load import Config, load_config
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.store import outbox
+from gatewayd.store.db import Store, Txn
 from tests.mqtt_fixtures import (
     WAIT_S,
     Broker,
@@ -297,11 +298,11 @@ async def test_telemetry_is_queued_while_offline_and_sent_after_the_events(
 
 CHILD = textwrap.dedent("""
     import asyncio, sys
-    from gatewayd.center import CenterLink
-    from gatewayd.clock import Clock
-    from gatewayd.config import load_config
-    from gatewayd.store import Store
-    from gatewayd.supervisor import Heartbeat
+    from gatewayd.center.link import CenterLink
+    from gatewayd.services.clock import Clock
+    from gatewayd.config.load import load_config
+    from gatewayd.store.db import Store
+    from gatewayd.services.component import Heartbeat
 
     class Handler:
         async def handle(self, payload, topic_kind):

@@ -15,10 +15,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gatewayd.centertool import describe, parse_args_list
-from gatewayd.cli import main
-from gatewayd.signing import load_private_key, load_public_key, verify_command
-from gatewayd.wire import parse_rfc3339
+from gatewayd.app.cli import main
+from gatewayd.contract.signing import load_private_key, load_public_key, verify_command
+from gatewayd.contract.wire import parse_rfc3339
+from gatewayd.tools.centertool import describe, parse_args_list
 from tests.mqtt_fixtures import WAIT_S, Broker, mosquitto, needs_mosquitto
 
 ROOT = "ecard/v1/b07"
@@ -113,7 +113,7 @@ async def responder(broker: Broker, public: Path) -> AsyncIterator[list[dict[str
 
 async def gatewayd(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.cli", *args, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "gatewayd.app.cli", *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     async with asyncio.timeout(WAIT_S):
         out, err = await proc.communicate()
@@ -212,7 +212,7 @@ async def test_send_with_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:
 @needs_mosquitto
 async def test_tail_prints_one_line_per_message(broker: Broker) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.cli", "tail", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+        sys.executable, "-m", "gatewayd.app.cli", "tail", "--broker", f"mqtt://127.0.0.1:{broker.port}",
         "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stderr is not None and proc.stdout is not None
@@ -240,7 +240,7 @@ async def test_tail_prints_one_line_per_message(broker: Broker) -> None:
 @needs_mosquitto
 async def test_tail_json(broker: Broker) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.cli", "tail", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+        sys.executable, "-m", "gatewayd.app.cli", "tail", "--broker", f"mqtt://127.0.0.1:{broker.port}",
         "--building", "b07", "--json", "--count", "1", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stderr is not None

@@ -28,25 +28,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from drivers.devices import Tap
-from gatewayd import center as center_mod
-from gatewayd import commands as commands_mod
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.center import CenterLink, _Backoff
-from gatewayd.clock import Clock
-from gatewayd.command_flood import BoundedLog, screen_command
-from gatewayd.command_service import INLINE_PARSE_BYTES, CommandService
-from gatewayd.commands import CommandRejection, accept_command
-from gatewayd.config import load_config
-from gatewayd.ledger import Ledger
-from gatewayd.metrics import MetricsEndpoint
-from gatewayd.power import PowerService
-from gatewayd.signing import sign_command
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService
-from gatewayd.water_policy import Card
+from gatewayd.center import link as center_mod
+from gatewayd.center.apply import INLINE_PARSE_BYTES, CommandService
+from gatewayd.center.link import CenterLink, _Backoff
+from gatewayd.center.screen import BoundedLog, screen_command
+from gatewayd.config.load import load_config
+from gatewayd.contract import commands as commands_mod
+from gatewayd.contract.commands import CommandRejection, accept_command
+from gatewayd.contract.signing import sign_command
+from gatewayd.rules.water import Card
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.services.metrics import MetricsEndpoint
+from gatewayd.services.power import PowerService
+from gatewayd.services.water import WaterService
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 from tests.mqtt_fixtures import WAIT_S, Broker, Collector, collecting, free_port, mosquitto, needs_mosquitto
 from tests.test_water_service import running_water
 

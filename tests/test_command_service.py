@@ -19,18 +19,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.command_service import CommandService
-from gatewayd.config import Config, load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.power import PowerService, breaker_device, meter_device
-from gatewayd.signing import sign_command
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store
-from gatewayd.water import WaterService, valve_device
+from gatewayd.center.apply import CommandService
+from gatewayd.config.load import Config, load_config
+from gatewayd.contract.signing import sign_command
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.water import WaterService, valve_device
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 
 RELAY = SimBuilding.RELAY_BASE
 

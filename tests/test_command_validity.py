@@ -20,13 +20,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gatewayd import outbox
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.command_service import NEWEST_TS_KEY, CommandService
-from gatewayd.ledger import Ledger
-from gatewayd.signing import sign_command
-from gatewayd.store import Store
+from gatewayd.center.apply import NEWEST_TS_KEY, CommandService
+from gatewayd.contract.signing import sign_command
+from gatewayd.services.clock import Clock
+from gatewayd.store import outbox
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
 from tests.mqtt_fixtures import Broker, collecting, mosquitto
 from tests.test_command_service import Gateway, coil, gw
 from tests.test_power import Daemon

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd import commands
-from gatewayd.commands import (
+from gatewayd.contract import commands
+from gatewayd.contract.commands import (
     MAX_COMMAND_BYTES,
     AccountCredit,
     AccountSync,
@@ -38,8 +38,8 @@ from gatewayd.commands import (
     parse_command,
     verify_signature,
 )
-from gatewayd.signing import sign_command
-from gatewayd.wire import (
+from gatewayd.contract.signing import sign_command
+from gatewayd.contract.wire import (
     CardKind,
     CardStatus,
     CommandType,

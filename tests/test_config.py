@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.config import ConfigError, load_config
+from gatewayd.config.load import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -290,7 +290,7 @@ def test_generated_building_is_valid(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gatewayd.cli", *args], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "gatewayd.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
         timeout=60,
     )
 
@@ -383,7 +383,7 @@ def test_check_config_prints_warnings_after_problems(tmp_path: Path) -> None:
 def test_run_logs_config_warnings_at_start(tmp_path: Path) -> None:
     path = write(tmp_path, CURFEW_UNKNOWN)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(path), "--log-format", "json"],
+        [sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(path), "--log-format", "json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -838,7 +838,7 @@ command_public_key_file = "center.pub"
 
 def secrets(tmp_path: Path, password_mode: int, *, tls: bool = False,
             key_mode: int = 0o600) -> Path:
-    from gatewayd.signing import generate_keypair
+    from gatewayd.contract.signing import generate_keypair
 
     (tmp_path / "center.pub").write_bytes(generate_keypair().public_pem)
     (tmp_path / "mqtt.password").write_text("secret\n")
@@ -887,7 +887,7 @@ def test_a_center_public_key_others_can_write_is_warned_about(tmp_path: Path) ->
 def test_run_warns_about_a_readable_secret_at_start(tmp_path: Path) -> None:
     path = secrets(tmp_path, 0o644)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(path), "--log-format", "json"],
+        [sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(path), "--log-format", "json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gatewayd.clock import Clock, kernel_ntp_synced
-from gatewayd.config import Curfew
-from gatewayd.curfew import in_window, rooms_under_curfew
+from gatewayd.config.load import Curfew
+from gatewayd.rules.curfew import in_window, rooms_under_curfew
+from gatewayd.services.clock import Clock, kernel_ntp_synced
 
 SH = ZoneInfo("Asia/Shanghai")
 NIGHT = Curfew(days=frozenset({"mon"}), start=time(23, 30), end=time(6, 0),
@@ -54,7 +54,7 @@ def test_clock_sync_modes_and_local_time() -> None:
 
 def test_synced_is_timedateds_rule_maximum_error_under_16_s() -> None:
     """systemd-timedated's NTPSynchronized: maxerror < 16 s, STA_UNSYNC ignored."""
-    from gatewayd.clock import synced_from_maxerror
+    from gatewayd.services.clock import synced_from_maxerror
 
     assert synced_from_maxerror(15_999_999) is True
     assert synced_from_maxerror(16_000_000) is False

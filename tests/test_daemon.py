@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd import supervisor
-from gatewayd.sdnotify import Notifier
-from gatewayd.supervisor import Heartbeat, Supervisor
+from gatewayd.app import supervisor
+from gatewayd.app.sdnotify import Notifier
+from gatewayd.app.supervisor import Supervisor
+from gatewayd.services.component import Heartbeat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def start(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(config(tmp_path))]
+    cmd = [sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(config(tmp_path))]
     return subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})},
@@ -241,8 +242,8 @@ def test_notify_never_blocks_when_the_manager_stops_reading(tmp_path: Path) -> N
 
 def seed_credits(state: Path, n: int) -> None:
     """`n` top-ups of 100 fen to one account, as CommandService records them."""
-    from gatewayd.ledger import Ledger
-    from gatewayd.store import Store, Txn
+    from gatewayd.store.db import Store, Txn
+    from gatewayd.store.ledger import Ledger
 
     store = Store.open(state, "b07")
     try:

@@ -17,18 +17,19 @@ from pathlib import Path
 
 import pytest
 
-import gatewayd.water as water_mod
+import gatewayd.services.water as water_mod
 from drivers.devices import DeviceError, Tap
 from drivers.modbus.bus import ModbusBus
 from drivers.profile import SHIPPED_DIR, load_profile
 from drivers.retry import Backoff, FailureLog
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
-from gatewayd.sdnotify import Notifier
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Txn
-from gatewayd.supervisor import Heartbeat, Supervisor
-from gatewayd.water_policy import Card
+from gatewayd.app.sdnotify import Notifier
+from gatewayd.app.supervisor import Supervisor
+from gatewayd.rules.water import Card
+from gatewayd.services.component import Heartbeat
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 from tests.soak.dead_bus import (
     DEAD_BUSES,
     DEVICES_PER_BUS,

@@ -10,15 +10,15 @@ from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from gatewayd.sim.building import BREAKER_BASE, COUNTER_BASE, VALVE_UNIT, SimulatedBuilding
-from gatewayd.sim.modbus import REG_POWER, REG_TOTAL_KWH
+from sim.building import BREAKER_BASE, COUNTER_BASE, VALVE_UNIT, SimulatedBuilding
+from sim.modbus import REG_POWER, REG_TOTAL_KWH
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_to_its_end_and_its_summary_matches_the_store(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gatewayd.cli", "demo", "--duration", "30", "--rooms", "12",
+        [sys.executable, "-m", "gatewayd.app.cli", "demo", "--duration", "30", "--rooms", "12",
          "--speed", "20", "--dir", str(tmp_path / "demo")],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
@@ -84,7 +84,7 @@ async def test_breakers_feed_meters_and_valves_feed_counters(tmp_path: Path) -> 
 def test_summary_check_leaves_out_accounts_the_center_synced() -> None:
     """A center's account.sync sets a balance no event explains: the summary says
     so instead of reporting a mismatch; other accounts are still checked."""
-    from gatewayd.demo import Ledgers, StoredEvent, summarize
+    from gatewayd.tools.demo import Ledgers, StoredEvent, summarize
 
     credit = StoredEvent(1, "account.credited", {"account": "a", "amount_fen": 100,
                                                  "balance_fen": 100, "command": "c1"}, True)

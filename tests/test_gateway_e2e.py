@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.wire import decode_event
+from gatewayd.contract.wire import decode_event
+from sim.modbus import SimBuilding
 from tests.mqtt_fixtures import Broker, Seen, collecting, mosquitto, retained
 from tests.test_power import ROOT, Daemon
 
@@ -41,7 +41,7 @@ async def building() -> AsyncIterator[SimBuilding]:
 
 async def gatewayd(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.cli", *args, cwd=ROOT,
+        sys.executable, "-m", "gatewayd.app.cli", *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()

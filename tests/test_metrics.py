@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.metrics import MetricsEndpoint
-from gatewayd.power import PowerService, breaker_device, meter_device
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store
-from gatewayd.supervisor import Supervisor
-from gatewayd.water import WaterService
+from gatewayd.app.supervisor import Supervisor
+from gatewayd.config.load import load_config
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.metrics import MetricsEndpoint
+from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.water import WaterService
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 
 RELAY = SimBuilding.RELAY_BASE
 ROOMS = 3

@@ -23,11 +23,11 @@ from drivers.devices import DeviceError, Tap
 from drivers.modbus import ModbusBus
 from drivers.modbus.frames import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
-from gatewayd.sim.modbus import SimBuilding, SimEndpoint, SimRtu
-from gatewayd.store import Txn
-from gatewayd.water_policy import Card
+from gatewayd.rules.water import Card
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding, SimEndpoint, SimRtu
 from tests.test_water_service import running_water
 
 COUNTER = 40   # a pulse-counter board: shower-1 on channel 0, shower-2 on channel 1

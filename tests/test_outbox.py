@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gatewayd import outbox
-from gatewayd.outbox import ALARM_CLEAR_RATIO, OutMessage
-from gatewayd.store import Store, Txn
-from gatewayd.wire import Priority
+from gatewayd.contract.wire import Priority
+from gatewayd.store import outbox
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.outbox import ALARM_CLEAR_RATIO, OutMessage
 
 TS = "2026-11-25T10:00:00.000+08:00"
 DAY = 86400.0

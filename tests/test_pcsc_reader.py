@@ -10,7 +10,7 @@ import pytest
 from drivers.cardreader.factory import open_reader
 from drivers.cardreader.pcsc_reader import PcscCardReader
 from drivers.cardreader.reconnect import Backoff
-from gatewayd.sim.vcard import VirtualCard
+from sim.vcard import VirtualCard
 from tests.cardreader_fixtures import (
     WAIT_S,
     Pcscd,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.sim.vcard import VirtualCard
+from sim.modbus import SimBuilding
+from sim.vcard import VirtualCard
 from tests.cardreader_fixtures import Pcscd
 from tests.test_power import Daemon, events, until
 from tests.test_water import balance, notify, seed, start, valve, valve_becomes

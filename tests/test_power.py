@@ -1,6 +1,6 @@
 """Electricity end to end: the real daemon against a real pymodbus building.
 
-The daemon runs as a subprocess (`python -m gatewayd.cli run`); the simulated
+The daemon runs as a subprocess (`python -m gatewayd.app.cli run`); the simulated
 building runs in the test's event loop. The tests look where a user would:
 the relay coils on the Modbus server, the events and balances in the store.
 """
@@ -21,16 +21,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gatewayd.alarms import Alarms
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.power import PowerService, RoomRuntime, breaker_device, meter_device
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Supervisor
-from gatewayd.wire import decode_event
+from gatewayd.app.supervisor import Supervisor
+from gatewayd.config.load import load_config
+from gatewayd.contract.wire import decode_event
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.power import PowerService, RoomRuntime, breaker_device, meter_device
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = SimBuilding.RELAY_BASE
@@ -92,7 +92,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config),
+            sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(self.config),
             "--log-format", "json", cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )

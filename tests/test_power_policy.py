@@ -10,9 +10,9 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd import pricing
-from gatewayd.config import POWER_DEFAULTS, PowerRules
-from gatewayd.power_policy import (
+from gatewayd.config.load import POWER_DEFAULTS, PowerRules
+from gatewayd.rules import pricing
+from gatewayd.rules.power import (
     Alarm,
     BalanceLow,
     Charge,

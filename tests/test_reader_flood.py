@@ -1,7 +1,7 @@
 """A reader flooded with refused taps (a card emulator cycling UIDs) cannot fill
 the store (behaviour.md "Card readers").
 
-The rule itself, pure (gatewayd/reader_flood.py); then the water service with
+The rule itself, pure (gatewayd/rules/reader_flood.py); then the water service with
 real serial readers on ptys, a real store and a pymodbus relay board, where
 the test moves the service's monotonic clock instead of waiting minutes.
 Asserted in the store: the tap events and their counts, the alarm events,
@@ -23,19 +23,19 @@ import pytest
 
 from drivers.cardreader.factory import open_reader
 from drivers.devices import CardReader, StatusSink, TapSink
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.reader_flood import RefusalFolder
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.sim.serial_card import PtyPort, frame
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService, valve_device
-from gatewayd.water_policy import Card
+from gatewayd.config.load import load_config
+from gatewayd.rules.reader_flood import RefusalFolder
+from gatewayd.rules.water import Card
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.water import WaterService, valve_device
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
+from sim.serial_card import PtyPort, frame
 
 # --- the rule ---------------------------------------------------------------------
 

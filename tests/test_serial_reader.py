@@ -14,7 +14,7 @@ from drivers.cardreader.factory import open_reader
 from drivers.cardreader.reconnect import Backoff
 from drivers.cardreader.serial_reader import SerialCardReader
 from drivers.devices import Tap
-from gatewayd.sim.serial_card import PtyPort, SerialCardProtocol, frame
+from sim.serial_card import PtyPort, SerialCardProtocol, frame
 from tests.cardreader_fixtures import (
     WAIT_S,
     Recorder,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.signing import (
+from gatewayd.contract.signing import (
     PRIVATE_KEY_REFUSED,
     KeyFileError,
     canonical_json,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.sim.modbus import SimBuilding
+from sim.modbus import SimBuilding
 from tests.test_power import ROOT, Daemon
 
 RELAY = SimBuilding.RELAY_BASE
@@ -19,7 +19,7 @@ RELAY = SimBuilding.RELAY_BASE
 
 async def status(config: Path, *extra: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.cli", "status", "-c", str(config), *extra, cwd=ROOT,
+        sys.executable, "-m", "gatewayd.app.cli", "status", "-c", str(config), *extra, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
@@ -87,7 +87,7 @@ def test_status_says_when_it_may_not_read_the_state_dir(
 ) -> None:
     """Not "gatewayd is not running" (a lie that sends staff restarting a healthy
     service) but what to do: root runs the tests, so the denial is simulated."""
-    from gatewayd import status_cmd
+    from gatewayd.tools import status as status_cmd
 
     def denied(self: Path, *args: object, **kwargs: object) -> str:
         raise PermissionError(13, "Permission denied", str(self))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gatewayd import store as store_mod
-from gatewayd.store import SCHEMA_VERSION, Store, StoreError, StoreLocked, Txn
+from gatewayd.store import db as store_mod
+from gatewayd.store.db import SCHEMA_VERSION, Store, StoreError, StoreLocked, Txn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,7 +184,7 @@ WRITER = textwrap.dedent(
     import asyncio, sys
     sys.path.insert(0, {root!r})
     from tests.test_store import credit
-    from gatewayd.store import Store
+    from gatewayd.store.db import Store
 
     async def main():
         s = Store.open({state!r}, "b07")

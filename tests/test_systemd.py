@@ -131,7 +131,7 @@ def test_start_timeout_covers_the_ready_promise() -> None:
     """READY within 10 s of start (behaviour.md "Faults"), whatever is dead: the
     unit waits longer than that, with room for a slow SD card, but not the default
     90 s. The daemon's device I/O budget at start fits well within the 10 s."""
-    from gatewayd.supervisor import START_IO_S
+    from gatewayd.services.component import START_IO_S
 
     (value,) = re.findall(r"^TimeoutStartSec=(\d+)$", UNIT.read_text(), flags=re.MULTILINE)
     assert 10 < int(value) <= 30

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.sim.serial_card import PtyPort, frame
-from gatewayd.store import Store
-from gatewayd.water_policy import Card
+from gatewayd.rules.water import Card
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
+from sim.serial_card import PtyPort, frame
 from tests.test_power import Daemon, events, until
 
 RELAY = SimBuilding.RELAY_BASE

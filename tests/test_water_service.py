@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 
 from drivers.devices import Tap
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.store import Store, Txn
-from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService, flow_device, valve_device
-from gatewayd.water_policy import Card
+from gatewayd.config.load import load_config
+from gatewayd.rules.water import Card
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.water import WaterService, flow_device, valve_device
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
 
 RELAY = SimBuilding.RELAY_BASE
 CARD = "04A1B2C3D5"
@@ -195,7 +195,7 @@ async def test_no_tap_event_at_all_once_shutdown_began(water: Water) -> None:
 async def test_an_idle_valve_found_open_is_closed(water: Water, monkeypatch: pytest.MonkeyPatch) -> None:
     """Someone opens the valve by hand (or its relay did not follow): the idle check
     finds it open with no session and closes it; no session, no charge."""
-    import gatewayd.water as water_mod
+    import gatewayd.services.water as water_mod
 
     monkeypatch.setattr(water_mod, "IDLE_CHECK_S", 0.3)
     w = water
@@ -217,9 +217,9 @@ async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water)
     an open session's debit."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gatewayd.command_service import CommandService
-    from gatewayd.power import PowerService
-    from gatewayd.signing import sign_command
+    from gatewayd.center.apply import CommandService
+    from gatewayd.contract.signing import sign_command
+    from gatewayd.services.power import PowerService
 
     svc = water.service
     key = Ed25519PrivateKey.generate()
@@ -263,7 +263,7 @@ async def test_a_valve_found_closed_during_a_session_ends_it(
     """The relay board resets mid-shower (its coil reads off): on this time-billed
     point nothing else would tell, so the read-back ends the session with `fault`
     and raises (then clears, once a close command is obeyed) `valve_fault`."""
-    import gatewayd.water as water_mod
+    import gatewayd.services.water as water_mod
 
     monkeypatch.setattr(water_mod, "VALVE_CHECK_S", 0.3)
     w = water
@@ -291,7 +291,7 @@ async def test_shutdown_with_a_dead_relay_board_ends_every_session_in_time(tmp_p
     valves one after another on the bus would take 12 s (1 s timeout, 1 retry).
     The stop ends every session anyway, charged once, within its I/O budget,
     leaving the rest of the 10 s to tell the center."""
-    import gatewayd.water as water_mod
+    import gatewayd.services.water as water_mod
 
     sim = await SimBuilding.tcp(1, per_endpoint=1)
     points = "".join(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.wire import (
+from gatewayd.contract.wire import (
     MONEY_EVENT_TYPES,
     AccountCredited,
     Alarm,

@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from gatewayd import logs
+from gatewayd.app import logs
 from tests.soak.campaigns import CAMPAIGNS, FULL, SHORT
 from tests.soak.harness import Row
 

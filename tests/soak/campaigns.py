@@ -28,21 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from drivers.devices import Tap
-from gatewayd.alarms import Alarms
-from gatewayd.cards import Cards
-from gatewayd.clock import Clock
-from gatewayd.config import Config, load_config
-from gatewayd.hardware import Hardware
-from gatewayd.ledger import Ledger
-from gatewayd.power import PowerService, breaker_device, meter_device
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.sim.serial_card import PtyPort, frame
-from gatewayd.sim.vcard import VirtualCard
-from gatewayd.store import Store
-from gatewayd.supervisor import Heartbeat
-from gatewayd.water import WaterService, valve_device
-from gatewayd.water_policy import Card
-from gatewayd.wire import rfc3339
+from gatewayd.config.load import Config, load_config
+from gatewayd.contract.wire import rfc3339
+from gatewayd.rules.water import Card
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.water import WaterService, valve_device
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimBuilding
+from sim.serial_card import PtyPort, frame
+from sim.vcard import VirtualCard
 from tests.cardreader_fixtures import VPCD_READER, Pcscd, pcscd_unavailable, private_pcscd
 from tests.mqtt_fixtures import Broker, Collector, mosquitto
 from tests.soak.command_flood import command_flood
@@ -1301,8 +1301,8 @@ async def fuzz_commands(n: int, tmp: Path, checks: Checks, notes: list[str]) -> 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gatewayd.command_service import CommandService
-    from gatewayd.signing import sign_command
+    from gatewayd.center.apply import CommandService
+    from gatewayd.contract.signing import sign_command
 
     rng = random.Random(4)
     layout = Layout(tmp, rooms=3, points=1, shower_unit="min")
@@ -1505,7 +1505,7 @@ def fuzz_configs(n: int, tmp: Path, checks: Checks, notes: list[str]) -> int:
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from gatewayd.cli import main as cli_main
+    from gatewayd.app.cli import main as cli_main
 
     rng = random.Random(444)
     # A rich base: the example, plus rooms, readers, points and a curfew.
@@ -1534,7 +1534,7 @@ def fuzz_configs(n: int, tmp: Path, checks: Checks, notes: list[str]) -> int:
         if code == 2:
             checks.check(bool(err.getvalue().strip()), f"config {i}: exit 2 without a message")
         if i % 100 == 0:   # the real command line too
-            proc = subprocess.run([sys.executable, "-m", "gatewayd.cli", "check-config", str(path)],
+            proc = subprocess.run([sys.executable, "-m", "gatewayd.app.cli", "check-config", str(path)],
                                   cwd=ROOT, capture_output=True, text=True, timeout=60)
             checks.check(proc.returncode in (0, 2) and "Traceback" not in proc.stderr,
                          f"config {i}: subprocess exit {proc.returncode}: {proc.stderr[-300:]}")

@@ -30,12 +30,12 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gatewayd.center import DROPS_LOGGED_PER_MIN
-from gatewayd.command_service import REFUSALS_LOGGED_PER_MIN
-from gatewayd.signing import sign_command
-from gatewayd.sim.serial_card import PtyPort
-from gatewayd.water_policy import Card
-from gatewayd.wire import rfc3339
+from gatewayd.center.apply import REFUSALS_LOGGED_PER_MIN
+from gatewayd.center.link import DROPS_LOGGED_PER_MIN
+from gatewayd.contract.signing import sign_command
+from gatewayd.contract.wire import rfc3339
+from gatewayd.rules.water import Card
+from sim.serial_card import PtyPort
 from tests.mqtt_fixtures import Collector, mosquitto
 from tests.soak.harness import (
     BUILDING,

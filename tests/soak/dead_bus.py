@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gatewayd.sim.modbus import SimBuilding
-from gatewayd.supervisor import START_IO_S
+from gatewayd.services.component import START_IO_S
+from sim.modbus import SimBuilding
 from tests.soak.harness import ROOT, Checks, Daemon, Row, read_store, seed, until
 
 RELAY = SimBuilding.RELAY_BASE

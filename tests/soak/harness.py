@@ -4,7 +4,7 @@ a read-only view of its store, and the invariant checkers.
 - `Layout` says how many rooms and water points; `start_building()` starts the
   pymodbus building for it (rooms wired behind their breakers, flow counters
   behind their valves) and `Layout.config()` writes the daemon's TOML.
-- `Daemon` runs `python -m gatewayd.cli run` with its own NOTIFY_SOCKET (and
+- `Daemon` runs `python -m gatewayd.app.cli run` with its own NOTIFY_SOCKET (and
   WATCHDOG_USEC when asked), logs to a file, and is stopped by SIGKILL or
   SIGTERM, by PID.
 - `read_store()` opens the database with `mode=ro`, so the checks never write.
@@ -13,8 +13,8 @@ a read-only view of its store, and the invariant checkers.
 The checkers take a `StoreSnapshot` and derive what the log promises: seq
 without gap or repeat, no session charged twice, power.usage chains, and every
 balance equal to what the log credits minus what it debits minus what is
-charged but not yet reported (gatewayd/power.py charges into `rooms.accrued_fen`
-until a `power.usage` reports it; gatewayd/water.py charges into
+charged but not yet reported (gatewayd/services/power.py charges into `rooms.accrued_fen`
+until a `power.usage` reports it; gatewayd/services/water.py charges into
 `water_sessions.charged_fen` until the `water.session` carries the whole sum).
 """
 
@@ -38,12 +38,12 @@ from typing import Any, TypeVar
 
 from pymodbus.pdu import ModbusPDU
 
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
-from gatewayd.sim.modbus import COILS, SimBuilding, SimEndpoint
-from gatewayd.sim.serial_card import PtyPort, frame
-from gatewayd.store import Store, Txn
-from gatewayd.water_policy import Card
+from gatewayd.rules.water import Card
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store, Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import COILS, SimBuilding, SimEndpoint
+from sim.serial_card import PtyPort, frame
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDING = "b07"
@@ -400,7 +400,7 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config),
+                sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(self.config),
                 "--log-format", "json", *self.args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
             )
@@ -537,7 +537,7 @@ def read_store(db: Path, attempts: int = 20) -> StoreSnapshot:
 @dataclass
 class Outbox:
     """The delivery side of the store: which events are published, what waits, what the cap
-    dropped (gatewayd/outbox.py)."""
+    dropped (gatewayd/store/outbox.py)."""
 
     published: dict[str, int]        # event id -> seq, acknowledged by the broker
     unpublished: dict[str, int]      # event id -> seq, waiting

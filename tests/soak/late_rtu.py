@@ -34,12 +34,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from drivers.devices import DeviceError, Tap
-from gatewayd.cards import Cards
-from gatewayd.ledger import Ledger
-from gatewayd.sim.modbus import SimEndpoint, SimRtu
-from gatewayd.store import Txn
-from gatewayd.water import WaterService
-from gatewayd.water_policy import Card
+from gatewayd.rules.water import Card
+from gatewayd.services.water import WaterService
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Txn
+from gatewayd.store.ledger import Ledger
+from sim.modbus import SimEndpoint, SimRtu
 from tests.soak.harness import Checks, Row
 from tests.test_water_service import running_water
 

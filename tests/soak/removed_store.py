@@ -23,7 +23,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gatewayd.sim.serial_card import PtyPort
+from sim.serial_card import PtyPort
 from tests.soak.harness import (
     Checks,
     Daemon,

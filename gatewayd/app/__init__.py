@@ -1,0 +1,1 @@
+"""The process: command line, daemon, supervisor, systemd and logs."""

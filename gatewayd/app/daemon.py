@@ -1,0 +1,218 @@
+"""`gatewayd run`: build the components from the config and supervise them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from drivers.cardreader.factory import open_reader
+from drivers.devices import CardReader
+from gatewayd.app.sdnotify import Notifier
+from gatewayd.app.supervisor import Supervisor
+from gatewayd.center.apply import CommandService
+from gatewayd.center.link import CenterLink
+from gatewayd.config.load import Config, Reader
+from gatewayd.contract.signing import load_public_key
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Component, Heartbeat
+from gatewayd.services.hardware import Hardware
+from gatewayd.services.metrics import MetricsEndpoint
+from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.snapshot import Snapshot
+from gatewayd.services.water import WaterService, valve_device
+from gatewayd.store.cards import Cards
+from gatewayd.store.db import Store, StoreError, Txn
+from gatewayd.store.ledger import Ledger
+
+log = structlog.get_logger(__name__)
+
+# The store writer must answer a probe this often, or the watchdog starves.
+STORE_PROBE_S = 5.0
+
+
+def alarm_settle_s(config: Config) -> float:
+    """How long after start alarms on record from before are cleared unless raised
+    again: time for every device to be polled and, if dead, found offline."""
+    return min(max(30.0, 20 * config.gateway.poll_interval_s), 300.0)
+
+
+def _touch(txn: Txn) -> None:
+    """A write that commits (and so fsyncs): proves the disk still takes writes."""
+    txn.execute("INSERT INTO meta (key, value) VALUES ('probe', '1') "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+
+
+class StoreProbe:
+    """Proves the store's writer thread still commits (a tiny job every few seconds),
+    and that the database is still at its path: one removed or replaced under the
+    daemon raises `store_failing` and is put back from the open database."""
+
+    name = "store"
+    heartbeat_s: float | None = 4 * STORE_PROBE_S
+
+    def __init__(self, store: Store, alarms: Alarms | None = None, *,
+                 settle_after_s: float | None = None) -> None:
+        self.store = store
+        self.alarms = alarms
+        self.settle_after_s = settle_after_s
+        self.restores = 0
+
+    async def start(self) -> None:
+        await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        loop = asyncio.get_running_loop()
+        settle_at = None if self.settle_after_s is None else loop.time() + self.settle_after_s
+        while True:
+            if settle_at is not None and loop.time() >= settle_at and self.alarms is not None:
+                settle_at = None
+                await self.alarms.settle()
+            failing = await self._check_file()
+            if failing is None:
+                try:
+                    await self.store.run(_touch)
+                except StoreError as e:
+                    # The writer answered; the disk did not. A restart cannot free a
+                    # disk, so this still counts as alive. The alarm lives in memory
+                    # only (it cannot be stored): logs, metrics and status show it.
+                    log.error("store_probe_failed", error=str(e))
+                    failing = str(e)
+                    if self.alarms is not None:
+                        self.alarms.raise_("store_failing", "store", failing)
+            if failing is None and self.alarms is not None:
+                await self.alarms.report("store_failing", "store", "", False)
+            heartbeat.beat()
+            await asyncio.sleep(STORE_PROBE_S)
+
+    async def _check_file(self) -> str | None:
+        """None when the database is at its path (or was just put back); else why not."""
+        try:
+            problem = await self.store.file_problem()
+        except StoreError as e:
+            return str(e)
+        if problem is None:
+            return None
+        path = str(self.store.path)
+        log.error("store_file_lost", path=path, problem=problem)
+        if self.alarms is not None:
+            # Recorded in the open database before the copy: the copy keeps it.
+            await self.alarms.report("store_failing", "store",
+                                     f"{problem}; restoring it from the open database", True)
+        began = time.monotonic()
+        try:
+            done = await self.store.restore()
+        except StoreError as e:
+            log.error("store_restore_failed", path=path, error=str(e))
+            return f"{problem}; restoring it failed: {e}"
+        self.restores += 1
+        # took_ms: how long the writer (and so every tap and charge) waited.
+        log.warning("store_restored", path=path, store_id=self.store.store_id,
+                    next_seq=self.store.next_seq, done=done,
+                    took_ms=round((time.monotonic() - began) * 1000, 1))
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterService) -> None:
+    """Prices set by the center (tariff.set) outlive restarts and win over the file's."""
+    rows = await store.read(lambda t: t.execute(
+        "SELECT key, value FROM meta WHERE key LIKE 'tariff.%'").fetchall())
+    for key, value in rows:
+        service = key.removeprefix("tariff.")
+        price, unit = value.split()
+        log.info("tariff_from_center", service=service, price=price, unit=unit)
+        if service == "power":
+            power.set_tariff(Decimal(price), unit)
+        else:
+            water.set_tariff(service, Decimal(price), unit)
+
+
+def _public_key(config: Config) -> Ed25519PublicKey | None:
+    center = config.center
+    assert center is not None
+    if center.insecure_unsigned_commands:
+        log.warning("insecure_unsigned_commands",
+                    detail="center.insecure_unsigned_commands = true: unsigned commands are "
+                    "accepted. Lab use only: anyone who can publish on the broker can move "
+                    "money and cut power.")
+    if center.command_public_key_file is None:
+        return None
+    return load_public_key(center.command_public_key_file)
+
+
+def make_reader(r: Reader, debounce_s: float) -> CardReader:
+    if r.type == "serial":
+        return open_reader(r.id, "serial", debounce_s=debounce_s, port=r.port,
+                           baudrate=r.baudrate, protocol=r.protocol)
+    return open_reader(r.id, "pcsc", debounce_s=debounce_s, name=r.name)
+
+
+async def serve(config: Config, store: Store, notifier: Notifier | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
+    ledger = Ledger()
+    await store.read(ledger.load)
+    alarms = Alarms(store, clock)
+    await alarms.load()
+    hardware = Hardware(config)
+    power = PowerService(
+        config, store, ledger=ledger, alarms=alarms, clock=clock,
+        devices={
+            r.id: (hardware.meter(meter_device(r.id), r.meter),
+                   hardware.switch(breaker_device(r.id), r.breaker))
+            for r in config.rooms
+        },
+        breaker_banks=hardware.switch_banks([breaker_device(r.id) for r in config.rooms]),
+    )
+    hardware.on_health(power.meter_health_changed)
+    cards = Cards()
+    await store.read(cards.load)
+    link: CenterLink | None = None  # made below; sessions ask it whether the center is reachable
+    water = WaterService(
+        config, store, ledger=ledger, cards=cards, alarms=alarms, clock=clock,
+        devices={
+            p.id: (hardware.switch(valve_device(p.id), p.valve),
+                   hardware.counter(f"flow:{p.id}", p.flow) if p.flow else None)
+            for p in config.points
+        },
+        readers={r.id: make_reader(r, config.gateway.tap_debounce_s)
+                 for r in config.readers.values()},
+        center_online=lambda: link is not None and link.connected,
+    )
+    await apply_saved_tariffs(store, power, water)
+    snapshot = Snapshot(config, store, clock, ledger=ledger, cards=cards, alarms=alarms,
+                        power=power, water=water)
+    if config.center is not None:
+        commands = CommandService(
+            config, store, clock, ledger=ledger, cards=cards, power=power, water=water,
+            public_key=_public_key(config))
+        link = CenterLink(config, store, clock, handler=commands,
+                          status=snapshot.status_fields, telemetry=snapshot.telemetry)
+        commands.status = link.status_now
+        snapshot.center = link.view
+    # Shutdown order is the spec's: water first (stop taps, close valves, end
+    # sessions), then power, then the center link (publish, say offline, disconnect).
+    components: list[Component] = [water, power, snapshot]
+    if link is not None:
+        # The command screen stops after the link (which may be waiting on it).
+        components += [link, commands.screen]
+    components.append(StoreProbe(store, alarms, settle_after_s=alarm_settle_s(config)))
+    if config.metrics is not None:
+        components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
+                                          alarms=alarms, center=link.view if link else None))
+    notifier = notifier or Notifier()
+    snapshot.notify = notifier.status
+    supervisor = Supervisor(components, notifier)
+    log.info("starting", building=config.gateway.building, summary=config.summary())
+    await hardware.start()
+    try:
+        await supervisor.run()
+    finally:
+        await hardware.close()

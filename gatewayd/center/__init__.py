@@ -1,0 +1,1 @@
+"""The MQTT link to the campus center and the commands it brings."""

@@ -1,0 +1,1 @@
+"""The TOML file: load and validate into frozen objects."""

@@ -1,0 +1,1 @@
+"""The center-link contract: wire shapes, signing, command parsing. Pure codecs."""

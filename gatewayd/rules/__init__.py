@@ -1,0 +1,1 @@
+"""The local rules, pure: readings and time in, decisions out."""

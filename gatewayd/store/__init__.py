@@ -1,0 +1,1 @@
+"""All SQL: the store, its migrations, the ledger, cards and the outbox."""

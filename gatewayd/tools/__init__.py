@@ -1,0 +1,1 @@
+"""Commands for people: the demo, the center tool, status."""

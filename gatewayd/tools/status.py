@@ -1,0 +1,113 @@
+"""`gatewayd status -c FILE`: the running daemon's state, for staff on the box.
+
+Reads `state_dir/status.json`, which the daemon rewrites every few seconds,
+and the pid in `state_dir/gatewayd.lock`: no socket, no database access, so
+it is safe while the daemon runs and needs only read access to state_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gatewayd.services.snapshot import WRITE_EVERY_S, read_status
+from gatewayd.store.db import LOCK_NAME
+
+STALE_AFTER_S = 5 * WRITE_EVERY_S
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid recorded in the lock file, if that process is alive and is gatewayd.
+
+    Raises PermissionError when this user may not read the lock file: then
+    "not running" would be a lie."""
+    try:
+        text = (state_dir / LOCK_NAME).read_text()
+    except PermissionError:
+        raise
+    except OSError:
+        return None
+    try:
+        pid = int(text.strip() or "0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if pid and b"gatewayd" in cmdline else None
+
+
+def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any = None) -> int:
+    out = out or sys.stdout
+    try:
+        pid = daemon_pid(state_dir)
+    except PermissionError:
+        (err or sys.stderr).write(f"gatewayd status: cannot read {state_dir}: permission denied; "
+                                  "run as root or the gatewayd user\n")
+        return 4
+    doc = read_status(state_dir)
+    if as_json:
+        json.dump({"running": pid is not None, "pid": pid, "status": doc}, out, indent=2)
+        out.write("\n")
+        return 0 if pid else 3
+    if pid is None:
+        out.write(f"gatewayd is not running (state_dir {state_dir})\n")
+        if doc is None:
+            return 3
+        out.write("last known state:\n")
+    if doc is None:
+        out.write("no status written yet (the daemon writes it every few seconds after start)\n")
+        return 3 if pid is None else 0
+    age = time.time() - float(doc.get("updated_epoch", 0))
+    st = doc.get("status", {})
+    center = doc.get("center", {})
+    faults = st.get("faults", {})
+    lines = [
+        f"building {doc.get('building')}  pid {pid or '-'}  version {doc.get('version')}  "
+        f"started {doc.get('started')}",
+        f"updated {doc.get('updated')} ({age:.0f} s ago{', STALE' if age > STALE_AFTER_S else ''})",
+        "center: " + (
+            "not configured (offline only)" if not center.get("configured", True)
+            else f"{'connected' if center.get('connected') else 'NOT connected'}, "
+                 f"pending {doc.get('outbox', {}).get('pending', '?')}"
+        ),
+        f"clock synced {st.get('clock_synced')}  cards version {st.get('cards_version')}  "
+        f"accounts unknown {st.get('accounts_unknown')}  "
+        f"last seq {doc.get('store', {}).get('next_seq', 1) - 1}  "
+        f"store {doc.get('store', {}).get('store_id') or '?'}",
+        f"faults: meters {faults.get('meters', 0)}, readers {faults.get('readers', 0)}, "
+        f"valves {faults.get('valves', 0)}",
+    ]
+    for a in doc.get("alarms", []):
+        lines.append(f"  ALARM {a['code']} {a['device']}: {a['detail']}")
+    lines.append("")
+    lines.append(_table(
+        ["room", "balance", "power W", "breaker", "cut", "meter"],
+        [[r["room"], _fen(r["balance_fen"]) + ("" if r["account_known"] else " ?"),
+          "-" if r["power_w"] is None else f"{r['power_w']:.0f}", r["breaker"],
+          r["cut_reason"] or "",
+          ("online" if r["online"] else "OFFLINE") + (" FAILING" if r.get("failing") else "")]
+         for r in doc.get("rooms", [])]))
+    lines.append("")
+    lines.append(_table(
+        ["point", "service", "state", "card", "volume mL", "charge"],
+        [[p["point"], p["service"], p["state"], p["card"] or "",
+          "" if p["volume_ml"] is None else str(p["volume_ml"]),
+          "" if p["amount_fen"] is None else _fen(p["amount_fen"])]
+         for p in doc.get("points", [])]))
+    out.write("\n".join(lines) + "\n")
+    return 0 if pid else 3
+
+
+def _fen(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return f"({head[0]}s: none)"
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), *(fmt.format(*map(str, r)) for r in rows)])
