@@ -348,3 +348,40 @@ def test_a_store_removed_or_replaced_under_the_daemon_is_put_back(
     (opened,) = [r for r in log if r["event"] == "store_opened"]
     assert opened["store_id"] == store_id and opened["next_seq"] == len(events) + 1
     assert "store_created" not in [r["event"] for r in log]
+
+
+async def test_a_failing_disk_is_logged_once_then_summarised_then_recovered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """behaviour.md "Faults": log lines are bounded. The store probe fails every
+    round while the disk is full: one ERROR line, not one per probe."""
+    import structlog
+
+    from gatewayd.app import daemon
+    from gatewayd.store.db import Store, StoreError
+
+    monkeypatch.setattr(daemon, "STORE_PROBE_S", 0.01)
+    store = Store.open(tmp_path / "state", "b07")
+    real_run = store.run
+    failing = True
+
+    async def run(job: object) -> object:
+        if failing:
+            raise StoreError("database or disk is full")
+        return await real_run(job)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "run", run)
+    probe = daemon.StoreProbe(store)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(probe.run(Heartbeat("store", None)))
+            await asyncio.sleep(0.5)              # some 50 probes, all failing
+            failing = False
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        store.close()
+    events = [e["event"] for e in logs]
+    assert events.count("store_probe_failed") == 1, events
+    assert events.count("store_probe_recovered") == 1, events

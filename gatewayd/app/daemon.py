@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from drivers.cardreader.factory import open_reader
 from drivers.devices import CardReader
+from drivers.retry import FailureLog
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.center.apply import CommandService
@@ -61,6 +63,9 @@ class StoreProbe:
         self.alarms = alarms
         self.settle_after_s = settle_after_s
         self.restores = 0
+        # A full disk fails every probe: the first at ERROR, then a summary a minute.
+        self._failing = FailureLog(log, "store_probe_failed", recovered="store_probe_recovered",
+                                   level=logging.ERROR)
 
     async def start(self) -> None:
         await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
@@ -80,10 +85,12 @@ class StoreProbe:
                     # The writer answered; the disk did not. A restart cannot free a
                     # disk, so this still counts as alive. The alarm lives in memory
                     # only (it cannot be stored): logs, metrics and status show it.
-                    log.error("store_probe_failed", error=str(e))
+                    self._failing.failed(error=str(e))
                     failing = str(e)
                     if self.alarms is not None:
                         self.alarms.raise_("store_failing", "store", failing)
+                else:
+                    self._failing.ok()
             if failing is None and self.alarms is not None:
                 await self.alarms.report("store_failing", "store", "", False)
             heartbeat.beat()

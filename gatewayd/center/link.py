@@ -75,6 +75,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.retry import FailureLog
 from gatewayd import __version__
 from gatewayd.center.screen import BoundedLog
 from gatewayd.config.load import CenterSection, Config
@@ -421,6 +422,13 @@ class CenterLink:
         self._commands: asyncio.Queue[tuple[_Client, aiomqtt.Message, bytes]] = asyncio.Queue()
         self._queued_bytes = 0
         self._drop_log = BoundedLog("center_command_dropped", burst=DROPS_LOGGED_PER_MIN)
+        # While the disk fails these retry every few seconds: one line, then a
+        # summary a minute, then the recovery.
+        self._read_log = FailureLog(log, "outbox_read_failed", recovered="outbox_read_recovered")
+        self._mark_log = FailureLog(log, "outbox_mark_failed", recovered="outbox_mark_recovered")
+        self._queue_log = FailureLog(log, "telemetry_not_queued", recovered="telemetry_queued_again")
+        self._housekeeping_log = FailureLog(log, "outbox_housekeeping_failed",
+                                            recovered="outbox_housekeeping_recovered")
         self._acked: list[OutMessage] = []
         self._marking: set[tuple[int, str | int]] = set()
         self._last_status_pending = 0
@@ -812,10 +820,11 @@ class CenterLink:
                 try:
                     page = await self._store.read(partial(outbox.next_page, limit=want, exclude=exclude))
                 except StoreError as e:
-                    log.warning("outbox_read_failed", error=str(e))
+                    self._read_log.failed(error=str(e))
                     await asyncio.sleep(STORE_RETRY_S)
                     self.wake()
                     continue
+                self._read_log.ok()
                 if not page:
                     if not buffer and not inflight and not self._acked:
                         self._drained.set()
@@ -852,9 +861,11 @@ class CenterLink:
             try:
                 await self._flush_marks()
             except StoreError as e:
-                log.warning("outbox_mark_failed", error=str(e), waiting=len(self._acked))
+                self._mark_log.failed(error=str(e), waiting=len(self._acked))
                 await asyncio.sleep(STORE_RETRY_S)
                 self._ack_event.set()
+            else:
+                self._mark_log.ok()
 
     async def _flush_marks(self) -> None:
         while self._acked:
@@ -982,8 +993,9 @@ class CenterLink:
         try:
             self._report_cap(await self._store.run(job))
         except StoreError as e:
-            log.warning("telemetry_not_queued", error=str(e))
+            self._queue_log.failed(error=str(e))
             return
+        self._queue_log.ok()
         self.counters.telemetry_queued += 1
         self.wake()
 
@@ -1000,7 +1012,9 @@ class CenterLink:
                     await self._prune(wall)
                     next_retention = time.monotonic() + RETENTION_INTERVAL_S
             except StoreError as e:
-                log.warning("outbox_housekeeping_failed", error=str(e))
+                self._housekeeping_log.failed(error=str(e))
+            else:
+                self._housekeeping_log.ok()
             self._drop_log.flush()
             heartbeat.beat()
             await asyncio.sleep(HOUSEKEEPING_S)
