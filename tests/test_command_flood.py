@@ -493,24 +493,11 @@ def test_backoff_is_capped_and_a_campus_does_not_reconnect_in_step() -> None:
     assert _Backoff().next(longest=True) >= center_mod.BACKOFF_CONFIG_S / 2
 
 
-class DroppingProxy:
+class DroppingProxy(SilentProxy):
     """A broker that accepts and drops at once: each connection is closed right after
     the broker's CONNACK has reached the gateway."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> DroppingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+    connections = 0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
