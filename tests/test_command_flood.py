@@ -114,7 +114,7 @@ listen = "127.0.0.1:{free_port()}"
     link = CenterLink(config, store, clock, handler=service, status=dict, telemetry=None)
     metrics = MetricsEndpoint(config, store, {}, power=power, water=water, alarms=alarms,
                               center=link.view)
-    await service.screen.start()
+    await service.screen.warm_up()
     await link.start()
     task = asyncio.create_task(link.run(Heartbeat("center", None)))
     try:

@@ -176,17 +176,23 @@ class CommandScreen:
         return self._pool
 
     async def start(self) -> None:
+        """Nothing before READY: the worker is not needed to enforce anything, and
+        spawning it (an interpreter, a second or more on a Pi) must not delay READY
+        nor the center link's first subscription. `run` warms it up."""
+
+    async def warm_up(self) -> None:
         """Start the worker now, so the first big command does not wait for it."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(WORKER_START_S):
                 await loop.run_in_executor(self._executor(), _ready)
         except (TimeoutError, BrokenProcessPool, OSError) as e:
-            # Not a reason to refuse to start: it is tried again at the first big command.
+            # Not a reason to stop: it is tried again at the first big command.
             log.warning("command_screen_not_started", error=f"{type(e).__name__}: {e}")
             self._discard()
 
     async def run(self, heartbeat: Heartbeat) -> None:
+        await self.warm_up()
         while True:
             await asyncio.sleep(LOG_FLUSH_S)
             for bounded in self.logs:

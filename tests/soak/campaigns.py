@@ -316,9 +316,14 @@ async def power_cut(iterations: int) -> Row:
             daemon = Daemon(config, tmp)
             taps = TapDriver(layout, ports, cards, rng)
             taps.start()
-            center = Collector(broker, [f"{ROOT_TOPIC}/cmd/result"], client_id="center-soak")
+            center = Collector(broker, [f"{ROOT_TOPIC}/cmd/result", f"{ROOT_TOPIC}/status"],
+                               client_id="center-soak")
             await center.start()
             commands = CommandSender(center, sorted(room_accounts.values()), rng)
+            # A command published before the gateway's first subscription has no
+            # session at the broker to wait in (it is lost, as with any MQTT
+            # client): the center starts once the gateway has been online.
+            commands.paused = True
             commands.start()
             kills = aborted_starts = 0
             before_coils = {i: coil(sim, *layout.breaker(i)) for i in range(layout.rooms)}
@@ -335,6 +340,11 @@ async def power_cut(iterations: int) -> Row:
                         aborted_starts += 1
                     else:
                         await daemon.ready()
+                        if commands.paused:
+                            await center.wait_for(lambda seen: any(
+                                s.topic.endswith("/status") and s.json().get("online")
+                                for s in seen), timeout=60)
+                            commands.paused = False
                         open_valves = [layout.point_id(j) for j in range(layout.points)
                                        if coil(sim, *layout.valve(j))]
                         checks.check(not open_valves, f"{label}: valves open at READY: {open_valves}")
