@@ -36,7 +36,9 @@ from gatewayd.tools.demo_view import LiveView, PlainView, View
 
 if TYPE_CHECKING:
     # Imported when the demo runs: `gatewayd run` and `check-config` stay light.
-    from sim.building import CenterStub, DayClock, DayScript, SimulatedBuilding
+    from sim.building import SimulatedBuilding
+    from sim.center import CenterStub
+    from sim.day import DayClock, DayScript
 
 REFRESH_S = 0.5
 
@@ -133,7 +135,8 @@ class Demo:
             self.stop.set()
 
     async def run(self) -> int:
-        from sim.building import DayClock, SimulatedBuilding
+        from sim.building import SimulatedBuilding
+        from sim.day import DayClock
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -192,7 +195,8 @@ class Demo:
     async def _start(self, sim: SimulatedBuilding, clock: DayClock, view: View, *, broker: str | None,
                      config: Path, metrics_port: int) -> DayScript:
         """The center stub, the day's script (its loads on) and the daemon (up to READY)."""
-        from sim.building import CenterStub, DayScript
+        from sim.center import CenterStub
+        from sim.day import DayScript
 
         if broker:
             self.center = CenterStub(broker, sim.building)
