@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import gatewayd.services.water as water_mod
-from drivers.devices import DeviceError, Tap
+from drivers.devices import Tap
+from drivers.errors import DeviceError
 from drivers.modbus.bus import ModbusBus
 from drivers.profile import SHIPPED_DIR, load_profile
 from drivers.retry import Backoff, FailureLog

@@ -35,12 +35,19 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import DeviceError
+from drivers.errors import (
+    DeviceError,
+    FrameError,
+    LinkDown,
+    LinkError,
+    LinkGarbage,
+    LinkNoisy,
+    LinkTimeout,
+    ModbusExceptionError,
+)
 from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
 from drivers.modbus.frames import (
     ExceptionResponse,
-    FrameError,
-    ModbusExceptionError,
     ReadRequest,
     WriteCoil,
     WriteRegister,
@@ -51,16 +58,7 @@ from drivers.modbus.frames import (
     read_registers_reply,
 )
 from drivers.modbus.health import DeviceHealth, HealthSink
-from drivers.modbus.link import (
-    Link,
-    LinkDown,
-    LinkError,
-    LinkGarbage,
-    LinkNoisy,
-    LinkTimeout,
-    RtuLink,
-    TcpLink,
-)
+from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
 
 log = structlog.get_logger(__name__)

@@ -81,10 +81,11 @@ from gatewayd.center.screen import BoundedLog
 from gatewayd.config.load import CenterSection, Config
 from gatewayd.contract.commands import MAX_COMMAND_BYTES
 from gatewayd.contract.wire import ErrorCode, Faults, Priority, Status, encode_result_error, encode_will
+from gatewayd.errors import LinkConfigError, StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
-from gatewayd.store.db import Event, Store, StoreError, Txn
+from gatewayd.store.db import Event, Store, Txn
 from gatewayd.store.outbox import OutMessage, Pending
 
 __all__ = [
@@ -199,16 +200,6 @@ class LinkState(enum.StrEnum):
     BACKING_OFF = "backing_off"  # waiting before the next attempt
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class LinkConfigError(Exception):
-    """A local setting the link cannot use (unreadable password or key file,
-    bad certificate, broker refusing the credentials); retried at the longest
-    delay, since only an operator can fix it. `reason` says what."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CommandHandler(Protocol):

@@ -31,8 +31,9 @@ import aiomqtt
 
 from gatewayd.config.load import BROKER_RE, BUILDING_RE
 from gatewayd.contract.commands import MAX_EXPIRES_S
-from gatewayd.contract.signing import KeyFileError, generate_keypair, load_private_key, sign_command
+from gatewayd.contract.signing import generate_keypair, load_private_key, sign_command
 from gatewayd.contract.wire import rfc3339
+from gatewayd.errors import KeyFileError
 
 __all__ = ["add_subcommands", "build_command", "describe", "parse_args_list"]
 
