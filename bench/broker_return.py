@@ -10,7 +10,7 @@ The center link (in this process, on a real store) against a real mosquitto:
   started again on the same port; printed: from the broker listening again to
   the first backlog event reaching a subscriber, and the reconnect attempts.
   Goal: 5 s.
-- campus: 200 gateways' back-off schedules (the link's own `_Backoff`, no
+- campus: 200 gateways' back-off schedules (the link's own `reconnect_backoff`, no
   network) after the same outage: when each first reaches the returned
   broker, and the most that arrive within any 100 ms.
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import structlog  # noqa: E402
 
 from gatewayd.center import link as center_mod  # noqa: E402
-from gatewayd.center.link import CenterLink, _Backoff  # noqa: E402
+from gatewayd.center.link import CenterLink, reconnect_backoff  # noqa: E402
 from gatewayd.config.load import load_config  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
 from gatewayd.services.component import Heartbeat  # noqa: E402
@@ -113,13 +113,12 @@ def campus(outage_s: float, gateways: int = 200, seed: int = 1) -> tuple[list[fl
     """Seconds after the broker's return at which each gateway first tries again, and the
     most first attempts within any 100 ms."""
     rng = random.Random(seed)
-    random.seed(seed)  # _Backoff draws its jitter from the module's generator
     firsts: list[float] = []
     for _ in range(gateways):
-        backoff = _Backoff()
+        backoff = reconnect_backoff(rng)  # seeded: the same figures each run
         t = rng.uniform(0.0, 0.05)  # each noticed the broker gone within the same 50 ms
         while t < outage_s:
-            t += backoff.next()
+            t += backoff.next_delay()
         firsts.append(t - outage_s)
     ordered = sorted(firsts)
     peak = max(sum(1 for x in ordered if a <= x < a + 0.1) for a in ordered)

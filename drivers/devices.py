@@ -11,16 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-
-class DeviceError(Exception):
-    """A device did not answer usefully. `device` names it for logs and alarms."""
-
-    def __init__(self, device: str, message: str) -> None:
-        super().__init__(f"{device}: {message}")
-        self.device = device
-        self.message = message
-
-
 # What an electricity meter can report (behaviour.md "Bad readings"): a value
 # outside is a fault of the meter or its register map, never a measurement.
 # 10^13 Wh is 10 GWh, a thousand years of a room at 1 MW: no room register
@@ -164,17 +154,3 @@ class CardReader(Protocol):
     async def run(self, sink: TapSink, status: StatusSink) -> None: ...
 
 
-class SwitchMismatch(DeviceError):
-    """A switch answered but did not follow a command: read back `actual`, not `wanted`.
-
-    Raised by `Switch.set`; a subclass of `DeviceError`, so callers that only know
-    that class still treat it as a failed command.
-    """
-
-    def __init__(self, device: str, wanted: bool, actual: bool) -> None:
-        super().__init__(
-            device,
-            f"commanded {'on' if wanted else 'off'}, reads back {'on' if actual else 'off'}",
-        )
-        self.wanted = wanted
-        self.actual = actual

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from drivers.errors import ProfileError
+
 Kind = Literal["meter", "switch", "counter"]
 Table = Literal["holding", "input", "coil"]
 ValueType = Literal["u16", "i16", "u32", "i32", "f32", "bool"]
@@ -100,14 +102,6 @@ class ProfileProblem:
         return f"{self.file}: {self.place}: {self.message}" if self.place else (
             f"{self.file}: {self.message}"
         )
-
-
-class ProfileError(Exception):
-    """A profile could not be loaded; `problems` lists every problem found."""
-
-    def __init__(self, problems: list[ProfileProblem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def available_profiles(dirs: Sequence[Path]) -> dict[str, Path]:

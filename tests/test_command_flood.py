@@ -30,7 +30,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from drivers.devices import Tap
 from gatewayd.center import link as center_mod
 from gatewayd.center.apply import INLINE_PARSE_BYTES, CommandService
-from gatewayd.center.link import CenterLink, _Backoff
+from gatewayd.center.link import CenterLink, reconnect_backoff
 from gatewayd.center.screen import BoundedLog, screen_command
 from gatewayd.config.load import load_config
 from gatewayd.contract import commands as commands_mod
@@ -484,13 +484,13 @@ async def test_after_an_outage_the_backlog_flows_at_the_first_attempt_after_the_
 
 
 def test_backoff_is_capped_and_a_campus_does_not_reconnect_in_step() -> None:
-    gateways = [_Backoff() for _ in range(200)]
+    gateways = [reconnect_backoff() for _ in range(200)]
     for step in range(10):
-        delays = [b.next() for b in gateways]
+        delays = [b.next_delay() for b in gateways]
         assert max(delays) <= center_mod.BACKOFF_CAP_S
         if step >= 3:  # at the cap: spread over half of it
             assert max(delays) - min(delays) >= center_mod.BACKOFF_CAP_S / 2 * 0.9
-    assert _Backoff().next(longest=True) >= center_mod.BACKOFF_CONFIG_S / 2
+    assert reconnect_backoff().longest() >= center_mod.BACKOFF_CONFIG_S / 2
 
 
 class DroppingProxy(SilentProxy):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.config.load import ConfigError, load_config
+from gatewayd.config.load import load_config
+from gatewayd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

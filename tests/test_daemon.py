@@ -357,7 +357,8 @@ async def test_a_failing_disk_is_logged_once_then_summarised_then_recovered(
     import structlog
 
     from gatewayd.app import daemon
-    from gatewayd.store.db import Store, StoreError
+    from gatewayd.errors import StoreError
+    from gatewayd.store.db import Store
 
     monkeypatch.setattr(daemon, "STORE_PROBE_S", 0.01)
     store = Store.open(tmp_path / "state", "b07")

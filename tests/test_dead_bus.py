@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 import gatewayd.services.water as water_mod
-from drivers.devices import DeviceError, Tap
+from drivers.devices import Tap
+from drivers.errors import DeviceError
 from drivers.modbus.bus import ModbusBus
 from drivers.profile import SHIPPED_DIR, load_profile
-from drivers.retry import Backoff, FailureLog
+from drivers.retry import HALF_TO_FULL, Backoff, FailureLog
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.rules.water import Card
@@ -230,6 +231,21 @@ def test_backoff_grows_to_its_cap_and_starts_again_after_a_success() -> None:
     assert b.next_delay() == 1.0
     jittery = Backoff(1.0, 10.0, jitter=0.25)
     assert all(0.75 <= jittery.next_delay() <= 12.5 for _ in range(50))
+
+
+
+def test_backoff_half_to_full_jitter_a_longest_delay_and_days_of_failures() -> None:
+    b = Backoff(1.0, 4.0, jitter=HALF_TO_FULL, longest_s=60.0)
+    for base in [1.0, 2.0, 4.0, 4.0]:
+        assert base / 2 <= b.next_delay() <= base
+    assert 30.0 <= b.longest() <= 60.0
+    assert b.attempt == 5  # the longest wait is still an attempt
+    assert 1.0 <= b.delay(1) <= 2.0 and b.attempt == 5  # delay(n) changes nothing
+    # A thing failing for days: the schedule stays at its cap (2.0**1024 overflows).
+    b.attempt = 5000
+    assert 2.0 <= b.next_delay() <= 4.0
+    with pytest.raises(ValueError):
+        Backoff(1.0, 4.0, jitter=(1.0, 0.5))
 
 
 class _PrintLog:

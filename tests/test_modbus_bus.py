@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from drivers.devices import DeviceError, SwitchMismatch
+from drivers.errors import DeviceError, SwitchMismatch
 from drivers.modbus import ModbusBus
 from drivers.modbus.health import OFFLINE_AFTER
 from drivers.profile import SHIPPED_DIR, Profile, load_profile

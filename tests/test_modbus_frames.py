@@ -11,12 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers.errors import FrameError, ModbusExceptionError
 from drivers.modbus import frames
 from drivers.modbus.frames import (
     CoilsResponse,
     ExceptionResponse,
-    FrameError,
-    ModbusExceptionError,
     ReadRequest,
     RegistersResponse,
     WriteCoil,

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.devices import DeviceError, Tap
+from drivers.devices import Tap
+from drivers.errors import DeviceError
 from drivers.modbus import ModbusBus
 from drivers.modbus.frames import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile

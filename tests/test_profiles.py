@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.profile import (
-    SHIPPED_DIR,
-    ProfileError,
-    ProfileProblem,
-    available_profiles,
-    load_profile,
-    parse_profile,
-)
+from drivers.errors import ProfileError
+from drivers.profile import SHIPPED_DIR, ProfileProblem, available_profiles, load_profile, parse_profile
 
 SHIPPED = ["chint-ddsu666", "eastron-sdm120", "eastron-sdm120-import", "pulse-counter", "relay-board",
            "relay-board-holding"]

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from gatewayd.contract.signing import (
     PRIVATE_KEY_REFUSED,
-    KeyFileError,
     canonical_json,
     decode_signature,
     generate_keypair,
@@ -27,6 +26,7 @@ from gatewayd.contract.signing import (
     signature_of,
     verify_command,
 )
+from gatewayd.errors import KeyFileError
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+from gatewayd.errors import StoreError, StoreLocked
 from gatewayd.store import db as store_mod
-from gatewayd.store.db import SCHEMA_VERSION, Store, StoreError, StoreLocked, Txn
+from gatewayd.store.db import SCHEMA_VERSION, Store, Txn
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,12 +35,19 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import DeviceError
+from drivers.errors import (
+    DeviceError,
+    FrameError,
+    LinkDown,
+    LinkError,
+    LinkGarbage,
+    LinkNoisy,
+    LinkTimeout,
+    ModbusExceptionError,
+)
 from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
 from drivers.modbus.frames import (
     ExceptionResponse,
-    FrameError,
-    ModbusExceptionError,
     ReadRequest,
     WriteCoil,
     WriteRegister,
@@ -51,17 +58,9 @@ from drivers.modbus.frames import (
     read_registers_reply,
 )
 from drivers.modbus.health import DeviceHealth, HealthSink
-from drivers.modbus.link import (
-    Link,
-    LinkDown,
-    LinkError,
-    LinkGarbage,
-    LinkNoisy,
-    LinkTimeout,
-    RtuLink,
-    TcpLink,
-)
+from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
+from drivers.retry import HALF_TO_FULL, Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +131,6 @@ class ModbusBus:
         # TCP: the pause the bus keeps after each answer (an RtuLink keeps its own).
         self._gap_s = gap_s
         self._idle_since = 0.0
-        self._noise_failures = 0
         self._noisy_until = 0.0
         self._opener = opener
         self._n_workers = workers
@@ -143,9 +141,12 @@ class ModbusBus:
         self._answered = [False] * workers  # the connection has answered a request
         self._down_until = 0.0
         self._down_reason = ""
-        self._reconnect_failures = 0
         self._lost = False  # a connection was lost and not yet re-established
         self._rng = random.Random()
+        # Their attempts count the failures in a row: connecting, a line falling quiet.
+        self._reconnect = Backoff(RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_MAX_S, jitter=0.2,
+                                  rng=self._rng)
+        self._noise = Backoff(NOISE_BACKOFF_S, NOISE_BACKOFF_MAX_S, jitter=0.2, rng=self._rng)
         self.health: dict[str, DeviceHealth] = {}
 
     # ------------------------------------------------------------ construction
@@ -289,6 +290,7 @@ class ModbusBus:
         """
         pdu = request.encode()
         attempts = self.retries + 1
+        retry: Backoff | None = None  # made at the first failure: most requests need none
         for attempt in range(attempts):
             self.stats.requests += 1
             try:
@@ -316,8 +318,10 @@ class ModbusBus:
                         isinstance(exc, LinkDown) and self._down_until > time.monotonic()):
                     raise DeviceError(device, error) from None
             if attempt + 1 < attempts:
-                backoff = min(RETRY_BACKOFF_S * 2**attempt, RETRY_BACKOFF_MAX_S)
-                await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                if retry is None:
+                    retry = Backoff(RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S, jitter=HALF_TO_FULL,
+                                    rng=self._rng)
+                await asyncio.sleep(retry.next_delay())
         raise DeviceError(device, error)
 
     async def _submit(self, unit: int, pdu: bytes, priority: int) -> bytes:
@@ -366,9 +370,9 @@ class ModbusBus:
                 continue
             finally:
                 self._idle_since = time.monotonic()
-            if self._noise_failures:
-                log.info("modbus_bus_quiet", bus=self.name, after_failures=self._noise_failures)
-                self._noise_failures = 0
+            if self._noise.attempt:
+                log.info("modbus_bus_quiet", bus=self.name, after_failures=self._noise.attempt)
+                self._noise.reset()
             if not job.future.done():
                 job.future.set_result(answer)
 
@@ -386,13 +390,11 @@ class ModbusBus:
             await asyncio.sleep(max(0.0, self._idle_since + self._gap_s - time.monotonic()))
 
     def _noisy(self, exc: LinkNoisy) -> None:
-        self._noise_failures += 1
         self.stats.noise_faults += 1
-        delay = min(NOISE_BACKOFF_S * 2 ** (self._noise_failures - 1),
-                    NOISE_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
+        delay = self._noise.next_delay()
         self._noisy_until = time.monotonic() + delay
-        level = log.warning if self._noise_failures == 1 else log.debug
-        level("modbus_bus_noisy", bus=self.name, error=str(exc), attempt=self._noise_failures,
+        level = log.warning if self._noise.attempt == 1 else log.debug
+        level("modbus_bus_noisy", bus=self.name, error=str(exc), attempt=self._noise.attempt,
               retry_in_s=round(delay, 2))
 
     async def _link(self, index: int) -> Link:
@@ -414,24 +416,22 @@ class ModbusBus:
 
     def _attempt_failed(self, reason: str) -> None:
         """A connection could not be made (or was lost before it answered): back off."""
-        self._reconnect_failures += 1
-        delay = min(RECONNECT_BACKOFF_S * 2 ** (self._reconnect_failures - 1),
-                    RECONNECT_BACKOFF_MAX_S) * self._rng.uniform(0.8, 1.2)
+        delay = self._reconnect.next_delay()
         self._down_until = time.monotonic() + delay
         self._down_reason = reason
         self._lost = True
-        level = log.warning if self._reconnect_failures == 1 else log.debug
+        level = log.warning if self._reconnect.attempt == 1 else log.debug
         level("modbus_bus_connect_failed", bus=self.name, error=reason,
-              attempt=self._reconnect_failures, retry_in_s=round(delay, 2))
+              attempt=self._reconnect.attempt, retry_in_s=round(delay, 2))
 
     def _link_works(self, index: int) -> None:
         """The connection answered a request: the bus is up again."""
         self._answered[index] = True
         if self._lost:
             self.stats.reconnects += 1
-            log.info("modbus_bus_reconnected", bus=self.name, after_failures=self._reconnect_failures)
+            log.info("modbus_bus_reconnected", bus=self.name, after_failures=self._reconnect.attempt)
         self._lost = False
-        self._reconnect_failures = 0
+        self._reconnect.reset()
         self._down_until = 0.0
 
     def _drop_link(self, index: int, exc: LinkError) -> None:

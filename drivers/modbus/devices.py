@@ -12,14 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from drivers.devices import (
-    DeviceError,
-    MeterReading,
-    SwitchMismatch,
-    energy_fault,
-    power_fault,
-    screened,
-)
+from drivers.devices import MeterReading, energy_fault, power_fault, screened
+from drivers.errors import DeviceError, SwitchMismatch
 from drivers.modbus.frames import (
     READ_COILS,
     READ_HOLDING_REGISTERS,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from drivers.errors import FrameError, ModbusExceptionError
+
 READ_COILS = 1
 READ_HOLDING_REGISTERS = 3
 READ_INPUT_REGISTERS = 4
@@ -42,10 +44,6 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-
-
-class FrameError(ValueError):
-    """Bytes that are not a valid Modbus frame or PDU, or do not answer the request."""
 
 
 # ---------------------------------------------------------------- requests
@@ -298,14 +296,6 @@ def check_write_reply(request: WriteCoil | WriteRegister | WriteCoils | WriteReg
             f"write echo ({response.address}, {response.value}) "
             f"does not match ({request.address}, {expected})"
         )
-
-
-class ModbusExceptionError(Exception):
-    """The device answered with an exception response."""
-
-    def __init__(self, response: ExceptionResponse) -> None:
-        super().__init__(response.describe())
-        self.response = response
 
 
 def _raise_if_exception(request: Request, response: Response) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from drivers.retry import Backoff
+
 log = structlog.get_logger(__name__)
 
 # Three failed operations in a row: one lost frame (noise on RS-485) is not an outage.
@@ -82,5 +84,5 @@ class DeviceHealth:
         if self.online:
             return base_s
         k = min(self.consecutive_failures - OFFLINE_AFTER + 1, 16)
-        delay = min(base_s * 2.0**k, max(base_s, OFFLINE_POLL_MAX_S))
-        return delay * self._rng.uniform(0.9, 1.1)
+        backoff = Backoff(base_s, max(base_s, OFFLINE_POLL_MAX_S), jitter=0.1, rng=self._rng)
+        return backoff.delay(k)

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import structlog
 
+from drivers.errors import FrameError, LinkDown, LinkError, LinkGarbage, LinkNoisy, LinkTimeout
 from drivers.modbus.frames import (
-    FrameError,
     character_time_s,
     decode_rtu,
     encode_rtu,
@@ -41,26 +41,6 @@ RTU_MAX_FRAME = 256
 # A line not quiet within this (and twice the longest frame) past twice the quiet
 # it needed is babbling, not finishing an answer: a bus fault, not a wait.
 NOISY_LINE_MIN_S = 0.5
-
-
-class LinkError(Exception):
-    """A request got no usable answer from the transport."""
-
-
-class LinkTimeout(LinkError):
-    """No answer within the timeout."""
-
-
-class LinkDown(LinkError):
-    """Not connected, or the connection was lost while waiting."""
-
-
-class LinkGarbage(LinkError):
-    """Bytes arrived that are not a valid answer (bad framing, CRC, wrong unit)."""
-
-
-class LinkNoisy(LinkError):
-    """An RTU line did not fall quiet before a request (noise, or a device that babbles)."""
 
 
 class TcpLink(asyncio.Protocol):

@@ -13,8 +13,9 @@ import structlog
 
 from gatewayd import __version__
 from gatewayd.app import logs
-from gatewayd.config.load import DEFAULT_CONFIG_PATH, ConfigError, load_config, warning_lines
-from gatewayd.store.db import Store, StoreError
+from gatewayd.config.load import DEFAULT_CONFIG_PATH, load_config, warning_lines
+from gatewayd.errors import ConfigError, StoreError
+from gatewayd.store.db import Store
 from gatewayd.tools import centertool, demo
 
 # Exit codes: 0 done, 1 failure at run time, 2 unusable config or state (do not restart).

@@ -19,6 +19,7 @@ from gatewayd.center.apply import CommandService
 from gatewayd.center.link import CenterLink
 from gatewayd.config.load import Config, Reader
 from gatewayd.contract.signing import load_public_key
+from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Component, Heartbeat
@@ -28,7 +29,7 @@ from gatewayd.services.power import PowerService, breaker_device, meter_device
 from gatewayd.services.snapshot import Snapshot
 from gatewayd.services.water import WaterService, valve_device
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, StoreError, Txn
+from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
 
 log = structlog.get_logger(__name__)

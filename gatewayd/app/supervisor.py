@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from drivers.retry import HALF_TO_FULL, Backoff
 from gatewayd.app.sdnotify import Notifier, watchdog_interval_s
 from gatewayd.services.component import Component, Heartbeat
 
@@ -143,7 +143,9 @@ class Supervisor:
                 log.exception("shutdown_failed", component=c.name)
 
     async def _keep_running(self, c: Component) -> None:
-        delay = RESTART_MIN_S
+        # Each restart waits half to all of a delay doubling to the cap, so components
+        # failing together (a lost disk) do not restart in step.
+        backoff = Backoff(RESTART_MIN_S, RESTART_MAX_S, jitter=HALF_TO_FULL)
         hb = self.heartbeats[c.name]
         while True:
             started = time.monotonic()
@@ -158,9 +160,8 @@ class Supervisor:
                 self.crashes[c.name] += 1
                 log.exception("component_crashed", component=c.name, crashes=self.crashes[c.name])
             if time.monotonic() - started > 10 * RESTART_MAX_S:
-                delay = RESTART_MIN_S  # it ran a long while: a fresh fault
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, RESTART_MAX_S)
+                backoff.reset()  # it ran a long while: a fresh fault
+            await asyncio.sleep(backoff.next_delay())
             hb.beat()  # a restarted loop gets a fresh allowance
 
     async def _watchdog(self) -> None:

@@ -58,6 +58,7 @@ from gatewayd.contract.commands import (
     valid_window,
 )
 from gatewayd.contract.wire import ErrorCode, as_duplicate, encode_result_error, encode_result_ok
+from gatewayd.errors import Refused
 from gatewayd.rules.power import RoomState
 from gatewayd.rules.water import Card
 from gatewayd.services.clock import Clock
@@ -79,15 +80,6 @@ DEBIT_TYPES = ("water.session", "power.usage")
 INLINE_PARSE_BYTES = 64 * 1024
 # Refusals logged one by one each minute; the rest are summarised.
 REFUSALS_LOGGED_PER_MIN = 20
-
-
-class Refused(Exception):
-    """A command that is well-formed but cannot be applied (not_found, conflict)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class CommandService:

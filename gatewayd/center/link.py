@@ -75,16 +75,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.retry import FailureLog
+from drivers.retry import HALF_TO_FULL, Backoff, FailureLog
 from gatewayd import __version__
 from gatewayd.center.screen import BoundedLog
 from gatewayd.config.load import CenterSection, Config
 from gatewayd.contract.commands import MAX_COMMAND_BYTES
 from gatewayd.contract.wire import ErrorCode, Faults, Priority, Status, encode_result_error, encode_will
+from gatewayd.errors import LinkConfigError, StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
-from gatewayd.store.db import Event, Store, StoreError, Txn
+from gatewayd.store.db import Event, Store, Txn
 from gatewayd.store.outbox import OutMessage, Pending
 
 __all__ = [
@@ -201,16 +202,6 @@ class LinkState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class LinkConfigError(Exception):
-    """A local setting the link cannot use (unreadable password or key file,
-    bad certificate, broker refusing the credentials); retried at the longest
-    delay, since only an operator can fix it. `reason` says what."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class CommandHandler(Protocol):
     """Applies the center's commands (the lead's command service)."""
 
@@ -317,19 +308,11 @@ class _Client(aiomqtt.Client):
         await sending  # its outcome: None, or its MqttError
 
 
-class _Backoff:
-    """Capped exponential back-off with jitter (half to full delay)."""
-
-    def __init__(self) -> None:
-        self.delay = BACKOFF_MIN_S
-
-    def next(self, *, longest: bool = False) -> float:
-        base = BACKOFF_CONFIG_S if longest else self.delay
-        self.delay = min(self.delay * 2, BACKOFF_CAP_S)
-        return base * (0.5 + random.random() / 2)
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_MIN_S
+def reconnect_backoff(rng: random.Random | None = None) -> Backoff:
+    """The link's reconnect back-off: `BACKOFF_MIN_S` doubling to `BACKOFF_CAP_S`, each
+    delay half to all of itself; `longest()` (a configuration error) `BACKOFF_CONFIG_S`."""
+    return Backoff(BACKOFF_MIN_S, BACKOFF_CAP_S, jitter=HALF_TO_FULL, rng=rng,
+                   longest_s=BACKOFF_CONFIG_S)
 
 
 class _AckRate:
@@ -539,7 +522,7 @@ class CenterLink:
             self._state = state
 
     async def _connection_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = reconnect_backoff()
         failures = 0
         while not self._stopping:
             self._set_state(LinkState.CONNECTING)
@@ -575,7 +558,7 @@ class CenterLink:
                 self._flaps += 0 if stable else 1
                 (log.warning if self._flaps <= 1 else log.debug)(
                     "center_disconnected", error=self._last_error, flaps=self._flaps)
-            delay = backoff.next(longest=longest)
+            delay = backoff.longest() if longest else backoff.next_delay()
             if failures == 1:
                 log.warning("center_unreachable", broker=self.center.broker, error=self._last_error,
                             retry_s=round(delay, 1), config_error=longest)

@@ -24,8 +24,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from drivers.profile import SHIPPED_DIR, Profile, ProfileError, load_profile
+from drivers.errors import ProfileError
+from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from gatewayd.config.validate import Problem, Table, show
+from gatewayd.errors import ConfigError
 
 BUILDING_RE = re.compile(r"[a-z0-9-]{1,32}")
 # Bus names stay inside this file: keep them plain.
@@ -49,25 +51,6 @@ SERVICES = ("shower", "drinking")
 DEFAULT_CONFIG_PATH = Path("/etc/gatewayd/gateway.toml")
 DEFAULT_STATE_DIR = "/var/lib/gatewayd"
 DEFAULT_PROFILES_DIR = "/etc/gatewayd/profiles"
-
-
-class ConfigError(Exception):
-    """The file cannot be used. `problems` lists every reason, with places;
-    `warnings` what else was found (not reasons on their own)."""
-
-    def __init__(
-        self, path: Path, problems: list[Problem], warnings: Sequence[Problem] = ()
-    ) -> None:
-        self.path = path
-        self.problems = problems
-        self.warnings = tuple(warnings)
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        """What `check-config` prints: a header, then each problem as `place: message`."""
-        n = len(self.problems)
-        header = f"{self.path}: {n} problem{'s' if n != 1 else ''}:"
-        return [header, *(str(p) for p in self.problems)]
 
 
 def is_secret(key: str) -> bool:

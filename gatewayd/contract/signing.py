@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from gatewayd.errors import KeyFileError
+
 __all__ = [
     "PRIVATE_KEY_REFUSED",
     "SIGNATURE_FIELD",
@@ -64,19 +66,6 @@ SIGNATURE_FIELD: Final = "sig"
 _SIGNATURE_BYTES: Final = 64
 # A PEM Ed25519 key is ~120 bytes; anything far larger is the wrong file.
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
-
-
-class KeyFileError(Exception):
-    """A key file is missing, unreadable or not the expected kind of key.
-
-    ``str()`` names the file and the problem, ready for an operator:
-    ``/etc/gatewayd/center.pub: not an Ed25519 public key (found RSA)``.
-    """
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class KeyPair(NamedTuple):

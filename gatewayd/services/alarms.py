@@ -22,8 +22,9 @@ from typing import Any
 
 import structlog
 
+from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
-from gatewayd.store.db import Store, StoreError, Txn
+from gatewayd.store.db import Store, Txn
 
 log = structlog.get_logger(__name__)
 

@@ -33,17 +33,11 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import (
-    DeviceError,
-    Meter,
-    MeterReading,
-    Switch,
-    SwitchBank,
-    SwitchMismatch,
-    screened,
-)
+from drivers.devices import Meter, MeterReading, Switch, SwitchBank, screened
+from drivers.errors import DeviceError, SwitchMismatch
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, PowerRules, Room
+from gatewayd.errors import StoreError
 from gatewayd.rules import pricing
 from gatewayd.rules.curfew import rooms_under_curfew
 from gatewayd.rules.power import (
@@ -65,7 +59,7 @@ from gatewayd.rules.power import (
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import START_IO_S, Heartbeat
-from gatewayd.store.db import Store, StoreError, Txn
+from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
 
 log = structlog.get_logger(__name__)

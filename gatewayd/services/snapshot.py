@@ -21,6 +21,7 @@ import structlog
 from drivers.retry import FailureLog
 from gatewayd import __version__
 from gatewayd.config.load import Config
+from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
@@ -28,7 +29,7 @@ from gatewayd.services.power import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import CLASS_TELEMETRY, Store, StoreError
+from gatewayd.store.db import CLASS_TELEMETRY, Store
 from gatewayd.store.ledger import Ledger
 
 log = structlog.get_logger(__name__)

@@ -44,9 +44,11 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import CardReader, Counter, DeviceError, Switch, Tap
+from drivers.devices import CardReader, Counter, Switch, Tap
+from drivers.errors import DeviceError
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, Point
+from gatewayd.errors import StoreError
 from gatewayd.rules import pricing
 from gatewayd.rules.reader_flood import Outcome, RefusalFolder
 from gatewayd.rules.water import (
@@ -64,7 +66,7 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import START_IO_S, Heartbeat
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, StoreError, Txn
+from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
 
 log = structlog.get_logger(__name__)

@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
+from gatewayd.errors import StoreClosed, StoreError, StoreLocked
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -58,18 +60,6 @@ DB_FILES = ("", "-wal", "-shm")
 MAX_GROUP = 512
 
 _json = msgspec.json.Encoder()
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message says why and what to do."""
-
-
-class StoreLocked(StoreError):
-    """Another gatewayd holds the state directory."""
-
-
-class StoreClosed(StoreError):
-    """A job was submitted after close()."""
 
 
 # --- schema -------------------------------------------------------------------

@@ -29,10 +29,12 @@ from typing import Any, Final
 
 import aiomqtt
 
+from drivers.retry import Backoff
 from gatewayd.config.load import BROKER_RE, BUILDING_RE
 from gatewayd.contract.commands import MAX_EXPIRES_S
-from gatewayd.contract.signing import KeyFileError, generate_keypair, load_private_key, sign_command
+from gatewayd.contract.signing import generate_keypair, load_private_key, sign_command
 from gatewayd.contract.wire import rfc3339
+from gatewayd.errors import KeyFileError
 
 __all__ = ["add_subcommands", "build_command", "describe", "parse_args_list"]
 
@@ -288,7 +290,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: `tail` reconnects after losing the broker, waiting this long at most between tries.
+#: `tail` reconnects after losing the broker, waiting this long at first and at most
+#: between tries.
+TAIL_RECONNECT_MIN_S: Final = 1.0
 TAIL_RECONNECT_MAX_S: Final = 30.0
 
 
@@ -297,7 +301,9 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
     """`_tail` through broker restarts: a first connection that fails is an error;
     a lost one is retried with back-off, saying so on stderr."""
     progress = _TailProgress()
-    delay = 1.0
+    # Not reset when a reconnection succeeds: a broker that keeps dropping `tail` is
+    # retried ever more slowly, up to the cap.
+    backoff = Backoff(TAIL_RECONNECT_MIN_S, TAIL_RECONNECT_MAX_S, jitter=0.0)
     while True:
         try:
             await _tail(connect, topics, as_json=as_json, count=count, progress=progress)
@@ -305,10 +311,10 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
         except aiomqtt.MqttError as e:
             if not progress.connected:
                 raise
+            delay = backoff.next_delay()
             print(f"gatewayd tail: disconnected ({e}); reconnecting in {delay:.0f} s",
                   file=sys.stderr, flush=True)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, TAIL_RECONNECT_MAX_S)
 
 
 @dataclass

@@ -33,7 +33,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from drivers.devices import DeviceError, Tap
+from drivers.devices import Tap
+from drivers.errors import DeviceError
 from gatewayd.rules.water import Card
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
