@@ -278,8 +278,7 @@ class CommandService:
         """balance = center's figure - own debits with seq > through_seq - accrued unreported."""
         def job(txn: Txn) -> dict[str, Any]:
             # The last seq assigned (events may have been pruned or dropped since).
-            row = txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            last = row[0] if row else 0
+            last = txn.last_seq()
             if a.through_seq > last:
                 raise Refused(ErrorCode.CONFLICT,
                               f"through_seq {a.through_seq} is beyond this building's last "

@@ -1045,8 +1045,7 @@ def _changes(fields: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _pending_and_last_seq(txn: Txn) -> tuple[Pending, int]:
-    row = txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    return outbox.pending(txn), row[0] if row else 0
+    return outbox.pending(txn), txn.last_seq()
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -298,6 +298,12 @@ class Event:
     payload: bytes
 
 
+def last_assigned_seq(conn: sqlite3.Connection) -> int:
+    """The last event seq assigned in the store, 0 before the first event."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
+
+
 class Txn:
     """What a job sees: the connection, inside the group's transaction."""
 
@@ -308,6 +314,10 @@ class Txn:
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
+
+    def last_seq(self) -> int:
+        """The last event seq assigned (events may have been pruned or dropped since)."""
+        return last_assigned_seq(self.conn)
 
     def event(self, type_: str, fields: dict[str, Any], *, ts: str, wall: float | None = None) -> Event:
         """Append an event to the log in this transaction; return it with its seq.
@@ -417,8 +427,7 @@ class Store:
                 if row is None or row[0] != "ok":
                     raise StoreError(self._corrupt_message(str(row[0] if row else "no answer")))
             self._migrate(conn)
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            self._next_seq = max(self._next_seq, (row[0] if row else 0) + 1)
+            self._next_seq = max(self._next_seq, last_assigned_seq(conn) + 1)
             row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
             self.store_id = row[0] if row else ""
         except sqlite3.DatabaseError as e:

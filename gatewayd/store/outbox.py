@@ -346,8 +346,7 @@ def resend(txn: Txn, from_seq: int, to_seq: int | None = None) -> Resend:
     lists, as inclusive ranges, the seqs in range that are no longer kept
     (pruned after `keep_events_days`, or dropped by the cap).
     """
-    row = txn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    last = row[0] if row else 0
+    last = txn.last_seq()
     hi = last if to_seq is None else min(to_seq, last)
     lo = max(from_seq, 1)
     if hi < lo:
