@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.cardreader.pcsc_reader import PcscCardReader  # noqa: E402
 from drivers.cardreader.serial_reader import SerialCardReader  # noqa: E402
-from drivers.devices import Tap  # noqa: E402
+from drivers.protocols import CardTap  # noqa: E402
 from sim.serial_card import PtyPort, SerialCardProtocol, frame  # noqa: E402
 from sim.vcard import VirtualCard  # noqa: E402
 
@@ -48,7 +48,7 @@ async def bench_serial(taps: int, protocol: SerialCardProtocol) -> list[float]:
     arrived: asyncio.Queue[float] = asyncio.Queue()
     online = asyncio.Event()
 
-    def sink(tap: Tap) -> None:
+    def sink(tap: CardTap) -> None:
         arrived.put_nowait(time.perf_counter())
 
     def status(up: bool, detail: str) -> None:
@@ -83,7 +83,7 @@ async def bench_pcsc(taps: int) -> list[float]:
     arrived: asyncio.Queue[float] = asyncio.Queue()
     online = asyncio.Event()
 
-    def sink(tap: Tap) -> None:
+    def sink(tap: CardTap) -> None:
         arrived.put_nowait(time.perf_counter())
 
     def status(up: bool, detail: str) -> None:

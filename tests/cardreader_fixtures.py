@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.devices import CardReader, Tap
+from drivers.protocols import CardReader, CardTap
 from sim.serial_card import PtyPort
 
 # Safety net against a hung test, not a performance threshold.
@@ -42,12 +42,12 @@ class Recorder:
     """Collects what a reader reports: taps and status changes, in order."""
 
     def __init__(self) -> None:
-        self.taps: asyncio.Queue[Tap] = asyncio.Queue()
+        self.taps: asyncio.Queue[CardTap] = asyncio.Queue()
         self.statuses: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
-        self.all_taps: list[Tap] = []
+        self.all_taps: list[CardTap] = []
         self.all_statuses: list[tuple[bool, str]] = []
 
-    def sink(self, tap: Tap) -> None:
+    def sink(self, tap: CardTap) -> None:
         self.all_taps.append(tap)
         self.taps.put_nowait(tap)
 
@@ -55,7 +55,7 @@ class Recorder:
         self.all_statuses.append((online, detail))
         self.statuses.put_nowait((online, detail))
 
-    async def tap(self) -> Tap:
+    async def tap(self) -> CardTap:
         async with asyncio.timeout(WAIT_S):
             return await self.taps.get()
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from drivers.devices import Tap
+from drivers.protocols import CardTap
 from gatewayd.center import link as center_mod
 from gatewayd.center.apply import INLINE_PARSE_BYTES, CommandService
 from gatewayd.center.link import CenterLink, reconnect_backoff
@@ -450,8 +450,8 @@ port = "/dev/null"
                 while gw.link.connected:
                     await asyncio.sleep(0.1)
             assert proxy.closed_by_client >= 1   # the gateway gave the connection up itself
-            await water.on_tap(Tap("r1", "04A1B2C3D5", time.monotonic()))
-            await water.on_tap(Tap("r1", "04A1B2C3D5", time.monotonic() + 1))
+            await water.on_tap(CardTap("r1", "04A1B2C3D5", time.monotonic()))
+            await water.on_tap(CardTap("r1", "04A1B2C3D5", time.monotonic() + 1))
             rows = await store.read(lambda t: t.execute(
                 "SELECT payload FROM events WHERE type = 'water.session'").fetchall())
             assert [json.loads(r[0])["offline"] for r in rows] == [True]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import gatewayd.services.water as water_mod
-from drivers.devices import Tap
 from drivers.errors import DeviceError
 from drivers.modbus.bus import ModbusBus
 from drivers.profile import SHIPPED_DIR, load_profile
+from drivers.protocols import CardTap
 from drivers.retry import HALF_TO_FULL, Backoff, FailureLog
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
@@ -133,7 +133,7 @@ port = "/dev/null"
         async with running_water(tmp_path / "gw.toml", seed, lambda: True) as (service, store):
             pt = service.points["shower-1"]
             assert pt.fault == "not confirmed closed within 0.5 s of start"
-            await service.on_tap(Tap("r1", "04A1B2C3D5", time.monotonic()))
+            await service.on_tap(CardTap("r1", "04A1B2C3D5", time.monotonic()))
             taps = await events(store, "tap")
             assert [(t["granted"], t["reason"]) for t in taps] == [(False, "fault")]
             alarms = await events(store, "alarm")
@@ -148,7 +148,7 @@ port = "/dev/null"
             alarms = await events(store, "alarm")
             assert [(a["code"], a["active"]) for a in alarms] == [("valve_fault", True),
                                                                   ("valve_fault", False)]
-            await service.on_tap(Tap("r1", "04A1B2C3D5", time.monotonic()))
+            await service.on_tap(CardTap("r1", "04A1B2C3D5", time.monotonic()))
             assert (await ep.coils(RELAY, 0, 1)) == [True]
     finally:
         await sim.stop()

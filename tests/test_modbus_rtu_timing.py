@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.devices import Tap
 from drivers.errors import DeviceError
 from drivers.modbus import ModbusBus
 from drivers.modbus.frames import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
+from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Txn
@@ -262,12 +262,12 @@ retries = 1
     board.delay_replies(COUNTER, (0.05, 0.45))
     async with running_water(tmp_path / "gw.toml", seed, lambda: True) as (service, store):
         for i, uid in cards.items():
-            await service.on_tap(Tap(f"r{i}", uid, time.monotonic()))
+            await service.on_tap(CardTap(f"r{i}", uid, time.monotonic()))
         assert all(pt.session is not None for pt in service.points.values())
         await asyncio.sleep(4.0)
         for i, uid in cards.items():
             if service.points[f"shower-{i}"].session is not None:
-                await service.on_tap(Tap(f"r{i}", uid, time.monotonic()))
+                await service.on_tap(CardTap(f"r{i}", uid, time.monotonic()))
         rows = await store.read(lambda t: t.execute(
             "SELECT payload FROM events WHERE type = 'water.session' ORDER BY seq").fetchall())
         balances = dict(await store.read(lambda t: t.execute(

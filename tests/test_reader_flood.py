@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from drivers.cardreader.factory import open_reader
-from drivers.devices import CardReader, StatusSink, TapSink
+from drivers.protocols import CardReader, StatusSink, TapSink
 from gatewayd.config.load import load_config
 from gatewayd.rules.reader_flood import RefusalFolder
 from gatewayd.rules.water import Card

@@ -13,7 +13,7 @@ from drivers.cardreader import rdm6300
 from drivers.cardreader.factory import open_reader
 from drivers.cardreader.reconnect import Backoff
 from drivers.cardreader.serial_reader import SerialCardReader
-from drivers.devices import Tap
+from drivers.protocols import CardTap
 from sim.serial_card import PtyPort, SerialCardProtocol, frame
 from tests.cardreader_fixtures import (
     WAIT_S,
@@ -184,7 +184,7 @@ async def test_a_failing_sink_does_not_stop_the_reader(pty_port: PtyPort) -> Non
     rec = Recorder()
     calls: list[str] = []
 
-    async def sink(tap: Tap) -> None:
+    async def sink(tap: CardTap) -> None:
         calls.append(tap.uid)
         if len(calls) == 1:
             raise RuntimeError("the daemon's handler failed")

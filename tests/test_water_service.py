@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from drivers.devices import Tap
+from drivers.protocols import CardTap
 from gatewayd.config.load import load_config
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
@@ -146,7 +146,7 @@ async def test_a_session_started_online_is_limited_once_the_center_is_unreachabl
     water: Water,
 ) -> None:
     w = water
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
     assert await w.valve() is True
     await asyncio.sleep(1.5)   # a whole second charged (10 fen) while reachable: not counted
     w.center[0] = False
@@ -160,7 +160,7 @@ async def test_a_session_started_online_is_limited_once_the_center_is_unreachabl
     assert sum(fen for (c, _), fen in w.service.offline_spent.items() if c == CARD) == spent
     # A new tap while still offline: the day's limit is spent.
     await asyncio.sleep(0.5)
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
     taps = await w.events("tap")
     assert taps[-1]["reason"] == "offline_limit" and taps[-1]["granted"] is False
 
@@ -170,13 +170,13 @@ async def test_a_session_started_offline_is_not_limited_once_the_center_is_back(
 ) -> None:
     w = water
     w.center[0] = False
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
     assert await w.valve() is True
     await asyncio.sleep(1.5)   # a whole second charged (10 fen) while unreachable
     w.center[0] = True
     await asyncio.sleep(3.0)   # 30 fen more: past the limit, were it still offline
     assert await w.valve() is True
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
     session = await until_ended(w)
     assert session["end_reason"] == "tap" and session["offline"] is True
     spent = await w.offline_spent()
@@ -186,8 +186,8 @@ async def test_a_session_started_offline_is_not_limited_once_the_center_is_back(
 async def test_no_tap_event_at_all_once_shutdown_began(water: Water) -> None:
     w = water
     await w.service.shutdown()
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
-    await w.service.on_tap(Tap("no-such-reader", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("no-such-reader", CARD, time.monotonic()))
     assert await w.events("tap") == []
     assert await w.valve() is False
 
@@ -228,7 +228,7 @@ async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water)
                          clock=clock, devices={})
     commands = CommandService(svc.config, water.store, clock, ledger=svc.ledger, cards=svc.cards,
                               power=power, water=svc, public_key=key.public_key())
-    await svc.on_tap(Tap("r1", CARD, time.monotonic()))
+    await svc.on_tap(CardTap("r1", CARD, time.monotonic()))
     pt = svc.points["shower-1"]
     while pt.session is None or pt.session.charged_fen < 20:
         await asyncio.sleep(0.05)
@@ -267,7 +267,7 @@ async def test_a_valve_found_closed_during_a_session_ends_it(
 
     monkeypatch.setattr(water_mod, "VALVE_CHECK_S", 0.3)
     w = water
-    await w.service.on_tap(Tap("r1", CARD, time.monotonic()))
+    await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
     assert await w.valve() is True
     await w.sim.endpoints[0].set_coil(RELAY, 0, False)
     session = await until_ended(w)
@@ -321,7 +321,7 @@ timeout_s = 1.0
     try:
         async with running_water(tmp_path / "gw.toml", seed, lambda: False) as (service, store):
             for i in range(6):
-                await service.on_tap(Tap(f"r{i}", f"0400{i:06X}", time.monotonic()))
+                await service.on_tap(CardTap(f"r{i}", f"0400{i:06X}", time.monotonic()))
             assert all(pt.session is not None for pt in service.points.values())
             await asyncio.sleep(0.5)
             sim.endpoints[0].set_fault(RELAY, "silent")

@@ -43,8 +43,8 @@ from gatewayd.contract.wire import (
     TapReason,
     TariffUnit,
     Telemetry,
-    WaterService,
     WaterSession,
+    WaterUse,
     as_duplicate,
     decode_event,
     encode_event,
@@ -164,7 +164,7 @@ EVENTS: list[tuple[EventBody, str]] = [
         WaterSession(
             session="s-77",
             point="shower-1",
-            service=WaterService.SHOWER,
+            service=WaterUse.SHOWER,
             card="04A1B2C3D4",
             account="s2023001",
             started="2026-11-23T20:58:00.000+08:00",

@@ -8,7 +8,7 @@ Layer contract:
   and count what they drop in a `DecoderStats`.
 - `debounce` turns sightings of a UID into taps: a card held on a reader is
   one tap.
-- `serial_reader` and `pcsc_reader` implement `drivers.devices.CardReader`:
+- `serial_reader` and `pcsc_reader` implement `drivers.protocols.CardReader`:
   `run(sink, status)` runs until cancelled, never raises anything else,
   reopens the device with back-off (`reconnect`) and reports each
   online/offline change once.
@@ -25,7 +25,7 @@ from typing import Protocol
 
 import structlog
 
-from drivers.devices import StatusSink, Tap, TapSink
+from drivers.protocols import CardTap, StatusSink, TapSink
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ class UidDecoder(Protocol):
         ...
 
 
-async def deliver_tap(sink: TapSink, tap: Tap) -> None:
+async def deliver_tap(sink: TapSink, tap: CardTap) -> None:
     """Call `sink(tap)`, awaiting its result if any; log, never raise, if it fails."""
     try:
         result = sink(tap)

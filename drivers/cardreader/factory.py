@@ -9,7 +9,7 @@ from typing import Any
 from drivers.cardreader.pcsc_reader import PcscCardReader
 from drivers.cardreader.reconnect import Backoff
 from drivers.cardreader.serial_reader import PROTOCOLS, SerialCardReader
-from drivers.devices import CardReader
+from drivers.protocols import CardReader
 
 READER_TYPES = ("serial", "pcsc")
 _SERIAL_KEYS = frozenset({"port", "baudrate", "protocol"})

@@ -1,6 +1,6 @@
 """A contactless card reader through pcscd (PC/SC), via pyscard in one worker thread.
 
-Contract (`drivers.devices.CardReader`):
+Contract (`drivers.protocols.CardReader`):
 
 - The reader is the first PC/SC reader whose name starts with `prefix`
   (pcscd appends slot numbers, e.g. "ACS ACR122U PICC Interface 00 00").
@@ -39,7 +39,7 @@ import structlog
 from drivers.cardreader import deliver_tap, report_status
 from drivers.cardreader.debounce import Debouncer
 from drivers.cardreader.reconnect import Backoff, LinkStatus
-from drivers.devices import StatusSink, Tap, TapSink
+from drivers.protocols import CardTap, StatusSink, TapSink
 
 log = structlog.get_logger(__name__)
 
@@ -114,10 +114,10 @@ class PcscCardReader:
             return
 
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Tap | _Status] = asyncio.Queue()
+        queue: asyncio.Queue[CardTap | _Status] = asyncio.Queue()
         done: asyncio.Future[None] = loop.create_future()
 
-        def emit(item: Tap | _Status) -> None:
+        def emit(item: CardTap | _Status) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is closed: nobody is listening any more
@@ -134,7 +134,7 @@ class PcscCardReader:
         try:
             while True:
                 item = await queue.get()
-                if isinstance(item, Tap):
+                if isinstance(item, CardTap):
                     await deliver_tap(sink, item)
                 else:
                     report_status(status, self.name, item.online, item.detail)
@@ -162,7 +162,7 @@ class _Worker:
         self,
         owner: PcscCardReader,
         scard: Any,
-        emit: Callable[[Tap | _Status], None],
+        emit: Callable[[CardTap | _Status], None],
         finished: Callable[[], None],
     ) -> None:
         self.owner = owner
@@ -383,7 +383,7 @@ class _Worker:
             self.log.debug("card_still_present", uid=uid)
             return
         if self.owner.debouncer.accept(uid, now):
-            self.emit(Tap(reader=self.owner.name, uid=uid, mono=now))
+            self.emit(CardTap(reader=self.owner.name, uid=uid, mono=now))
 
     def _read_uid(self, ctx: int, reader: str) -> str | None:
         """The UID of the card on `reader`, or None if it would not say."""

@@ -18,7 +18,7 @@ import structlog
 
 from drivers import retry
 from drivers.cardreader import report_status
-from drivers.devices import StatusSink
+from drivers.protocols import StatusSink
 
 log = structlog.get_logger(__name__)
 

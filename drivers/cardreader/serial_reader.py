@@ -1,9 +1,9 @@
 """A card reader on a serial port (RDM6300 or ascii-line), via pyserial-asyncio-fast.
 
-Contract (`drivers.devices.CardReader`):
+Contract (`drivers.protocols.CardReader`):
 
 - `run(sink, status)` opens the port, decodes and debounces what arrives and
-  calls `sink(Tap)` once per tap, in order, awaiting it when it returns an
+  calls `sink(CardTap)` once per tap, in order, awaiting it when it returns an
   awaitable. It runs until cancelled and raises nothing but CancelledError.
 - The first open, or the first failure to open, is reported through
   `status`; after that each change is reported once: `status(False, why)`
@@ -13,7 +13,7 @@ Contract (`drivers.devices.CardReader`):
 - A sink or status callback that raises is logged and the reader carries on.
 
 Tap path: bytes are decoded in the transport's read callback, where
-`Tap.mono` is stamped; the tap then reaches the sink on the next turn of the
+`CardTap.mono` is stamped; the tap then reaches the sink on the next turn of the
 event loop (well under a millisecond on an idle loop).
 """
 
@@ -36,7 +36,7 @@ from drivers.cardreader.asciiline import AsciiLineDecoder
 from drivers.cardreader.debounce import Debouncer
 from drivers.cardreader.rdm6300 import Rdm6300Decoder
 from drivers.cardreader.reconnect import Backoff, LinkStatus
-from drivers.devices import StatusSink, Tap, TapSink
+from drivers.protocols import CardTap, StatusSink, TapSink
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +69,7 @@ class _TapProtocol(asyncio.Protocol):
     def __init__(
         self,
         reader: SerialCardReader,
-        queue: asyncio.Queue[Tap | _Lost],
+        queue: asyncio.Queue[CardTap | _Lost],
         closed: asyncio.Future[None],
     ) -> None:
         self._reader = reader
@@ -88,7 +88,7 @@ class _TapProtocol(asyncio.Protocol):
             return
         for uid in uids:
             if reader.debouncer.accept(uid, now):
-                self._queue.put_nowait(Tap(reader=reader.name, uid=uid, mono=now))
+                self._queue.put_nowait(CardTap(reader=reader.name, uid=uid, mono=now))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._queue.put_nowait(_Lost(_describe(exc)))
@@ -159,7 +159,7 @@ class SerialCardReader:
         """One open of the port: deliver taps until it is lost; return why."""
         loop = asyncio.get_running_loop()
         port = await self._open(loop)
-        queue: asyncio.Queue[Tap | _Lost] = asyncio.Queue()
+        queue: asyncio.Queue[CardTap | _Lost] = asyncio.Queue()
         closed: asyncio.Future[None] = loop.create_future()
         self.decoder.reset()
         transport, _ = await serial_asyncio_fast.connection_for_serial(

@@ -235,21 +235,21 @@ class ModbusBus:
         return h
 
     def meter(self, name: str, unit: int, profile: Profile) -> ModbusMeter:
-        """A `drivers.devices.Meter` at `unit` read per `profile` (kind meter)."""
+        """A `drivers.protocols.Meter` at `unit` read per `profile` (kind meter)."""
         return ModbusMeter(self, name, _check_unit(unit), profile, health=self._health(name, unit))
 
     def switch(self, name: str, unit: int, profile: Profile, channel: int = 0,
                invert: bool = False) -> ModbusSwitch:
-        """A `drivers.devices.Switch` on `channel` of `unit` (profile kind switch)."""
+        """A `drivers.protocols.Switch` on `channel` of `unit` (profile kind switch)."""
         return ModbusSwitch(self, name, _check_unit(unit), profile, channel=channel,
                             invert=invert, health=self._health(name, unit))
 
     def switch_bank(self, name: str, switches: Sequence[ModbusSwitch]) -> ModbusSwitchBank:
-        """A `drivers.devices.SwitchBank`: `switches` (one unit, one profile) read together."""
+        """A `drivers.protocols.SwitchBank`: `switches` (one unit, one profile) read together."""
         return ModbusSwitchBank(self, name, _check_unit(switches[0].unit), switches)
 
     def counter(self, name: str, unit: int, profile: Profile, channel: int = 0) -> ModbusCounter:
-        """A `drivers.devices.Counter` on `channel` of `unit` (profile kind counter)."""
+        """A `drivers.protocols.Counter` on `channel` of `unit` (profile kind counter)."""
         return ModbusCounter(self, name, _check_unit(unit), profile, channel=channel,
                              health=self._health(name, unit))
 

@@ -1,4 +1,4 @@
-"""Modbus implementations of the `drivers.devices` protocols (Meter, Switch, Counter).
+"""Modbus implementations of the `drivers.protocols` protocols (Meter, Switch, Counter).
 
 Contract: each object reads or writes its device through its `ModbusBus` per its
 profile, raises `DeviceError` (never anything else from I/O) and records every
@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from drivers.devices import MeterReading, energy_fault, power_fault, screened
 from drivers.errors import DeviceError, SwitchMismatch
 from drivers.modbus.frames import (
     READ_COILS,
@@ -26,6 +25,7 @@ from drivers.modbus.frames import (
 from drivers.modbus.health import DeviceHealth
 from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up, value_step
 from drivers.profile import Field, Kind, Profile
+from drivers.protocols import MeterReading, energy_fault, power_fault, screened
 
 if TYPE_CHECKING:
     from drivers.modbus.bus import ModbusBus
@@ -64,7 +64,7 @@ class ModbusMeter:
     async def read(self) -> MeterReading:
         """One reading: energy rounded to the nearest Wh, the rest as floats.
 
-        A value no meter can report (`drivers.devices.energy_fault`, `power_fault`,
+        A value no meter can report (`drivers.protocols.energy_fault`, `power_fault`,
         not a number) is None in the reading and a failure in `health`, as a read
         that failed (it counts toward offline); neither energy nor power raises.
         """

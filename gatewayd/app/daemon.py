@@ -11,7 +11,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from drivers.cardreader.factory import open_reader
-from drivers.devices import CardReader
+from drivers.protocols import CardReader
 from drivers.retry import FailureLog
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor

@@ -57,8 +57,8 @@ __all__ = [
     "TapReason",
     "TariffUnit",
     "Telemetry",
-    "WaterService",
     "WaterSession",
+    "WaterUse",
     "as_duplicate",
     "decode_event",
     "encode_event",
@@ -249,7 +249,7 @@ class Service(StrEnum):
     DRINKING = "drinking"
 
 
-class WaterService(StrEnum):
+class WaterUse(StrEnum):
     """Services a water point provides (``water.session`` ``service``)."""
 
     SHOWER = "shower"
@@ -408,7 +408,7 @@ class WaterSession(_EventBody, frozen=True, kw_only=True, tag=EventType.WATER_SE
 
     session: str
     point: str
-    service: WaterService
+    service: WaterUse
     card: str
     account: str
     started: str

@@ -1,6 +1,6 @@
 """The building's devices, made from the config: one bus owner per bus.
 
-The rest of the daemon sees only the protocols of `drivers.devices`.
+The rest of the daemon sees only the protocols of `drivers.protocols`.
 Health changes of every device arrive at one sink, named by device
 (`meter:301`, `breaker:301`, `valve:shower-1`, `flow:shower-1`).
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from drivers.devices import Counter, Meter, Switch, SwitchBank
 from drivers.modbus.bus import ModbusBus
 from drivers.modbus.devices import ModbusSwitch
 from drivers.modbus.health import HealthSink
+from drivers.protocols import Counter, Meter, Switch, SwitchBank
 from gatewayd.config.load import Bus, Config, DeviceRef
 
 

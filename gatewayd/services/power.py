@@ -12,7 +12,7 @@ Contract:
   the protective part still happens (a cut is carried out and its event kept
   for the next commit, `_carry_out`), and a room that keeps failing raises
   `room_failing` until it works again.
-- A value no meter can report is no reading (`drivers.devices.screened`):
+- A value no meter can report is no reading (`drivers.protocols.screened`):
   nothing is charged for it and it counts against the meter's health.
 - At start every breaker is read, within START_IO_S in all; the gateway acts
   only where the rules say the state is wrong (see `PowerService.start`). A
@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import Meter, MeterReading, Switch, SwitchBank, screened
 from drivers.errors import DeviceError, SwitchMismatch
+from drivers.protocols import Meter, MeterReading, Switch, SwitchBank, screened
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, PowerRules, Room
 from gatewayd.errors import StoreError

@@ -44,8 +44,8 @@ from typing import Any
 
 import structlog
 
-from drivers.devices import CardReader, Counter, Switch, Tap
 from drivers.errors import DeviceError
+from drivers.protocols import CardReader, CardTap, Counter, Switch
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, Point
 from gatewayd.errors import StoreError
@@ -385,7 +385,7 @@ class WaterService:
 
         await reader.run(self.on_tap, status)
 
-    async def on_tap(self, tap: Tap) -> None:
+    async def on_tap(self, tap: CardTap) -> None:
         """A card at a reader: start, stop or refuse, with one `tap` event."""
         self.taps += 1
         if not self.accepting:
@@ -418,7 +418,7 @@ class WaterService:
             busy=pt.session is not None, fault=pt.faulty,
         )
 
-    async def _open(self, pt: PointRuntime, tap: Tap) -> None:
+    async def _open(self, pt: PointRuntime, tap: CardTap) -> None:
         now_wall = self.clock.wall()
         today = self.clock.local(now_wall).date()
         offline = not self.center_online()
@@ -459,7 +459,7 @@ class WaterService:
                  offline=offline, latency_ms=round((time.monotonic() - tap.mono) * 1000, 1))
         pt.wake.set()  # take the counter's baseline now
 
-    async def _tap_event(self, tap: Tap, point: str | None, *, granted: bool, reason: str) -> None:
+    async def _tap_event(self, tap: CardTap, point: str | None, *, granted: bool, reason: str) -> None:
         if not granted:
             out = self.refusals.refuse(tap.reader, tap.uid, point, reason, self.clock.mono())
             await self._folded(out)

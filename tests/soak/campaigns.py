@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.devices import Tap
+from drivers.protocols import CardTap
 from gatewayd.config.load import Config, load_config
 from gatewayd.contract.wire import rfc3339
 from gatewayd.rules.water import Card
@@ -1005,7 +1005,7 @@ async def clock_jumps(iterations: int) -> Row:
                          f"{clock.is_synced})")
 
         async def tap() -> None:
-            await gw.water.on_tap(Tap("r0", card, time.monotonic()))
+            await gw.water.on_tap(CardTap("r0", card, time.monotonic()))
 
         try:
             await gw.start()

@@ -33,8 +33,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from drivers.devices import Tap
 from drivers.errors import DeviceError
+from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
@@ -175,7 +175,7 @@ async def late_rtu(iterations: int) -> Row:
                         # Every idle point tapped open, at once (students do not queue).
                         idle = [j for j in range(points)
                                 if service.points[f"shower-{j}"].session is None]
-                        await asyncio.gather(*(service.on_tap(Tap(f"r{j}", _card(j),
+                        await asyncio.gather(*(service.on_tap(CardTap(f"r{j}", _card(j),
                                                                   time.monotonic()))
                                                for j in idle))
                         opened += sum(service.points[f"shower-{j}"].session is not None
@@ -183,7 +183,7 @@ async def late_rtu(iterations: int) -> Row:
                         await asyncio.sleep(rng.uniform(1.0, 2.0))
                         running = [j for j in range(points)
                                    if service.points[f"shower-{j}"].session is not None]
-                        await asyncio.gather(*(service.on_tap(Tap(f"r{j}", _card(j),
+                        await asyncio.gather(*(service.on_tap(CardTap(f"r{j}", _card(j),
                                                                   time.monotonic()))
                                                for j in running))
                 finally:

@@ -131,7 +131,7 @@ class Counter(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Tap:
+class CardTap:
     """A card seen by a reader. `uid` is upper-case hex without separators."""
 
     reader: str
@@ -139,7 +139,7 @@ class Tap:
     mono: float
 
 
-TapSink = Callable[[Tap], Awaitable[None] | None]
+TapSink = Callable[[CardTap], Awaitable[None] | None]
 # Called with (online, detail) when a reader or device goes away or comes back.
 StatusSink = Callable[[bool, str], None]
 
