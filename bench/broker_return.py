@@ -39,13 +39,15 @@ import structlog  # noqa: E402
 from gatewayd.center import link as center_mod  # noqa: E402
 from gatewayd.center.link import CenterLink, reconnect_backoff  # noqa: E402
 from gatewayd.config.load import load_config  # noqa: E402
+from gatewayd.contract import wire  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
 from gatewayd.services.component import Heartbeat  # noqa: E402
 from gatewayd.store.db import Store  # noqa: E402
 from tests.mqtt_fixtures import Broker, collecting, mosquitto  # noqa: E402
 from tests.test_command_flood import SilentProxy  # noqa: E402
 
-TAP = {"reader": "r1", "card": "04A1B2C3", "point": None, "granted": False, "reason": "unknown"}
+TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=wire.TapReason.UNKNOWN_CARD)
 TS = "2026-11-25T10:00:00.000+08:00"
 
 
@@ -98,7 +100,7 @@ async def outage_trial(workdir: Path, broker: Broker, outage_s: float) -> tuple[
         await asyncio.to_thread(broker.stop)
         while link.connected:
             await asyncio.sleep(0.01)
-        await store.run(lambda txn: txn.event("tap", TAP, ts=TS))
+        await store.run(lambda txn: txn.event(TAP, ts=TS))
         a0 = link.counters.attempts
         await asyncio.sleep(outage_s)
         during = link.counters.attempts - a0

@@ -37,6 +37,7 @@ import aiomqtt
 
 from gatewayd.center.link import CenterLink, TopicKind
 from gatewayd.config.load import load_config
+from gatewayd.contract import wire
 from gatewayd.contract.commands import CommandRejection, accept_command
 from gatewayd.contract.signing import generate_keypair, load_private_key, load_public_key, sign_command
 from gatewayd.contract.wire import encode_result_ok, rfc3339
@@ -46,13 +47,15 @@ from gatewayd.store import outbox
 from gatewayd.store.db import Store, Txn
 
 TS = "2026-11-25T10:05:00.000+08:00"
-SESSION = {"session": "s", "point": "shower-1", "service": "shower", "card": "04A1B2C3",
-           "account": "s2023001", "started": "2026-11-25T10:00:00.000+08:00",
-           "ended": "2026-11-25T10:05:00.000+08:00", "volume_ml": 5200, "seconds": 300,
-           "amount_fen": 16, "end_reason": "tap", "offline": True}
-TAP = {"reader": "r-shower-1", "card": "04A1B2C3", "point": "shower-1", "granted": True, "reason": "start"}
-USAGE = {"room": "301", "account": "room-b07-301", "wh": 180, "amount_fen": 10,
-         "meter_wh_from": 1834387, "meter_wh_to": 1834567, "balance_fen": 4210}
+SESSION = wire.WaterSession(
+    session="s", point="shower-1", service=wire.WaterUse.SHOWER, card="04A1B2C3",
+    account="s2023001", started="2026-11-25T10:00:00.000+08:00",
+    ended="2026-11-25T10:05:00.000+08:00", volume_ml=5200, seconds=300,
+    amount_fen=16, end_reason=wire.EndReason.TAP, offline=True)
+TAP = wire.Tap(reader="r-shower-1", card="04A1B2C3", point="shower-1", granted=True,
+               reason=wire.TapReason.START)
+USAGE = wire.PowerUsage(room="301", account="room-b07-301", wh=180, amount_fen=10,
+                        meter_wh_from=1834387, meter_wh_to=1834567, balance_fen=4210)
 
 
 def rss_mb() -> float:
@@ -117,11 +120,11 @@ def backlog(store: Store, n: int) -> float:
             for i in range(count):
                 k = i % 3
                 if k == 0:
-                    txn.event("water.session", SESSION, ts=TS)
+                    txn.event(SESSION, ts=TS)
                 elif k == 1:
-                    txn.event("tap", TAP, ts=TS)
+                    txn.event(TAP, ts=TS)
                 else:
-                    txn.event("power.usage", USAGE, ts=TS)
+                    txn.event(USAGE, ts=TS)
         return run
 
     t0 = time.perf_counter()

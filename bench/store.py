@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gatewayd.contract import wire
 from gatewayd.store.db import Store, Txn
 
 
@@ -32,12 +33,13 @@ def debit(account: str, fen: int) -> Callable[[Txn], int]:
             (account, 10_000 - fen, fen),
         )
         bal = txn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()[0]
+        assert bal >= 0
         return txn.event(
-            "water.session",
-            {"session": "s", "point": "shower-1", "service": "shower", "card": "04A1B2C3",
-             "account": account, "started": "2026-11-25T10:00:00.000+08:00",
-             "ended": "2026-11-25T10:05:00.000+08:00", "volume_ml": 5200, "seconds": 300,
-             "amount_fen": fen, "end_reason": "tap", "offline": False, "balance_fen": bal},
+            wire.WaterSession(
+                session="s", point="shower-1", service=wire.WaterUse.SHOWER, card="04A1B2C3",
+                account=account, started="2026-11-25T10:00:00.000+08:00",
+                ended="2026-11-25T10:05:00.000+08:00", volume_ml=5200, seconds=300,
+                amount_fen=fen, end_reason=wire.EndReason.TAP, offline=False),
             ts="2026-11-25T10:05:00.000+08:00",
         ).seq
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gatewayd.app import logs
+from gatewayd.contract import wire
 from gatewayd.store.db import Store, Txn
 
 
@@ -32,12 +33,12 @@ def debit(account: str, fen: int) -> Callable[[Txn], int]:
             "INSERT INTO accounts (account, balance_fen, known, updated) VALUES (?, ?, 1, 0) "
             "ON CONFLICT (account) DO UPDATE SET balance_fen = balance_fen - ?",
             (account, 10_000 - fen, fen))
-        return txn.event("water.session", {
-            "session": "s", "point": "shower-1", "service": "shower", "card": "04A1B2C3",
-            "account": account, "started": "2026-11-25T10:00:00.000+08:00",
-            "ended": "2026-11-25T10:05:00.000+08:00", "volume_ml": 5200, "seconds": 300,
-            "amount_fen": fen, "end_reason": "tap", "offline": False, "balance_fen": 0,
-        }, ts="2026-11-25T10:05:00.000+08:00").seq
+        return txn.event(wire.WaterSession(
+            session="s", point="shower-1", service=wire.WaterUse.SHOWER, card="04A1B2C3",
+            account=account, started="2026-11-25T10:00:00.000+08:00",
+            ended="2026-11-25T10:05:00.000+08:00", volume_ml=5200, seconds=300,
+            amount_fen=fen, end_reason=wire.EndReason.TAP, offline=False,
+        ), ts="2026-11-25T10:05:00.000+08:00").seq
     return job
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gatewayd.contract.wire import AlarmCode
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.store.db import Store
@@ -23,14 +24,14 @@ async def test_a_restart_clears_what_it_no_longer_sees_and_repeats_nothing(tmp_p
         before = Alarms(store, clock)
         await before.load()
         for device in ("meter:101", "meter:102", "meter:103"):
-            await before.report("meter_offline", device, "no answer", True)
+            await before.report(AlarmCode.METER_OFFLINE, device, "no answer", True)
         # The daemon stops here (or is killed); a new one starts on the same store.
         after = Alarms(store, clock)
         await after.load()
         assert set(after.recorded) == {("meter_offline", f"meter:{r}") for r in (101, 102, 103)}
-        await after.report("meter_offline", "meter:101", "no answer", True)  # still dead
-        await after.report("meter_offline", "meter:102", "", False)          # answered again
-        assert after.is_active("meter_offline", "meter:101")
+        await after.report(AlarmCode.METER_OFFLINE, "meter:101", "no answer", True)  # still dead
+        await after.report(AlarmCode.METER_OFFLINE, "meter:102", "", False)          # answered again
+        assert after.is_active(AlarmCode.METER_OFFLINE, "meter:101")
         await after.settle()  # 103 was never seen again: well, or gone from the config
         assert alarm_events(store) == [
             ("meter_offline", "meter:101", True), ("meter_offline", "meter:102", True),

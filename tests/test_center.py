@@ -24,6 +24,7 @@ import pytest
 from gatewayd import __version__
 from gatewayd.center.link import CenterLink, LinkState, TopicKind
 from gatewayd.config.load import Config, load_config
+from gatewayd.contract import wire
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
@@ -55,9 +56,10 @@ def tls_broker(tmp_path: Path) -> Iterator[Broker]:
 
 ROOT = "ecard/v1/b07"
 TS = "2026-11-25T10:00:00.000+08:00"
-TAP = {"reader": "r1", "card": "04A1B2C3", "point": None, "granted": False, "reason": "unknown"}
-USAGE = {"room": "301", "account": "a", "wh": 10, "amount_fen": 1, "meter_wh_from": 0,
-         "meter_wh_to": 10, "balance_fen": 100}
+TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=wire.TapReason.UNKNOWN_CARD)
+USAGE = wire.PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
+                        meter_wh_to=10, balance_fen=100)
 STATUS_FIELDS = {"clock_synced": True, "cards_version": 3, "accounts_unknown": 0, "rooms": 2,
                  "points": 1, "readers": 1, "faults": {"meters": 0, "readers": 0, "valves": 0}}
 
@@ -112,7 +114,7 @@ class Gateway:
 
     async def add(self, kinds: str) -> list[int]:
         def job(txn: Txn) -> list[int]:
-            return [txn.event("tap" if k == "t" else "power.usage", TAP if k == "t" else USAGE, ts=TS).seq
+            return [txn.event(TAP if k == "t" else USAGE, ts=TS).seq
                     for k in kinds]
         return await self.store.run(job)
 

@@ -21,14 +21,16 @@ from hypothesis import strategies as st
 
 from gatewayd.center.apply import CommandService
 from gatewayd.config.load import Config, load_config
+from gatewayd.contract import wire
 from gatewayd.contract.signing import sign_command
+from gatewayd.contract.wire import AlarmCode
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.power import PowerService, breaker_device, meter_device
 from gatewayd.services.water import WaterService, valve_device
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store
+from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
 from sim.modbus import SimBuilding
 
@@ -181,11 +183,11 @@ async def test_sync_subtracts_debits_the_center_has_not_seen(gw: Gateway) -> Non
     acct = "room-b07-102"
     await gw.send("account.credit", {"account": acct, "amount_fen": 10_000})
     # Two debits reported after seq 1 (the credit), and 7 fen accrued, unreported.
-    def debits(txn: Any) -> None:
+    def debits(txn: Txn) -> None:
         for fen in (30, 12):
             Ledger.debit(txn, acct, fen)
-            txn.event("power.usage", {"room": "102", "account": acct, "wh": 1, "amount_fen": fen,
-                                      "meter_wh_from": 0, "meter_wh_to": 1, "balance_fen": 0},
+            txn.event(wire.PowerUsage(room="102", account=acct, wh=1, amount_fen=fen,
+                                      meter_wh_from=0, meter_wh_to=1, balance_fen=0),
                       ts="2026-11-25T10:00:00.000+08:00")
         Ledger.debit(txn, acct, 7)
         txn.execute("INSERT INTO rooms (room, accrued_fen) VALUES ('102', 7) "
@@ -334,11 +336,11 @@ async def test_a_failed_cut_then_a_restore_is_tried_at_once(gw: Gateway) -> None
     alarms = gw.power.alarms
     gw.sim.endpoints[0].set_fault(RELAY, "silent")
     await gw.send("room.cut", {"room": "101", "hold": True})
-    assert alarms.is_active("breaker_mismatch", "breaker:101")
+    assert alarms.is_active(AlarmCode.BREAKER_MISMATCH, "breaker:101")
     assert gw.power.rooms["101"].breaker_on is None   # the answer was lost: unknown
     gw.sim.endpoints[0].set_fault(RELAY, None)
     await gw.send("room.restore", {"room": "101"})
-    assert not alarms.is_active("breaker_mismatch", "breaker:101")
+    assert not alarms.is_active(AlarmCode.BREAKER_MISMATCH, "breaker:101")
     assert await coil(gw, 0) is True and gw.power.rooms["101"].breaker_on is True
 
 
@@ -351,5 +353,5 @@ async def test_a_flipped_bit_in_a_relay_boards_answer_does_nothing(gw: Gateway) 
     assert rt.breaker_on is True
     await gw.power._breaker_seen(rt, False, gw.power.clock.mono())
     assert rt.breaker_on is True and rt.state.hold is False and rt.state.cut_reason is None
-    assert not gw.power.alarms.is_active("breaker_mismatch", "breaker:101")
+    assert not gw.power.alarms.is_active(AlarmCode.BREAKER_MISMATCH, "breaker:101")
     assert await coil(gw, 0) is True

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gatewayd.contract import wire
 from gatewayd.contract.wire import Priority
 from gatewayd.store import outbox
 from gatewayd.store.db import Store, Txn
@@ -17,9 +18,10 @@ from gatewayd.store.outbox import ALARM_CLEAR_RATIO, OutMessage
 
 TS = "2026-11-25T10:00:00.000+08:00"
 DAY = 86400.0
-TAP = {"reader": "r1", "card": "04A1B2C3", "point": None, "granted": False, "reason": "unknown"}
-USAGE = {"room": "301", "account": "a", "wh": 10, "amount_fen": 1, "meter_wh_from": 0,
-         "meter_wh_to": 10, "balance_fen": 100}
+TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=wire.TapReason.UNKNOWN_CARD)
+USAGE = wire.PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
+                        meter_wh_to=10, balance_fen=100)
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def add(store: Store, kinds: str, *, wall: float | None = None) -> list[int]:
     """Add events: 't' a tap (class 2), 'm' a power.usage (class 1). Return their seqs."""
     def job(txn: Txn) -> list[int]:
-        return [txn.event("tap" if k == "t" else "power.usage", TAP if k == "t" else USAGE,
+        return [txn.event(TAP if k == "t" else USAGE,
                           ts=TS, wall=wall).seq for k in kinds]
     return store.call(job)
 

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.config.load import load_config
-from gatewayd.contract.wire import decode_event
+from gatewayd.contract.wire import AlarmCode, decode_event
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
@@ -584,7 +584,7 @@ async def test_a_commit_that_fails_with_any_error_still_cuts_and_raises_room_fai
             sim.set_load(0, 3000)
             await coil_becomes(sim, 0, False)
             assert rt.state.cut_reason == "overload"
-            await until(lambda: alarms.is_active("room_failing", "room:101"))
+            await until(lambda: alarms.is_active(AlarmCode.ROOM_FAILING, "room:101"))
             assert power.describe(rt)["failing"] is True
             raised = [e for e in events(tmp_path, "alarm") if e["code"] == "room_failing"]
             assert [(e["device"], e["active"]) for e in raised] == [("room:101", True)]
@@ -595,7 +595,7 @@ async def test_a_commit_that_fails_with_any_error_still_cuts_and_raises_room_fai
             broken = False
             cut = await until(lambda: events(tmp_path, "breaker.cut"))
             assert [(e["room"], e["reason"]) for e in cut] == [("101", "overload")]
-            await until(lambda: not alarms.is_active("room_failing", "room:101"))
+            await until(lambda: not alarms.is_active(AlarmCode.ROOM_FAILING, "room:101"))
             cleared = [e for e in events(tmp_path, "alarm") if e["code"] == "room_failing"]
             assert [e["active"] for e in cleared] == [True, False]
             assert await coil(sim, 0) is False

@@ -11,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.config.load import POWER_DEFAULTS, PowerRules
+from gatewayd.contract.wire import CutReason, RestoreReason
 from gatewayd.rules import pricing
 from gatewayd.rules.power import (
-    Alarm,
-    BalanceLow,
+    BalanceFell,
     Charge,
     Context,
     Cut,
+    MeterAlarm,
     Reading,
     Report,
     Restore,
@@ -83,7 +84,7 @@ def test_report_by_interval() -> None:
 def test_cut_at_zero_reports_usage_and_restores_on_credit() -> None:
     s = step(RoomState(), ctx(0, balance=3), reading(0, 0)).state
     out = step(s, ctx(3600, balance=3), reading(3600, 100, 100))  # 5.6 fen > 3
-    assert Cut("balance", 100) in out.decisions
+    assert Cut(CutReason.BALANCE, 100) in out.decisions
     assert [d for d in out.decisions if isinstance(d, Report)] == [Report(100, 5, 0, 100)]
     assert kinds(out.decisions).index("Report") < kinds(out.decisions).index("Cut")
     s = out.state
@@ -91,26 +92,26 @@ def test_cut_at_zero_reports_usage_and_restores_on_credit() -> None:
     # Still at or below zero: stays cut, no new event.
     assert step(s, ctx(3601, balance=-2)).decisions == []
     out = step(s, ctx(3602, balance=498))
-    assert out.decisions == [Restore("balance")]
+    assert out.decisions == [Restore(RestoreReason.BALANCE)]
 
 
 def test_unknown_account_is_charged_but_never_cut_for_balance() -> None:
     s = step(RoomState(), ctx(0, balance=0, known=False), reading(0, 0)).state
     out = step(s, ctx(3600, balance=0, known=False), reading(3600, 100))
     assert Charge(100, 5) in out.decisions
-    assert not any(isinstance(d, Cut | BalanceLow) for d in out.decisions)
+    assert not any(isinstance(d, Cut | BalanceFell) for d in out.decisions)
 
 
 def test_balance_low_once_per_crossing() -> None:
     s = step(RoomState(), ctx(0, balance=600), reading(0, 0)).state
     out = step(s, ctx(3600, balance=600), reading(3600, 2000, 500))  # 112 fen -> 488
-    assert BalanceLow(488) in out.decisions
+    assert BalanceFell(488) in out.decisions
     out = step(out.state, ctx(3700, balance=488), reading(3700, 2010, 500))
-    assert not any(isinstance(d, BalanceLow) for d in out.decisions)
+    assert not any(isinstance(d, BalanceFell) for d in out.decisions)
     s = step(out.state, ctx(3800, balance=5000)).state  # topped up
     assert not s.low_sent
     out = step(s, ctx(3900, balance=400))
-    assert BalanceLow(400) in out.decisions
+    assert BalanceFell(400) in out.decisions
 
 
 def test_overload_timer_trip_reclose_and_lockout() -> None:
@@ -127,19 +128,19 @@ def test_overload_timer_trip_reclose_and_lockout() -> None:
     out = step(s, c(5.9), reading(5.9, 3, 1500))
     assert not any(isinstance(d, Cut) for d in out.decisions)
     out = step(out.state, c(6), reading(6, 4, 1500))
-    assert Cut("overload", 1500) in out.decisions
+    assert Cut(CutReason.OVERLOAD, 1500) in out.decisions
     s = out.state
     assert step(s, c(65), reading(65, 4, 0)).decisions == []
     out = step(s, c(66), reading(66, 4, 0))
-    assert out.decisions == [Restore("reclose")]
+    assert out.decisions == [Restore(RestoreReason.RECLOSE)]
     # Second trip within the window: lockout.
     s = step(out.state, c(70), reading(70, 4, 1500)).state
     out = step(s, c(73), reading(73, 5, 1500))
-    assert Cut("lockout", 1500) in out.decisions
+    assert Cut(CutReason.LOCKOUT, 1500) in out.decisions
     s = out.state
     assert step(s, c(73 + 1799), reading(1872, 5, 0)).decisions == []
     out = step(s, c(73 + 1800), reading(1873, 5, 0))
-    assert out.decisions == [Restore("lockout_end")]
+    assert out.decisions == [Restore(RestoreReason.LOCKOUT_END)]
 
 
 def test_negative_power_is_a_load_too() -> None:
@@ -147,10 +148,10 @@ def test_negative_power_is_a_load_too() -> None:
     rules = replace(POWER_DEFAULTS, max_power_w=1000, trip_after_s=3)
     s = step(RoomState(), ctx(0, rules=rules), reading(0, 0, -1500)).state
     out = step(s, ctx(3, rules=rules), reading(3, 1, -1500))
-    assert Cut("overload", -1500) in out.decisions
+    assert Cut(CutReason.OVERLOAD, -1500) in out.decisions
     s = step(RoomState(), ctx(0, rules=rules), reading(0, 0, -100, pf=0.99)).state
     out = step(s, ctx(1, rules=rules), reading(1, 0, -900, pf=0.99))
-    assert Cut("resistive", -900) in out.decisions
+    assert Cut(CutReason.RESISTIVE, -900) in out.decisions
 
 
 def test_trips_exactly_a_window_apart_lock_out() -> None:
@@ -164,13 +165,14 @@ def test_trips_exactly_a_window_apart_lock_out() -> None:
         out = step(s, ctx(first + 3, rules=rules), reading(first + 3, 0, 1500))
         cuts += [d for d in out.decisions if isinstance(d, Cut)]
         s = step(out.state, ctx(first + 200, rules=rules), reading(first + 200, 0, 0)).state
-    assert cuts == [Cut("overload", 1500), Cut("overload", 1500), Cut("lockout", 1500)]
+    assert cuts == [Cut(CutReason.OVERLOAD, 1500), Cut(CutReason.OVERLOAD, 1500),
+                    Cut(CutReason.LOCKOUT, 1500)]
 
 
 def test_resistive_step_with_high_pf_trips_only_when_enabled() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0, 100, 0.95)).state
     kettle = reading(1, 0, 1100, 0.99)
-    assert Cut("resistive", 1100) in step(s, ctx(1), kettle).decisions
+    assert Cut(CutReason.RESISTIVE, 1100) in step(s, ctx(1), kettle).decisions
     assert not step(s, ctx(1, resistive=False), kettle).decisions
     # A motor (low pf) stepping up is not a resistive load.
     assert not step(s, ctx(1), reading(1, 0, 1100, 0.6)).decisions
@@ -179,34 +181,34 @@ def test_resistive_step_with_high_pf_trips_only_when_enabled() -> None:
 def test_curfew_cuts_and_ends() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0)).state
     out = step(s, ctx(1, curfew=True))
-    assert out.decisions == [Cut("curfew", 100)]
+    assert out.decisions == [Cut(CutReason.CURFEW, 100)]
     out = step(out.state, ctx(2, curfew=False))
-    assert out.decisions == [Restore("curfew_end")]
+    assert out.decisions == [Restore(RestoreReason.CURFEW_END)]
 
 
 def test_curfew_end_with_empty_balance_stays_cut() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0)).state
     s = step(s, ctx(1, curfew=True)).state
     out = step(s, ctx(2, balance=0, curfew=False))
-    assert out.decisions == [BalanceLow(0)] and out.state.cut_reason == "balance"
-    assert step(out.state, ctx(3, balance=100)).decisions == [Restore("balance")]
+    assert out.decisions == [BalanceFell(0)] and out.state.cut_reason == "balance"
+    assert step(out.state, ctx(3, balance=100)).decisions == [Restore(RestoreReason.BALANCE)]
 
 
 def test_remote_hold_and_restore() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0)).state
     out = remote_cut(s, ctx(1), hold=True)
-    assert out.decisions == [Cut("remote", 100)]
+    assert out.decisions == [Cut(CutReason.REMOTE, 100)]
     s = out.state
     assert step(s, ctx(10_000)).decisions == []  # no automatic restore
     out = remote_restore(s, ctx(10_001))
-    assert out.decisions == [Restore("remote")]
+    assert out.decisions == [Restore(RestoreReason.REMOTE)]
 
 
 def test_remote_cut_without_hold_recloses() -> None:
     s = step(RoomState(), ctx(0), reading(0, 0)).state
     s = remote_cut(s, ctx(1), hold=False).state
     assert s.cut_reason == "remote"
-    assert step(s, ctx(61)).decisions == [Restore("reclose")]
+    assert step(s, ctx(61)).decisions == [Restore(RestoreReason.RECLOSE)]
 
 
 def test_remote_restore_does_not_override_balance() -> None:
@@ -221,15 +223,15 @@ def test_meter_reset_and_jump_start_new_chain_uncharged() -> None:
     s = step(RoomState(), ctx(0, rules=rules), reading(0, 10_000)).state
     s = step(s, ctx(3600, rules=rules), reading(3600, 10_500, 500)).state
     out = step(s, ctx(3601, rules=rules), reading(3601, 20))
-    assert [kinds(out.decisions)] == [["Report", "Alarm"]]
+    assert [kinds(out.decisions)] == [["Report", "MeterAlarm"]]
     assert out.decisions[0] == Report(500, 28, 10_000, 10_500)
     alarm = out.decisions[1]
-    assert isinstance(alarm, Alarm) and alarm.code == "meter_reset"
+    assert isinstance(alarm, MeterAlarm) and alarm.code == "meter_reset"
     assert out.state.baseline_wh == 20 and out.state.chain_from_wh == 20
     # 2 kW max for 60 s is 33 Wh: 500 Wh is a jump, not charged.
     out = step(out.state, ctx(3661, rules=rules), reading(3661, 520))
     (alarm,) = out.decisions
-    assert isinstance(alarm, Alarm) and alarm.code == "meter_jump" and alarm.detail == 500
+    assert isinstance(alarm, MeterAlarm) and alarm.code == "meter_jump" and alarm.detail == 500
     assert "500 Wh uncharged" in alarm.note
     assert out.state.baseline_wh == 520 and out.state.accrued_fen == 0
 
@@ -241,11 +243,11 @@ def test_a_coarse_register_step_is_charged_not_taken_for_a_jump() -> None:
     s = step(RoomState(), ctx(0), reading(0, 20_000_000)).state
     coarse = Reading(energy_wh=20_000_002, power_w=700.0, pf=0.9, at=1.0, step_wh=1.953125)
     out = step(s, ctx(1), coarse)
-    assert [d for d in out.decisions if isinstance(d, Alarm)] == []
+    assert [d for d in out.decisions if isinstance(d, MeterAlarm)] == []
     assert out.state.baseline_wh == 20_000_002 and out.state.accrued_wh == 2
     # The same rise from a register with a fine step is a jump (behaviour.md).
     fine = step(s, ctx(1), reading(1, 20_000_002)).decisions
-    assert [d.code for d in fine if isinstance(d, Alarm)] == ["meter_jump"]
+    assert [d.code for d in fine if isinstance(d, MeterAlarm)] == ["meter_jump"]
 
 
 def test_a_reading_without_energy_charges_nothing_but_still_trips() -> None:
@@ -258,7 +260,7 @@ def test_a_reading_without_energy_charges_nothing_but_still_trips() -> None:
     out = step(s, ctx(1, rules=rules), no_energy[0])
     assert out.decisions == []
     out = step(out.state, ctx(4, rules=rules), no_energy[1])
-    assert out.decisions == [Cut("overload", 3000.0)]
+    assert out.decisions == [Cut(CutReason.OVERLOAD, 3000.0)]
     assert out.state.baseline_wh == 5000 and out.state.baseline_at == 0
     assert out.state.accrued_wh == 0 and out.charged_fen == 0
     # The next good reading charges what the register moved since the baseline.
@@ -274,7 +276,7 @@ def test_a_reading_without_power_is_charged_and_keeps_the_overload_timer() -> No
     assert out.decisions == [Charge(1, 0)]
     assert out.state.over_since == 0 and out.state.last_power_w == 1500
     out = step(out.state, ctx(3, rules=rules), reading(3, 5001, 1500))
-    assert Cut("overload", 1500) in out.decisions
+    assert Cut(CutReason.OVERLOAD, 1500) in out.decisions
 
 
 def test_meter_offline_cut_after_its_time_and_restored_at_the_first_good_reading() -> None:
@@ -286,7 +288,7 @@ def test_meter_offline_cut_after_its_time_and_restored_at_the_first_good_reading
     out = step(s, ctx(69.9, rules=rules, online=False))
     assert out.decisions == []
     out = step(out.state, ctx(70, rules=rules, online=False))
-    assert out.decisions == [Cut("meter_offline", None)]
+    assert out.decisions == [Cut(CutReason.METER_OFFLINE, None)]
     assert out.state.cut_reason == "meter_offline"
     # A reading without energy is not a good reading: still cut, nothing charged.
     partial = Reading(energy_wh=None, power_w=100.0, pf=1.0, at=80)
@@ -296,7 +298,7 @@ def test_meter_offline_cut_after_its_time_and_restored_at_the_first_good_reading
     out = step(out.state, ctx(85, rules=rules))
     assert out.decisions == [] and out.state.cut_reason == "meter_offline"
     out = step(out.state, ctx(90, rules=rules), reading(90, 5010, 0))
-    assert Restore("meter_online") in out.decisions
+    assert Restore(RestoreReason.METER_ONLINE) in out.decisions
     assert out.state.cut_reason is None and out.state.offline_since is None
 
 
@@ -313,7 +315,7 @@ def test_meter_offline_never_cuts_by_default_and_a_good_poll_restarts_the_timer(
     out = step(s, ctx(110, rules=rules, online=False))
     assert out.decisions == []
     assert step(out.state, ctx(111, rules=rules, online=False)).decisions == [
-        Cut("meter_offline", None)]
+        Cut(CutReason.METER_OFFLINE, None)]
 
 
 def test_meter_back_with_no_balance_stays_cut_for_balance() -> None:
@@ -321,7 +323,7 @@ def test_meter_back_with_no_balance_stays_cut_for_balance() -> None:
     s = step(RoomState(), ctx(0, rules=rules), reading(0, 5000)).state
     s = step(s, ctx(1, rules=rules, online=False)).state
     out = step(s, ctx(61, rules=rules, online=False))
-    assert out.decisions == [Cut("meter_offline", None)]
+    assert out.decisions == [Cut(CutReason.METER_OFFLINE, None)]
     out = step(out.state, ctx(70, 0, rules=rules), reading(70, 5000, 0))
     assert not any(isinstance(d, Restore) for d in out.decisions)
     assert out.state.cut_reason == "balance"
@@ -339,10 +341,10 @@ def test_meter_offline_is_checked_first_so_the_stored_reason_says_it() -> None:
     assert out.decisions == [] and out.state.cut_reason == "meter_offline"
     out = step(out.state, ctx(62, rules=rules, online=False))
     assert out.decisions == []
-    restarted = RoomState(baseline_wh=5000, cut_reason="meter_offline", meter_cut=True)
+    restarted = RoomState(baseline_wh=5000, cut_reason=CutReason.METER_OFFLINE, meter_cut=True)
     assert step(restarted, ctx(0, rules=rules)).decisions == []
     assert step(restarted, ctx(1, rules=rules), reading(1, 5000)).decisions == [
-        Restore("meter_online")]
+        Restore(RestoreReason.METER_ONLINE)]
 
 
 def test_remote_restore_ends_a_meter_offline_cut_and_its_timer_starts_again() -> None:
@@ -351,10 +353,10 @@ def test_remote_restore_ends_a_meter_offline_cut_and_its_timer_starts_again() ->
     s = step(s, ctx(1, rules=rules, online=False)).state
     s = step(s, ctx(61, rules=rules, online=False)).state
     out = remote_restore(s, ctx(100, rules=rules, online=False))
-    assert out.decisions == [Restore("remote")]
+    assert out.decisions == [Restore(RestoreReason.REMOTE)]
     s = step(out.state, ctx(101, rules=rules, online=False)).state
     assert step(s, ctx(160, rules=rules, online=False)).decisions == []
-    assert step(s, ctx(161, rules=rules, online=False)).decisions == [Cut("meter_offline", None)]
+    assert step(s, ctx(161, rules=rules, online=False)).decisions == [Cut(CutReason.METER_OFFLINE, None)]
 
 
 @settings(max_examples=300, deadline=None)

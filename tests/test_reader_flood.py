@@ -24,6 +24,7 @@ import pytest
 from drivers.cardreader.factory import open_reader
 from drivers.protocols import CardReader, StatusSink, TapSink
 from gatewayd.config.load import load_config
+from gatewayd.contract.wire import AlarmCode, TapReason
 from gatewayd.rules.reader_flood import RefusalFolder
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
@@ -42,22 +43,22 @@ from sim.serial_card import PtyPort, frame
 
 def test_past_the_limit_refusals_fold_per_reason_and_minute() -> None:
     f = RefusalFolder(3)
-    records = [f.refuse("r1", f"{i:08X}", "p1", "unknown", 10.0 + i).record for i in range(3)]
+    records = [f.refuse("r1", f"{i:08X}", "p1", TapReason.UNKNOWN_CARD, 10.0 + i).record for i in range(3)]
     assert records == [True, True, True]
-    fourth = f.refuse("r1", "0000000A", "p1", "unknown", 14.0)
+    fourth = f.refuse("r1", "0000000A", "p1", TapReason.UNKNOWN_CARD, 14.0)
     assert fourth.record is False and fourth.flood == (("r1", True),)
-    assert f.refuse("r1", "0000000B", "p1", "lost", 15.0).flood == ()  # raised once
+    assert f.refuse("r1", "0000000B", "p1", TapReason.LOST, 15.0).flood == ()  # raised once
     for i in range(5):
-        assert f.refuse("r1", f"1{i:07X}", "p1", "unknown", 20.0 + i).record is False
+        assert f.refuse("r1", f"1{i:07X}", "p1", TapReason.UNKNOWN_CARD, 20.0 + i).record is False
     # Another reader is judged on its own.
-    assert f.refuse("r2", "0000000C", "p2", "unknown", 30.0).record is True
+    assert f.refuse("r2", "0000000C", "p2", TapReason.UNKNOWN_CARD, 30.0).record is True
     assert f.roll(69.9).folds == ()
     ended = f.roll(70.0)   # r1's minute (from 10.0) is over
     assert {(x.reason, x.count, x.card) for x in ended.folds} == {
         ("unknown", 6, "10000004"), ("lost", 1, "0000000B")}
     assert ended.flood == () and f.flooded("r1")
     # The next minute follows on; under the limit, the flood ends with it.
-    assert f.refuse("r1", "0000000D", "p1", "unknown", 100.0).record is True
+    assert f.refuse("r1", "0000000D", "p1", TapReason.UNKNOWN_CARD, 100.0).record is True
     ended = f.roll(130.0)
     assert ended.folds == () and ended.flood == (("r1", False),)
     assert not f.flooded("r1")
@@ -65,8 +66,8 @@ def test_past_the_limit_refusals_fold_per_reason_and_minute() -> None:
 
 def test_a_flood_that_stops_is_cleared_a_quiet_minute_later() -> None:
     f = RefusalFolder(1)
-    f.refuse("r1", "01", None, "no_point", 0.0)
-    assert f.refuse("r1", "02", None, "no_point", 1.0).flood == (("r1", True),)
+    f.refuse("r1", "01", None, TapReason.NO_POINT, 0.0)
+    assert f.refuse("r1", "02", None, TapReason.NO_POINT, 1.0).flood == (("r1", True),)
     # Nothing for three minutes: the folds of the first, then the clearing.
     out = f.roll(200.0)
     assert [(x.count, x.point) for x in out.folds] == [(1, None)]
@@ -78,14 +79,14 @@ def test_under_the_limit_every_refusal_is_recorded() -> None:
     f = RefusalFolder(30)
     for minute in range(5):
         for i in range(30):
-            out = f.refuse("r1", f"{i:08X}", "p1", "unknown", minute * 61.0 + i)
+            out = f.refuse("r1", f"{i:08X}", "p1", TapReason.UNKNOWN_CARD, minute * 61.0 + i)
             assert out.record and out.flood == () and out.folds == ()
 
 
 def test_flush_gives_the_minutes_folds_once() -> None:
     f = RefusalFolder(1)
     for i in range(4):
-        f.refuse("r1", f"{i:02X}", "p1", "unknown", float(i))
+        f.refuse("r1", f"{i:02X}", "p1", TapReason.UNKNOWN_CARD, float(i))
     assert [x.count for x in f.flush().folds] == [3]
     assert f.flush().folds == ()
     assert f.roll(100.0).folds == ()
@@ -241,7 +242,7 @@ async def test_a_uid_cycling_emulator_is_folded_and_known_cards_still_open(
     # and another at r1 itself.
     b.ports["r1"].write(emulator(120, 0))
     await processed(120)
-    assert svc.alarms.is_active("reader_flood", "reader:r1")
+    assert svc.alarms.is_active(AlarmCode.READER_FLOOD, "reader:r1")
     b.ports["r2"].write(frame(CARD_A, "rdm6300"))
     b.ports["r1"].write(frame(CARD_B, "rdm6300"))
     await processed(122)
@@ -263,10 +264,10 @@ async def test_a_uid_cycling_emulator_is_folded_and_known_cards_still_open(
     await processed(402)
     b.clock.offset += 61
     await b.until(lambda: _folded_count(b, 2), "the second minute's folds were not recorded")
-    assert svc.alarms.is_active("reader_flood", "reader:r1")
+    assert svc.alarms.is_active(AlarmCode.READER_FLOOD, "reader:r1")
     # Minute 3: quiet. The flood ends with it.
     b.clock.offset += 61
-    await b.until(lambda: _true(not svc.alarms.is_active("reader_flood", "reader:r1")),
+    await b.until(lambda: _true(not svc.alarms.is_active(AlarmCode.READER_FLOOD, "reader:r1")),
                   "reader_flood was not cleared")
 
     taps = await b.taps()

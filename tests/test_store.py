@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from gatewayd.contract import wire
 from gatewayd.errors import StoreError, StoreLocked
 from gatewayd.store import db as store_mod
 from gatewayd.store.db import SCHEMA_VERSION, Store, Txn
@@ -38,8 +39,8 @@ def credit(account: str, fen: int) -> Callable[[Txn], int]:
         (balance,) = txn.execute(
             "SELECT balance_fen FROM accounts WHERE account = ?", (account,)
         ).fetchone()
-        ev = txn.event("account.credited", {"account": account, "amount_fen": fen,
-                                             "balance_fen": balance, "command": "c"},
+        ev = txn.event(wire.AccountCredited(account=account, amount_fen=fen,
+                                            balance_fen=balance, command="c"),
                        ts="2026-11-25T10:00:00.000+08:00")
         return ev.seq
 
@@ -81,7 +82,7 @@ async def test_failing_job_rolls_back_alone_and_keeps_no_seq(tmp_path: Path) -> 
     s = Store.open(tmp_path, "b07")
 
     def bad(txn: Txn) -> None:
-        txn.event("balance.low", {"account": "x", "balance_fen": 1}, ts="t")
+        txn.event(wire.BalanceLow(account="x", balance_fen=1), ts="t")
         raise ValueError("boom")
 
     try:
@@ -239,8 +240,8 @@ def test_kill_9_mid_stream_loses_no_committed_seq(tmp_path: Path, run: int) -> N
 
 def _alarm(code: str, device: str, active: bool, detail: str | int = "") -> Callable[[Txn], None]:
     def job(txn: Txn) -> None:
-        txn.event("alarm", {"code": code, "device": device, "detail": detail, "active": active},
-                  ts="2026-11-25T10:00:00.000+08:00")
+        txn.event(wire.Alarm(code=wire.AlarmCode(code), device=device, detail=detail,
+                             active=active), ts="2026-11-25T10:00:00.000+08:00")
     return job
 
 

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from gatewayd.contract.wire import AlarmCode, WaterUse
 from gatewayd.rules.water import (
     MAX_FLOW_ML_PER_S,
     SLACK_PULSES,
-    Alarm,
     Billing,
     Card,
+    FlowAlarm,
     Limits,
     Session,
     TapFacts,
@@ -150,7 +151,7 @@ BY_TIME = billing_for(Decimal("0.6"), "min")
 
 def session(**changes: object) -> Session:
     base = Session(
-        session="s-1", point="shower-1", card="04A1B2C3D5", account="stu-1", service="shower",
+        session="s-1", point="shower-1", card="04A1B2C3D5", account="stu-1", service=WaterUse.SHOWER,
         offline=False, started_wall=1.7e9, started_mono=T0, last_flow_mono=T0, counter_mono=T0,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -348,8 +349,8 @@ def test_a_counter_that_restarted_at_zero_is_not_charged_and_raises_meter_reset(
                 charged_fen=300)
     step = advance(s, TEN_ML, LIMITS, now=T0 + 10, count=10, balance_fen=1000)
     assert step.charge_fen == 0 and step.end is None
-    assert step.alarm == Alarm(
-        "meter_reset", "flow counter went from 5000 to 10 in 3 s: not charged, new baseline")
+    assert step.alarm == FlowAlarm(
+        AlarmCode.METER_RESET, "flow counter went from 5000 to 10 in 3 s: not charged, new baseline")
     new = step.session
     assert (new.counter_last, new.counter_mono) == (10, T0 + 10)   # the new baseline
     assert (new.pulses, new.volume_ml, new.charged_fen) == (300, 3000, 300)

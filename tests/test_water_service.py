@@ -17,6 +17,7 @@ import pytest
 
 from drivers.protocols import CardTap
 from gatewayd.config.load import load_config
+from gatewayd.contract.wire import EndReason
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
@@ -246,7 +247,7 @@ async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water)
 
     async def end() -> None:
         async with pt.lock:
-            await svc._end(pt, "tap")
+            await svc._end(pt, EndReason.TAP)
 
     await asyncio.gather(sync, end())
     (session,) = await water.events("water.session")

@@ -285,6 +285,7 @@ def test_enumerations_match_the_contract() -> None:
         "outbox_full",
         "store_failing",  # added (the contract's list "includes" these codes)
         "room_failing",   # added
+        "reader_flood",   # added
     ]
     assert [r.value for r in CutReason] == ["balance", "overload", "resistive", "curfew", "remote", "lockout",
                                             "meter_offline"]

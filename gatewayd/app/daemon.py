@@ -19,6 +19,7 @@ from gatewayd.center.apply import CommandService
 from gatewayd.center.link import CenterLink
 from gatewayd.config.load import Config, Reader
 from gatewayd.contract.signing import load_public_key
+from gatewayd.contract.wire import AlarmCode
 from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
@@ -89,11 +90,11 @@ class StoreProbe:
                     self._failing.failed(error=str(e))
                     failing = str(e)
                     if self.alarms is not None:
-                        self.alarms.raise_("store_failing", "store", failing)
+                        self.alarms.raise_(AlarmCode.STORE_FAILING, "store", failing)
                 else:
                     self._failing.ok()
             if failing is None and self.alarms is not None:
-                await self.alarms.report("store_failing", "store", "", False)
+                await self.alarms.report(AlarmCode.STORE_FAILING, "store", "", False)
             heartbeat.beat()
             await asyncio.sleep(STORE_PROBE_S)
 
@@ -109,7 +110,7 @@ class StoreProbe:
         log.error("store_file_lost", path=path, problem=problem)
         if self.alarms is not None:
             # Recorded in the open database before the copy: the copy keeps it.
-            await self.alarms.report("store_failing", "store",
+            await self.alarms.report(AlarmCode.STORE_FAILING, "store",
                                      f"{problem}; restoring it from the open database", True)
         began = time.monotonic()
         try:

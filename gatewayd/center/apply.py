@@ -57,8 +57,15 @@ from gatewayd.contract.commands import (
     check_age,
     valid_window,
 )
-from gatewayd.contract.wire import ErrorCode, as_duplicate, encode_result_error, encode_result_ok
+from gatewayd.contract.wire import (
+    AccountCredited,
+    ErrorCode,
+    as_duplicate,
+    encode_result_error,
+    encode_result_ok,
+)
 from gatewayd.errors import Refused
+from gatewayd.rules.ledger import synced_balance
 from gatewayd.rules.power import RoomState
 from gatewayd.rules.water import Card
 from gatewayd.services.clock import Clock
@@ -74,7 +81,6 @@ log = structlog.get_logger(__name__)
 # `meta` key of the newest `ts` (epoch seconds) of any command applied: the
 # floor of "now" while the clock is not synchronised.
 NEWEST_TS_KEY = "commands.newest_ts"
-DEBIT_TYPES = ("water.session", "power.usage")
 # Commands larger than this are screened in the worker process, then (if they
 # pass) parsed and verified in a worker thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -263,8 +269,8 @@ class CommandService:
 
         def job(txn: Txn) -> int:
             balance = Ledger.credit(txn, a.account, a.amount_fen)
-            txn.event("account.credited", {"account": a.account, "amount_fen": a.amount_fen,
-                                           "balance_fen": balance, "command": cmd.id},
+            txn.event(AccountCredited(account=a.account, amount_fen=a.amount_fen,
+                                      balance_fen=balance, command=cmd.id),
                       ts=stamp, wall=stamp_wall)
             self._remember(cmd, encode_result_ok(
                 cmd.id, {"account": a.account, "balance_fen": balance}))(txn)
@@ -283,29 +289,12 @@ class CommandService:
                 raise Refused(ErrorCode.CONFLICT,
                               f"through_seq {a.through_seq} is beyond this building's last "
                               f"seq {last}")
-            unseen = 0
-            for (payload,) in txn.execute(
-                "SELECT payload FROM events WHERE seq > ? AND type IN (?, ?)",
-                (a.through_seq, *DEBIT_TYPES),
-            ):
-                ev = json.loads(payload)
-                if ev.get("account") == a.account:
-                    unseen += int(ev.get("amount_fen", 0))
-            accrued = txn.execute(
-                "SELECT COALESCE(SUM(accrued_fen), 0) FROM rooms WHERE room IN "
-                "(SELECT value FROM json_each(?))", (json.dumps(self._rooms_of(a.account)),),
-            ).fetchone()[0]
-            # Open water sessions: what they have debited so far, read in this
-            # transaction (a session's row goes in the one that records its
-            # water.session event, so each charge is counted exactly once).
-            open_water = int(txn.execute(
-                "SELECT COALESCE(SUM(charged_fen), 0) FROM water_sessions WHERE account = ?",
-                (a.account,),
-            ).fetchone()[0])
-            balance = a.balance_fen - unseen - int(accrued) - open_water
+            unreported = Ledger.unreported(txn, a.account, a.through_seq,
+                                           self._rooms_of(a.account))
+            balance = synced_balance(a.balance_fen, unreported)
             Ledger.set_balance(txn, a.account, balance)
-            result = {"account": a.account, "balance_fen": balance, "unreported_fen":
-                      unseen + int(accrued) + open_water}
+            result = {"account": a.account, "balance_fen": balance,
+                      "unreported_fen": unreported.total_fen}
             self._remember(cmd, encode_result_ok(cmd.id, result))(txn)
             return result
 

@@ -24,24 +24,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Literal
 
 from gatewayd.config.load import PowerRules
+from gatewayd.contract.wire import AlarmCode, CutReason, RestoreReason
 from gatewayd.rules import pricing
 
-CutReason = Literal["balance", "overload", "resistive", "curfew", "remote", "lockout",
-                    "meter_offline"]
-RestoreReason = Literal["balance", "reclose", "lockout_end", "curfew_end", "remote",
-                        "meter_online"]
-
-RESTORE_REASON: dict[str, RestoreReason] = {
-    "balance": "balance",
-    "overload": "reclose",
-    "resistive": "reclose",
-    "remote": "reclose",  # a remote cut without hold recloses like a trip
-    "lockout": "lockout_end",
-    "curfew": "curfew_end",
-    "meter_offline": "meter_online",
+# What ends a cut, by the reason it was cut for.
+RESTORE_REASON: dict[CutReason, RestoreReason] = {
+    CutReason.BALANCE: RestoreReason.BALANCE,
+    CutReason.OVERLOAD: RestoreReason.RECLOSE,
+    CutReason.RESISTIVE: RestoreReason.RECLOSE,
+    CutReason.REMOTE: RestoreReason.RECLOSE,  # a remote cut without hold recloses like a trip
+    CutReason.LOCKOUT: RestoreReason.LOCKOUT_END,
+    CutReason.CURFEW: RestoreReason.CURFEW_END,
+    CutReason.METER_OFFLINE: RestoreReason.METER_ONLINE,
 }
 
 
@@ -121,10 +117,11 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
-class Alarm:
-    """`detail` is text for people, except meter_jump: the uncharged Wh (center-link.md)."""
+class MeterAlarm:
+    """An alarm about the room's meter; `detail` is text for people, except
+    meter_jump: the uncharged Wh (center-link.md)."""
 
-    code: str
+    code: AlarmCode
     detail: str | int
     active: bool = True
     note: str = ""  # the explanation, for the log
@@ -142,11 +139,13 @@ class Restore:
 
 
 @dataclass(frozen=True, slots=True)
-class BalanceLow:
+class BalanceFell:
+    """The balance fell under `low_balance_fen`: a `balance.low` event."""
+
     balance_fen: int
 
 
-Decision = Charge | Report | Alarm | Cut | Restore | BalanceLow
+Decision = Charge | Report | MeterAlarm | Cut | Restore | BalanceFell
 
 
 @dataclass(slots=True)
@@ -189,8 +188,8 @@ def _meter(s: RoomState, ctx: Context, energy_wh: int, r: Reading, out: Outcome)
         return 0
     delta = energy_wh - s.baseline_wh
     if delta < 0:
-        _new_chain(s, ctx, out, Alarm(
-            "meter_reset", f"energy register went back from {s.baseline_wh} to {energy_wh} Wh"),
+        _new_chain(s, ctx, out, MeterAlarm(
+            AlarmCode.METER_RESET, f"energy register went back from {s.baseline_wh} to {energy_wh} Wh"),
             energy_wh=energy_wh, at=r.at)
         return 0
     elapsed = max(r.at - (s.baseline_at if s.baseline_at is not None else r.at), 0.0)
@@ -199,8 +198,8 @@ def _meter(s: RoomState, ctx: Context, energy_wh: int, r: Reading, out: Outcome)
     # 16,384 kWh moves in ~2 Wh steps; a 0.01 kWh register in 10 Wh steps).
     plausible = 2 * limit_w(s, ctx.rules) * elapsed / 3600 + 1 + r.step_wh
     if delta > plausible:
-        _new_chain(s, ctx, out, Alarm(
-            "meter_jump", delta, note=f"{delta} Wh uncharged: energy rose from {s.baseline_wh} "
+        _new_chain(s, ctx, out, MeterAlarm(
+            AlarmCode.METER_JUMP, delta, note=f"{delta} Wh uncharged: energy rose from {s.baseline_wh} "
             f"to {energy_wh} Wh in {elapsed:.0f} s (at most {plausible:.0f} Wh plausible)"),
             energy_wh=energy_wh, at=r.at)
         return 0
@@ -217,7 +216,7 @@ def _meter(s: RoomState, ctx: Context, energy_wh: int, r: Reading, out: Outcome)
     return fen
 
 
-def _new_chain(s: RoomState, ctx: Context, out: Outcome, alarm: Alarm, *,
+def _new_chain(s: RoomState, ctx: Context, out: Outcome, alarm: MeterAlarm, *,
                energy_wh: int, at: float) -> None:
     _report_if_due(s, ctx, out, force=True)
     out.decisions.append(alarm)
@@ -255,7 +254,7 @@ def _protect(s: RoomState, ctx: Context, power_w: float, r: Reading, out: Outcom
         if s.over_since is None:
             s.over_since = r.at
         elif r.at - s.over_since >= ctx.rules.trip_after_s:
-            _trip(s, ctx, "overload")
+            _trip(s, ctx, CutReason.OVERLOAD)
             return
     else:
         s.over_since = None
@@ -266,7 +265,7 @@ def _protect(s: RoomState, ctx: Context, power_w: float, r: Reading, out: Outcom
         and abs(power_w) - abs(previous) >= ctx.rules.resistive_step_w
         and r.pf >= ctx.rules.resistive_pf
     ):
-        _trip(s, ctx, "resistive")
+        _trip(s, ctx, CutReason.RESISTIVE)
 
 
 def _watch_meter(s: RoomState, ctx: Context, r: Reading | None) -> None:
@@ -306,7 +305,7 @@ def remote_cut(state: RoomState, ctx: Context, *, hold: bool) -> Outcome:
     if hold:
         s.hold = True
     else:
-        s.trip_reason = "remote"
+        s.trip_reason = CutReason.REMOTE
         s.reclose_at = ctx.now + ctx.rules.reclose_after_s
     return _after_command(s, ctx)
 
@@ -322,7 +321,7 @@ def remote_restore(state: RoomState, ctx: Context) -> Outcome:
     s.reclose_at = None
     s.trip_reason = None
     s.trips = ()
-    return _after_command(s, ctx, restore_reason="remote")
+    return _after_command(s, ctx, restore_reason=RestoreReason.REMOTE)
 
 
 def _after_command(
@@ -336,17 +335,17 @@ def _after_command(
 def wanted_cut(s: RoomState, ctx: Context, balance: int) -> CutReason | None:
     """The first reason that keeps the room cut now, or None."""
     if s.meter_cut:
-        return "meter_offline"
+        return CutReason.METER_OFFLINE
     if s.hold:
-        return "remote"
+        return CutReason.REMOTE
     if s.lockout_until is not None and ctx.now < s.lockout_until:
-        return "lockout"
+        return CutReason.LOCKOUT
     if ctx.curfew:
-        return "curfew"
+        return CutReason.CURFEW
     if ctx.account_known and balance <= 0:
-        return "balance"
+        return CutReason.BALANCE
     if s.reclose_at is not None and ctx.now < s.reclose_at:
-        return s.trip_reason or "overload"
+        return s.trip_reason or CutReason.OVERLOAD
     return None
 
 
@@ -369,7 +368,7 @@ def _decide(
     if s.cut_reason is None and want is not None:
         _report_if_due(s, ctx, out, force=True)  # usage is reported at a cut
         # An offline meter gives no power: the cut says so rather than show a stale one.
-        out.decisions.append(Cut(want, None if want == "meter_offline" else power))
+        out.decisions.append(Cut(want, None if want is CutReason.METER_OFFLINE else power))
         s.over_since = None
     elif s.cut_reason is not None and want is None:
         out.decisions.append(Restore(restore_reason or RESTORE_REASON[s.cut_reason]))
@@ -381,7 +380,7 @@ def _low_balance(s: RoomState, ctx: Context, balance: int, out: Outcome) -> None
         return
     if balance < ctx.rules.low_balance_fen:
         if not s.low_sent:
-            out.decisions.append(BalanceLow(balance))
+            out.decisions.append(BalanceFell(balance))
             s.low_sent = True
     else:
         s.low_sent = False

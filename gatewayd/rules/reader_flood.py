@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gatewayd.contract.wire import TapReason
+
 WINDOW_S = 60.0
 
 
@@ -30,7 +32,7 @@ class Fold:
     """
 
     reader: str
-    reason: str
+    reason: TapReason
     card: str
     point: str | None
     count: int = 0
@@ -72,7 +74,7 @@ class RefusalFolder:
     def flooded(self, reader: str) -> bool:
         return reader in self._flooded
 
-    def refuse(self, reader: str, card: str, point: str | None, reason: str, now: float) -> Outcome:
+    def refuse(self, reader: str, card: str, point: str | None, reason: TapReason, now: float) -> Outcome:
         """A refused tap at `reader`, monotonic time `now`."""
         folds: list[Fold] = []
         flood: list[tuple[str, bool]] = []

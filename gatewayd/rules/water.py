@@ -23,6 +23,7 @@ from datetime import date
 from decimal import Decimal
 from fractions import Fraction
 
+from gatewayd.contract.wire import AlarmCode, EndReason, TapReason, WaterUse
 from gatewayd.rules import pricing
 
 # The most water a point can pass, far above any shower head (6 to 15 L/min)
@@ -61,22 +62,22 @@ class TapFacts:
     fault: bool = False        # the point's valve or flow meter is faulty
 
 
-def check_card(card: Card | None, today: date) -> str | None:
+def check_card(card: Card | None, today: date) -> TapReason | None:
     """Why this card opens nothing anywhere (unknown, lost, cancelled, expired), or None."""
     if card is None:
-        return "unknown"
+        return TapReason.UNKNOWN_CARD
     if card.status == "lost":
-        return "lost"
+        return TapReason.LOST
     if card.status == "cancelled":
-        return "cancelled"
+        return TapReason.CANCELLED
     if card.status != "active":
-        return "unknown"
+        return TapReason.UNKNOWN_CARD
     if card.expires is not None and today > card.expires:
-        return "expired"
+        return TapReason.EXPIRED
     return None
 
 
-def check_tap(f: TapFacts) -> str | None:
+def check_tap(f: TapFacts) -> TapReason | None:
     """The refusal reason, or None when the session may start.
 
     The card's identity comes first, so that a lost card tapped at a busy or
@@ -90,17 +91,17 @@ def check_tap(f: TapFacts) -> str | None:
     card = f.card
     assert card is not None
     if f.busy:
-        return "busy"
+        return TapReason.BUSY
     if f.fault:
-        return "fault"
+        return TapReason.FAULT
     if card.kind not in f.kinds:
-        return "kind"
+        return TapReason.KIND
     if not f.account_known:
-        return "unknown_account"
+        return TapReason.UNKNOWN_ACCOUNT
     if f.balance_fen < max(f.min_balance_fen, f.step_fen):
-        return "balance"
+        return TapReason.BALANCE
     if f.offline and f.offline_spent_fen + f.step_fen > f.offline_limit_fen:
-        return "offline_limit"
+        return TapReason.OFFLINE_LIMIT
     return None
 
 
@@ -116,7 +117,7 @@ class Session:
     point: str
     card: str
     account: str
-    service: str
+    service: WaterUse
     offline: bool
     started_wall: float
     started_mono: float
@@ -150,10 +151,10 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class Alarm:
+class FlowAlarm:
     """A one-off alarm about the point's flow meter; `detail` is text for people."""
 
-    code: str
+    code: AlarmCode
     detail: str
 
 
@@ -161,9 +162,9 @@ class Alarm:
 class Advance:
     session: Session
     charge_fen: int            # to debit now
-    end: str | None            # end_reason when the session must end now
+    end: EndReason | None      # when the session must end now
     offline_fen: int = 0       # of charge_fen, spent while the center is unreachable
-    alarm: Alarm | None = None  # to record with the charge
+    alarm: FlowAlarm | None = None  # to record with the charge
 
 
 def pulses_between(last: int, now: int, bits: int) -> int:
@@ -178,7 +179,7 @@ def max_pulses(seconds: float, ml_per_pulse: Decimal) -> int:
     return math.floor(bound) + SLACK_PULSES
 
 
-def flow_step(last: int, count: int, seconds: float, billing: Billing) -> tuple[int, Alarm | None]:
+def flow_step(last: int, count: int, seconds: float, billing: Billing) -> tuple[int, FlowAlarm | None]:
     """Pulses to charge from `last` to `count`, read `seconds` apart.
 
     A change no flow can explain (backwards, or forwards too fast) charges
@@ -189,7 +190,7 @@ def flow_step(last: int, count: int, seconds: float, billing: Billing) -> tuple[
         return delta, None
     if delta <= max_pulses(seconds, billing.ml_per_pulse):
         return delta, None
-    return 0, Alarm("meter_reset", f"flow counter went from {last} to {count} in "
+    return 0, FlowAlarm(AlarmCode.METER_RESET, f"flow counter went from {last} to {count} in "
                                    f"{max(seconds, 0.0):.0f} s: not charged, new baseline")
 
 
@@ -237,13 +238,13 @@ def advance(
     if not final:
         left = balance_fen - fen
         if left < limits.step_fen:
-            end = "balance"
+            end = EndReason.BALANCE
         elif offline and offline_spent_fen + fen + limits.step_fen > limits.offline_limit_fen:
-            end = "balance"  # the offline day limit is the card's balance here
+            end = EndReason.BALANCE  # the offline day limit is the card's balance here
         elif elapsed >= limits.max_session_s:
-            end = "max_duration"
+            end = EndReason.MAX_DURATION
         elif billing.ml_per_pulse and now - last_flow >= limits.idle_close_s:
-            end = "idle"
+            end = EndReason.IDLE
     return Advance(new, fen, end, fen if offline else 0, alarm)
 
 

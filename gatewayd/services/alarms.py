@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from gatewayd.contract.wire import Alarm, AlarmCode
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store.db import Store, Txn
@@ -31,8 +32,8 @@ log = structlog.get_logger(__name__)
 
 class Alarms:
     def __init__(self, store: Store | None = None, clock: Clock | None = None) -> None:
-        self.active: dict[tuple[str, str], str] = {}
-        self.recorded: dict[tuple[str, str], str] = {}  # raised before this start
+        self.active: dict[tuple[AlarmCode, str], str] = {}
+        self.recorded: dict[tuple[AlarmCode, str], str] = {}  # raised before this start
         self._store = store
         self._clock = clock
         self._pending: set[asyncio.Task[Any]] = set()
@@ -43,7 +44,7 @@ class Alarms:
             return
         rows = await self._store.read(lambda t: t.execute(
             "SELECT code, device, detail FROM alarms_active").fetchall())
-        self.recorded = {(code, device): detail for code, device, detail in rows}
+        self.recorded = {(AlarmCode(code), device): detail for code, device, detail in rows}
         if self.recorded:
             log.info("alarms_on_record", alarms=sorted(f"{c}:{d}" for c, d in self.recorded))
 
@@ -54,7 +55,7 @@ class Alarms:
             log.info("alarm_cleared", code=code, device=device, why="not seen since the restart")
             await self._record(code, device, "", False)
 
-    def raise_(self, code: str, device: str, detail: str) -> bool:
+    def raise_(self, code: AlarmCode, device: str, detail: str) -> bool:
         if (code, device) in self.active:
             return False
         self.active[(code, device)] = detail
@@ -64,40 +65,40 @@ class Alarms:
         log.warning("alarm_raised", code=code, device=device, detail=detail)
         return True
 
-    def clear(self, code: str, device: str) -> bool:
+    def clear(self, code: AlarmCode, device: str) -> bool:
         if (self.active.pop((code, device), None) is None
                 and self.recorded.pop((code, device), None) is None):
             return False
         log.info("alarm_cleared", code=code, device=device)
         return True
 
-    def is_active(self, code: str, device: str) -> bool:
+    def is_active(self, code: AlarmCode, device: str) -> bool:
         return (code, device) in self.active
 
     def counts(self) -> Counter[str]:
         return Counter(code for code, _ in self.active)
 
-    async def report(self, code: str, device: str, detail: str, active: bool) -> None:
+    async def report(self, code: AlarmCode, device: str, detail: str, active: bool) -> None:
         """Raise or clear; record the event when that changed anything."""
         changed = self.raise_(code, device, detail) if active else self.clear(code, device)
         if changed:
             await self._record(code, device, detail if active else "", active)
 
-    def report_soon(self, code: str, device: str, detail: str, active: bool) -> None:
+    def report_soon(self, code: AlarmCode, device: str, detail: str, active: bool) -> None:
         """`report` from synchronous code running on the event loop."""
         task = asyncio.get_running_loop().create_task(self.report(code, device, detail, active))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _record(self, code: str, device: str, detail: str, active: bool) -> None:
+    async def _record(self, code: AlarmCode, device: str, detail: str, active: bool) -> None:
         if self._store is None or self._clock is None:
             return  # a registry without a store (unit tests): nothing to record
         wall = self._clock.wall()
         stamp = self._clock.stamp(wall)
 
         def job(txn: Txn) -> None:
-            txn.event("alarm", {"code": code, "device": device, "detail": detail,
-                                "active": active}, ts=stamp, wall=wall)
+            txn.event(Alarm(code=code, device=device, detail=detail, active=active),
+                      ts=stamp, wall=wall)
 
         try:
             await self._store.run(job)

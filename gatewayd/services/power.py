@@ -37,15 +37,17 @@ from drivers.errors import DeviceError, SwitchMismatch
 from drivers.protocols import Meter, MeterReading, Switch, SwitchBank, screened
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, PowerRules, Room
+from gatewayd.contract import wire
+from gatewayd.contract.wire import AlarmCode, CutReason
 from gatewayd.errors import StoreError
 from gatewayd.rules import pricing
 from gatewayd.rules.curfew import rooms_under_curfew
 from gatewayd.rules.power import (
-    Alarm,
-    BalanceLow,
+    BalanceFell,
     Charge,
     Context,
     Cut,
+    MeterAlarm,
     Outcome,
     Reading,
     Report,
@@ -246,9 +248,9 @@ class PowerService:
                                                    rules.report_interval_s)),
                 low_sent=bool(low),
                 hold=bool(hold),
-                meter_cut=cut == "meter_offline",  # checked first: recorded whenever it holds
-                cut_reason=cut,
-                trip_reason=trip,
+                meter_cut=cut == CutReason.METER_OFFLINE,  # checked first: recorded whenever it holds
+                cut_reason=None if cut is None else CutReason(cut),
+                trip_reason=None if trip is None else CutReason(trip),
                 reclose_at=m(reclose, rules.reclose_after_s),
                 lockout_until=m(lockout, rules.lockout_s),
                 trips=tuple(now_mono - min(max(now_wall - x, 0.0), rules.lockout_window_s)
@@ -286,11 +288,11 @@ class PowerService:
             self._curfew_rooms = frozenset()
             return
         if not self.clock.synced():
-            await self.alarms.report("clock_unsynced", "clock",
+            await self.alarms.report(AlarmCode.CLOCK_UNSYNCED, "clock",
                                      "curfews skipped: clock not synchronised", True)
             self._curfew_rooms = frozenset()
             return
-        await self.alarms.report("clock_unsynced", "clock", "", False)
+        await self.alarms.report(AlarmCode.CLOCK_UNSYNCED, "clock", "", False)
         self._curfew_rooms = rooms_under_curfew(self.config.curfews, self.rooms, self.clock.local())
 
     # --- lifecycle ----------------------------------------------------------------
@@ -353,10 +355,11 @@ class PowerService:
     async def _found_off(self, rt: RoomRuntime, detail: str = (
             "breaker found off at start with no cut recorded: left off and held; "
             "room.restore switches it on")) -> None:
-        rt.state = replace(rt.state, hold=True, cut_reason="remote")
-        self.alarms.raise_("breaker_mismatch", breaker_device(rt.id), detail)
+        rt.state = replace(rt.state, hold=True, cut_reason=CutReason.REMOTE)
+        self.alarms.raise_(AlarmCode.BREAKER_MISMATCH, breaker_device(rt.id), detail)
         await self._commit(rt, Outcome(rt.state), extra_alarms=[
-            ("breaker_mismatch", breaker_device(rt.id), detail, True)])
+            wire.Alarm(code=AlarmCode.BREAKER_MISMATCH, device=breaker_device(rt.id),
+                       detail=detail, active=True)])
 
     async def run(self, heartbeat: Heartbeat) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -429,7 +432,7 @@ class PowerService:
                 detail = (f"found on while cut ({rt.state.cut_reason}): "
                           "switched by hand or the relay board reset; switched off again")
                 log.error("breaker_found_on", room=rt.id, reason=rt.state.cut_reason)
-                await self.alarms.report("breaker_mismatch", device, detail, True)
+                await self.alarms.report(AlarmCode.BREAKER_MISMATCH, device, detail, True)
                 rt.next_breaker_try = 0.0   # at once: a failed command's retry period aside
                 await self._drive_breaker(rt)
             else:
@@ -559,13 +562,13 @@ class PowerService:
         else:
             log.debug(event, room=rt.id, error=f"{type(e).__name__}: {e}", attempt=rt.failures)
         if rt.failures >= ROOM_FAILING_AFTER and not isinstance(e, StoreError):
-            await self.alarms.report("room_failing", room_device(rt.id),
+            await self.alarms.report(AlarmCode.ROOM_FAILING, room_device(rt.id),
                                      f"{type(e).__name__}: {e}"[:200], True)
 
     async def _room_works(self, rt: RoomRuntime) -> None:
         log.info("room_evaluation_recovered", room=rt.id, after_failures=rt.failures)
         rt.failures = 0
-        await self.alarms.report("room_failing", room_device(rt.id), "", False)
+        await self.alarms.report(AlarmCode.ROOM_FAILING, room_device(rt.id), "", False)
 
     async def _carry_out(self, rt: RoomRuntime, out: Outcome, *, startup: bool = False,
                          also: Callable[[Txn, RoomState], None] | None = None) -> None:
@@ -616,7 +619,7 @@ class PowerService:
                                offline_since=new.offline_since)
 
     async def _commit(self, rt: RoomRuntime, out: Outcome,
-                      extra_alarms: list[tuple[str, str, str, bool]] | None = None,
+                      extra_alarms: list[wire.Alarm] | None = None,
                       also: Callable[[Txn, RoomState], None] | None = None) -> None:
         """Record the outcome's charge, events and room state in one transaction
         (with `also`, e.g. a command's result, in the same one)."""
@@ -636,8 +639,8 @@ class PowerService:
 
         def job(txn: Txn) -> tuple[int, bool]:
             for cut, cut_stamp, cut_wall in unrecorded:  # carried out while the disk was full
-                txn.event("breaker.cut", {"room": room, "reason": cut.reason,
-                                          "power_w": cut.power_w}, ts=cut_stamp, wall=cut_wall)
+                txn.event(wire.BreakerCut(room=room, reason=cut.reason, power_w=cut.power_w),
+                          ts=cut_stamp, wall=cut_wall)
             charged = sum(d.fen for d in out.decisions if isinstance(d, Charge))
             if charged or any(isinstance(d, Report) for d in out.decisions):
                 balance, known = Ledger.debit(txn, account, charged)
@@ -646,27 +649,26 @@ class PowerService:
                 balance, known = current if current is not None else (0, False)
             for d in out.decisions:
                 if isinstance(d, Report):
-                    txn.event("power.usage", {
-                        "room": room, "account": account, "wh": d.wh, "amount_fen": d.fen,
-                        "meter_wh_from": d.meter_wh_from, "meter_wh_to": d.meter_wh_to,
-                        "balance_fen": balance}, ts=stamp, wall=now_wall)
+                    txn.event(wire.PowerUsage(
+                        room=room, account=account, wh=d.wh, amount_fen=d.fen,
+                        meter_wh_from=d.meter_wh_from, meter_wh_to=d.meter_wh_to,
+                        balance_fen=balance), ts=stamp, wall=now_wall)
                 elif isinstance(d, Cut):
-                    txn.event("breaker.cut", {"room": room, "reason": d.reason,
-                                              "power_w": d.power_w}, ts=stamp, wall=now_wall)
+                    txn.event(wire.BreakerCut(room=room, reason=d.reason, power_w=d.power_w),
+                              ts=stamp, wall=now_wall)
                 elif isinstance(d, Restore):
-                    txn.event("breaker.restored", {"room": room, "reason": d.reason},
+                    txn.event(wire.BreakerRestored(room=room, reason=d.reason),
                               ts=stamp, wall=now_wall)
-                elif isinstance(d, BalanceLow):
-                    txn.event("balance.low", {"account": account, "balance_fen": balance},
+                elif isinstance(d, BalanceFell):
+                    txn.event(wire.BalanceLow(account=account, balance_fen=balance),
                               ts=stamp, wall=now_wall)
-                elif isinstance(d, Alarm):
-                    txn.event("alarm", {"code": d.code, "device": meter_device(room),
-                                        "detail": d.detail, "active": d.active},
+                elif isinstance(d, MeterAlarm):
+                    txn.event(wire.Alarm(code=d.code, device=meter_device(room),
+                                         detail=d.detail, active=d.active),
                               ts=stamp, wall=now_wall)
                     log.warning(d.code, room=room, detail=d.note or d.detail)
-            for code, device, detail, active in extra_alarms or ():
-                txn.event("alarm", {"code": code, "device": device, "detail": detail,
-                                    "active": active}, ts=stamp, wall=now_wall)
+            for alarm in extra_alarms or ():
+                txn.event(alarm, ts=stamp, wall=now_wall)
             self._save(txn, rt, row)
             if switching:
                 txn.execute("UPDATE rooms SET switch_pending = 1 WHERE room = ?", (room,))
@@ -717,7 +719,7 @@ class PowerService:
             if rt.retry_want is not None:
                 # A failed command is moot: the breaker is where the rules now want it.
                 rt.retry_want = None
-                await self.alarms.report("breaker_mismatch", breaker_device(rt.id), "", False)
+                await self.alarms.report(AlarmCode.BREAKER_MISMATCH, breaker_device(rt.id), "", False)
             return
         device = breaker_device(rt.id)
         rt.breaker_at = self.clock.mono()
@@ -729,7 +731,7 @@ class PowerService:
             rt.breaker_on = e.actual if isinstance(e, SwitchMismatch) else None
             detail = f"commanded {'on' if want_on else 'off'}: {e.message}"
             rt.breaker_log.failed(error=e.message)
-            await self.alarms.report("breaker_mismatch", device, detail, True)
+            await self.alarms.report(AlarmCode.BREAKER_MISMATCH, device, detail, True)
             return
         rt.breaker_backoff.reset()
         rt.breaker_log.ok()
@@ -737,7 +739,7 @@ class PowerService:
         rt.retry_want = None
         if following and rt.switch_pending:
             await self._switch_done(rt)
-        await self.alarms.report("breaker_mismatch", device, "", False)
+        await self.alarms.report(AlarmCode.BREAKER_MISMATCH, device, "", False)
 
     async def _switch_done(self, rt: RoomRuntime) -> None:
         """The breaker follows the recorded decision: nothing left to finish."""
@@ -748,7 +750,7 @@ class PowerService:
     def meter_health_changed(self, device: str, online: bool, detail: str) -> None:
         """Bus health callback (sync, on the loop): meter_offline raised or cleared."""
         if device.startswith("meter:") and device.removeprefix("meter:") in self.rooms:
-            self.alarms.report_soon("meter_offline", device, detail, not online)
+            self.alarms.report_soon(AlarmCode.METER_OFFLINE, device, detail, not online)
 
     # --- commands (center link) ----------------------------------------------------
 
@@ -802,7 +804,7 @@ class PowerService:
             "max_power_w": limit_w(s, rt.cfg.rules),
             "online": self.meter_online(rt),
             # Its readings keep failing to be handled (room_failing): not healthy.
-            "failing": self.alarms.is_active("room_failing", room_device(rt.id)),
+            "failing": self.alarms.is_active(AlarmCode.ROOM_FAILING, room_device(rt.id)),
             "power_w": None if last is None else last.power_w,
             "energy_wh": None if last is None else last.energy_wh,
             "voltage_v": None if last is None else last.voltage_v,
@@ -812,4 +814,4 @@ class PowerService:
         }
 
     def meter_online(self, rt: RoomRuntime) -> bool:
-        return not self.alarms.is_active("meter_offline", meter_device(rt.id)) and rt.last is not None
+        return not self.alarms.is_active(AlarmCode.METER_OFFLINE, meter_device(rt.id)) and rt.last is not None

@@ -48,13 +48,15 @@ from drivers.errors import DeviceError
 from drivers.protocols import CardReader, CardTap, Counter, Switch
 from drivers.retry import Backoff, FailureLog
 from gatewayd.config.load import Config, Point
+from gatewayd.contract import wire
+from gatewayd.contract.wire import AlarmCode, EndReason, TapReason, WaterUse
 from gatewayd.errors import StoreError
 from gatewayd.rules import pricing
 from gatewayd.rules.reader_flood import Outcome, RefusalFolder
 from gatewayd.rules.water import (
     Advance,
-    Alarm,
     Billing,
+    FlowAlarm,
     Limits,
     Session,
     TapFacts,
@@ -258,7 +260,7 @@ class WaterService:
                 await self._valve_failed(pt, f"not confirmed closed within {START_IO_S:g} s "
                                              "of start")
             if pt.session is not None:
-                await self._finish(pt, "restart", counts.get(pt.id))
+                await self._finish(pt, EndReason.RESTART, counts.get(pt.id))
         self.accepting = True
         log.info("water_started", points=len(self.points), readers=len(self.readers),
                  recovered=len(rows))
@@ -275,7 +277,7 @@ class WaterService:
         # bounds the flow the counter may show now.
         since_reading = max(now_wall - started - charged_s, 0.0) + RECOVERY_READ_MARGIN_S
         return Session(
-            session=sid, point=point, card=card, account=account, service=service,
+            session=sid, point=point, card=card, account=account, service=WaterUse(service),
             offline=bool(offline), started_wall=started, started_mono=now_mono - elapsed,
             counter_start=c_start, counter_last=c_last, pulses=pulses, volume_ml=volume,
             seconds=int(charged_s), charged_fen=charged, carry=pricing.carry_from_text(carry),
@@ -335,14 +337,14 @@ class WaterService:
         own = {pt.session.session for pt in self.points.values()
                if pt.session is not None and not pt.recovered}
 
-        def job(txn: Txn) -> list[tuple[Session, int, bool, str]]:
+        def job(txn: Txn) -> list[tuple[Session, int, bool, EndReason]]:
             ended = []
             rows = txn.execute(f"SELECT {SESSION_COLUMNS} FROM water_sessions").fetchall()
             for row in rows:
                 s = self._session_from_row(row, now_mono, now_wall)
                 if s.point not in billing:
                     continue   # not this configuration's: the next start reports it
-                reason = "shutdown" if s.session in own else "restart"
+                reason = EndReason.SHUTDOWN if s.session in own else EndReason.RESTART
                 step = advance(s, billing[s.point], self.limits, now=now_mono, count=None,
                                balance_fen=0, offline=offline, final=True)
                 s = step.session
@@ -361,9 +363,9 @@ class WaterService:
                         volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
 
     @staticmethod
-    def _end_reason(pt: PointRuntime) -> str:
+    def _end_reason(pt: PointRuntime) -> EndReason:
         """`shutdown`, or `restart` for a crash's session the start had not ended yet."""
-        return "restart" if pt.recovered else "shutdown"
+        return EndReason.RESTART if pt.recovered else EndReason.SHUTDOWN
 
     async def _shutdown_point(self, pt: PointRuntime) -> None:
         async with pt.lock:
@@ -381,7 +383,7 @@ class WaterService:
         device = reader_device(reader.name)
 
         def status(online: bool, detail: str) -> None:
-            self.alarms.report_soon("reader_offline", device, detail, not online)
+            self.alarms.report_soon(AlarmCode.READER_OFFLINE, device, detail, not online)
 
         await reader.run(self.on_tap, status)
 
@@ -392,14 +394,14 @@ class WaterService:
             return  # starting or stopping: the valves are being closed
         pt = self.by_reader.get(tap.reader)
         if pt is None:
-            await self._tap_event(tap, None, granted=False, reason="no_point")
+            await self._tap_event(tap, None, granted=False, reason=TapReason.NO_POINT)
             return
         async with pt.lock:
             if not self.accepting:
                 return  # shutdown began while this tap waited for the point
             if pt.session is not None and pt.session.card == tap.uid:
-                await self._tap_event(tap, pt.id, granted=True, reason="stop")
-                await self._end(pt, "tap")
+                await self._tap_event(tap, pt.id, granted=True, reason=TapReason.STOP)
+                await self._end(pt, EndReason.TAP)
                 return
             # Another card at a busy or faulty point is refused by check_tap,
             # after the card's own identity (a lost card is reported as lost).
@@ -432,7 +434,7 @@ class WaterService:
         now = self.clock.mono()
         session = Session(
             session=str(uuid.uuid4()), point=pt.id, card=card.uid, account=card.account,
-            service=pt.cfg.service, offline=offline, started_wall=now_wall, started_mono=now,
+            service=WaterUse(pt.cfg.service), offline=offline, started_wall=now_wall, started_mono=now,
             last_flow_mono=now,
         )
         stamp = self.clock.stamp(now_wall)
@@ -443,8 +445,8 @@ class WaterService:
                 "started) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (pt.id, session.session, session.card, session.account, session.service,
                  int(offline), now_wall))
-            txn.event("tap", {"reader": tap.reader, "card": tap.uid, "point": pt.id,
-                              "granted": True, "reason": "start"}, ts=stamp, wall=now_wall)
+            txn.event(wire.Tap(reader=tap.reader, card=tap.uid, point=pt.id, granted=True,
+                               reason=TapReason.START), ts=stamp, wall=now_wall)
 
         await self.store.run(job)
         pt.session = session
@@ -452,14 +454,15 @@ class WaterService:
             await pt.valve.set(True)
         except DeviceError as e:
             await self._valve_failed(pt, f"commanded open: {e.message}")
-            await self._end(pt, "fault")
+            await self._end(pt, EndReason.FAULT)
             return
         pt.valve_check_at = self._after(VALVE_CHECK_S)
         log.info("session_started", point=pt.id, card=card.uid, session=session.session,
                  offline=offline, latency_ms=round((time.monotonic() - tap.mono) * 1000, 1))
         pt.wake.set()  # take the counter's baseline now
 
-    async def _tap_event(self, tap: CardTap, point: str | None, *, granted: bool, reason: str) -> None:
+    async def _tap_event(self, tap: CardTap, point: str | None, *, granted: bool,
+                         reason: TapReason) -> None:
         if not granted:
             out = self.refusals.refuse(tap.reader, tap.uid, point, reason, self.clock.mono())
             await self._folded(out)
@@ -470,15 +473,15 @@ class WaterService:
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
         await self.store.run(lambda txn: txn.event(
-            "tap", {"reader": tap.reader, "card": tap.uid, "point": point, "granted": granted,
-                    "reason": reason}, ts=stamp, wall=now_wall))
+            wire.Tap(reader=tap.reader, card=tap.uid, point=point, granted=granted, reason=reason),
+            ts=stamp, wall=now_wall))
 
     async def _folded(self, out: Outcome) -> None:
         """Record the folded refusals of the minutes that ended, and `reader_flood`."""
         for reader, active in out.flood:
             detail = (f"more than {self.refusals.limit} refused taps a minute: further refusals "
                       "are folded into counted tap events" if active else "")
-            await self.alarms.report("reader_flood", reader_device(reader), detail, active)
+            await self.alarms.report(AlarmCode.READER_FLOOD, reader_device(reader), detail, active)
         if not out.folds:
             return
         now_wall = self.clock.wall()
@@ -486,9 +489,8 @@ class WaterService:
 
         def job(txn: Txn) -> None:
             for f in out.folds:
-                txn.event("tap", {"reader": f.reader, "card": f.card, "point": f.point,
-                                  "granted": False, "reason": f.reason, "count": f.count},
-                          ts=stamp, wall=now_wall)
+                txn.event(wire.Tap(reader=f.reader, card=f.card, point=f.point, granted=False,
+                                   reason=f.reason, count=f.count), ts=stamp, wall=now_wall)
 
         for f in out.folds:
             log.warning("tap_refusals_folded", reader=f.reader, reason=f.reason, count=f.count)
@@ -573,25 +575,25 @@ class WaterService:
                 pt.flow_offline = e.message or "no answer"
                 log.error("flow_meter_offline", point=pt.id, failures=pt.flow_failures,
                           detail=pt.flow_offline)
-                await self.alarms.report("meter_offline", flow_device(pt.id), pt.flow_offline,
+                await self.alarms.report(AlarmCode.METER_OFFLINE, flow_device(pt.id), pt.flow_offline,
                                          True)
             return None
         pt.flow_failures = 0
         if pt.flow_offline is not None:
             pt.flow_offline = None
             log.info("flow_meter_back", point=pt.id)
-            await self.alarms.report("meter_offline", flow_device(pt.id), "", False)
+            await self.alarms.report(AlarmCode.METER_OFFLINE, flow_device(pt.id), "", False)
         return count
 
     async def _tick(self, pt: PointRuntime) -> None:
         s = pt.session
         assert s is not None
         if self.clock.mono() >= pt.valve_check_at and not await self._valve_still_open(pt):
-            await self._end(pt, "fault")
+            await self._end(pt, EndReason.FAULT)
             return
         count = await self._read_flow(pt)
         if pt.flow_offline is not None:
-            await self._end(pt, "fault")
+            await self._end(pt, EndReason.FAULT)
             return
         if s.counter_start is None and count is not None:
             s = replace(s, counter_start=count)
@@ -652,26 +654,26 @@ class WaterService:
             key = (card, day)
             self.offline_spent[key] = self.offline_spent.get(key, 0) + offline_fen
 
-    def _alarm_job(self, pt: PointRuntime, alarm: Alarm | None) -> Callable[[Txn], None]:
+    def _alarm_job(self, pt: PointRuntime, alarm: FlowAlarm | None) -> Callable[[Txn], None]:
         """Records a one-off flow meter alarm in the caller's transaction (or nothing)."""
         if alarm is None:
             return lambda txn: None
         wall = self.clock.wall()
         stamp = self.clock.stamp(wall)
-        body = {"code": alarm.code, "device": flow_device(pt.id), "detail": alarm.detail,
-                "active": True}
+        body = wire.Alarm(code=alarm.code, device=flow_device(pt.id), detail=alarm.detail,
+                          active=True)
 
         def job(txn: Txn) -> None:
-            txn.event("alarm", body, ts=stamp, wall=wall)
+            txn.event(body, ts=stamp, wall=wall)
 
         return job
 
     @staticmethod
-    def _alarm_logged(pt: PointRuntime, alarm: Alarm | None) -> None:
+    def _alarm_logged(pt: PointRuntime, alarm: FlowAlarm | None) -> None:
         if alarm is not None:
             log.warning(alarm.code, device=flow_device(pt.id), detail=alarm.detail)
 
-    async def _end(self, pt: PointRuntime, reason: str) -> None:
+    async def _end(self, pt: PointRuntime, reason: EndReason) -> None:
         """Close the valve, charge the rest, record one `water.session` (lock held)."""
         assert pt.session is not None
         await self._close_valve(pt)
@@ -681,7 +683,7 @@ class WaterService:
         count = None if pt.faulty else await self._read_flow(pt)
         await self._finish(pt, reason, count)
 
-    async def _finish(self, pt: PointRuntime, reason: str, count: int | None) -> None:
+    async def _finish(self, pt: PointRuntime, reason: EndReason, count: int | None) -> None:
         """End the session with the valve closed (or failed) and the counter at `count`
         (None: not read): charge the rest, record one `water.session`."""
         s = pt.session
@@ -712,23 +714,23 @@ class WaterService:
         log.info("session_ended", point=pt.id, card=s.card, reason=reason,
                  volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen)
 
-    def _session_fields(self, s: Session, reason: str, ended: str) -> dict[str, Any]:
+    def _session_fields(self, s: Session, reason: EndReason, ended: str) -> wire.WaterSession:
         """The `water.session` event of a session ending now, with its whole charge."""
-        return {
-            "session": s.session, "point": s.point, "service": s.service, "card": s.card,
-            "account": s.account, "started": self.clock.stamp(s.started_wall), "ended": ended,
-            "volume_ml": s.volume_ml, "seconds": s.seconds, "amount_fen": s.charged_fen,
-            "end_reason": reason, "offline": s.offline,
-        }
+        return wire.WaterSession(
+            session=s.session, point=s.point, service=s.service, card=s.card,
+            account=s.account, started=self.clock.stamp(s.started_wall), ended=ended,
+            volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen,
+            end_reason=reason, offline=s.offline,
+        )
 
     async def _finish_orphan(self, s: Session) -> None:
         """A session row for a point no longer configured: report what was charged."""
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
-        fields = self._session_fields(s, "restart", stamp)
+        fields = self._session_fields(s, EndReason.RESTART, stamp)
 
         def job(txn: Txn) -> None:
-            txn.event("water.session", fields, ts=stamp, wall=now_wall)
+            txn.event(fields, ts=stamp, wall=now_wall)
             txn.execute("DELETE FROM water_sessions WHERE point = ?", (s.point,))
 
         await self.store.run(job)
@@ -746,7 +748,7 @@ class WaterService:
         pt.fault_log.ok()
         if pt.fault is not None:
             pt.fault = None
-            await self.alarms.report("valve_fault", valve_device(pt.id), "", False)
+            await self.alarms.report(AlarmCode.VALVE_FAULT, valve_device(pt.id), "", False)
         return True
 
     async def _valve_failed(self, pt: PointRuntime, detail: str) -> None:
@@ -756,7 +758,7 @@ class WaterService:
         pt.fault = detail
         pt.retry_at = self.clock.mono() + pt.backoff.next_delay()
         pt.fault_log.failed(detail=detail)
-        await self.alarms.report("valve_fault", valve_device(pt.id), detail, True)
+        await self.alarms.report(AlarmCode.VALVE_FAULT, valve_device(pt.id), detail, True)
         pt.wake.set()  # the loop recomputes its wait (the retry may be sooner than its sleep)
 
     # --- for commands and status --------------------------------------------------
@@ -796,7 +798,7 @@ class WaterService:
 
 
 def _record_end(txn: Txn, s: Session, *, fen: int, offline_fen: int, day: str,
-                fields: dict[str, Any], stamp: str, wall: float,
+                fields: wire.WaterSession, stamp: str, wall: float,
                 before: Callable[[Txn], None] | None = None) -> tuple[int, bool] | None:
     """A session's end in the store: its row gone, the rest charged, one
     `water.session`. Once only: an end whose waiter was cancelled (a stop out
@@ -809,7 +811,7 @@ def _record_end(txn: Txn, s: Session, *, fen: int, offline_fen: int, day: str,
     if offline_fen:
         _spend(txn, s.card, day, offline_fen)
     result = Ledger.debit(txn, s.account, fen)
-    txn.event("water.session", fields, ts=stamp, wall=wall)
+    txn.event(fields, ts=stamp, wall=wall)
     return result
 
 

@@ -42,9 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import structlog
 
+from gatewayd.contract.wire import (
+    EventBody,
+    EventEnvelope,
+    Priority,
+    encode_event,
+    event_type_of,
+    priority_of,
+)
 from gatewayd.errors import StoreClosed, StoreError, StoreLocked
 
 log = structlog.get_logger(__name__)
@@ -59,7 +66,6 @@ DB_FILES = ("", "-wal", "-shm")
 # first job in a burst while still amortising the fsync.
 MAX_GROUP = 512
 
-_json = msgspec.json.Encoder()
 
 
 # --- schema -------------------------------------------------------------------
@@ -280,12 +286,11 @@ MIGRATIONS: list[str] = [
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Delivery classes (center-link.md "Delivery"): results, money, other events, telemetry.
-CLASS_RESULT = 0
-CLASS_MONEY = 1
-CLASS_EVENT = 2
-CLASS_TELEMETRY = 3
-MONEY_TYPES = frozenset({"water.session", "power.usage", "account.credited"})
+# Delivery classes (center-link.md "Delivery"), as the `class` column holds them.
+CLASS_RESULT = int(Priority.RESULT)
+CLASS_MONEY = int(Priority.MONEY)
+CLASS_EVENT = int(Priority.EVENT)
+CLASS_TELEMETRY = int(Priority.TELEMETRY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,24 +324,25 @@ class Txn:
         """The last event seq assigned (events may have been pruned or dropped since)."""
         return last_assigned_seq(self.conn)
 
-    def event(self, type_: str, fields: dict[str, Any], *, ts: str, wall: float | None = None) -> Event:
+    def event(self, body: EventBody, *, ts: str, wall: float | None = None) -> Event:
         """Append an event to the log in this transaction; return it with its seq.
 
-        `fields` are the type's own fields; the envelope (id, seq, ts,
-        building, type) is added here, in the contract's key order.
+        `body` is the type's own fields, a contract type: the contract decides
+        the event's `type` and its delivery class. The envelope (id, seq, ts,
+        building) is added here, in the contract's key order.
         """
         seq = self._store._next_seq
         event_id = str(uuid.uuid4())
-        message = {"id": event_id, "seq": seq, "ts": ts, "building": self._store.building,
-                   "type": type_, **fields}
-        payload = _json.encode(message)
-        klass = CLASS_MONEY if type_ in MONEY_TYPES else CLASS_EVENT
+        type_ = event_type_of(body)
+        payload = encode_event(EventEnvelope(id=event_id, seq=seq, ts=ts,
+                                             building=self._store.building), body)
         self.conn.execute(
             "INSERT INTO events (seq, id, type, class, wall, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            (seq, event_id, type_, klass, time.time() if wall is None else wall, payload),
+            (seq, event_id, type_.value, int(priority_of(type_)),
+             time.time() if wall is None else wall, payload),
         )
         self._store._next_seq = seq + 1
-        ev = Event(seq, event_id, type_, payload)
+        ev = Event(seq, event_id, type_.value, payload)
         self.events.append(ev)
         return ev
 

@@ -9,9 +9,24 @@ the commit, so the mirror never shows money that is not on disk.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 
+import msgspec
+
+from gatewayd.rules.ledger import DEBIT_TYPES, Unreported
 from gatewayd.store.db import Txn
+
+
+class _Debit(msgspec.Struct):
+    """The two fields of a debit event that `account.sync` needs."""
+
+    account: str | None = None
+    amount_fen: int = 0
+
+
+_DEBIT = msgspec.json.Decoder(_Debit)
 
 
 class Ledger:
@@ -79,3 +94,26 @@ class Ledger:
             "SELECT balance_fen, known FROM accounts WHERE account = ?", (account,)
         ).fetchone()
         return None if row is None else (int(row[0]), bool(row[1]))
+
+    @staticmethod
+    def unreported(txn: Txn, account: str, after_seq: int, rooms: Sequence[str]) -> Unreported:
+        """What `account` spent that a center which saw events up to `after_seq`
+        has not seen: later debit events, accrued power of `rooms`, open water."""
+        debits = 0
+        for (payload,) in txn.execute(
+            f"SELECT payload FROM events WHERE seq > ? AND type IN ({', '.join('?' * len(DEBIT_TYPES))})",
+            (after_seq, *DEBIT_TYPES),
+        ):
+            ev = _DEBIT.decode(payload)
+            if ev.account == account:
+                debits += ev.amount_fen
+        accrued = txn.execute(
+            "SELECT COALESCE(SUM(accrued_fen), 0) FROM rooms WHERE room IN "
+            "(SELECT value FROM json_each(?))", (json.dumps(list(rooms)),),
+        ).fetchone()[0]
+        open_water = txn.execute(
+            "SELECT COALESCE(SUM(charged_fen), 0) FROM water_sessions WHERE account = ?",
+            (account,),
+        ).fetchone()[0]
+        return Unreported(debits_fen=debits, accrued_fen=int(accrued),
+                          open_water_fen=int(open_water))

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from gatewayd.contract.wire import AlarmCode, Priority
+from gatewayd.contract.wire import Alarm, AlarmCode, Priority
 from gatewayd.store.db import CLASS_EVENT, CLASS_MONEY, CLASS_RESULT, CLASS_TELEMETRY, Txn
 
 __all__ = [
@@ -401,8 +401,8 @@ def _set_alarm(txn: Txn, active: bool, total: int, max_bytes: int, *, ts: str, w
     detail = (f"outbox {total / mib:.1f} MiB, cap {max_bytes / mib:.1f} MiB: dropping oldest telemetry, "
               "then oldest non-money events" if active
               else f"outbox {total / mib:.1f} MiB, back under {ALARM_CLEAR_RATIO:.0%} of the cap")
-    txn.event("alarm", {"code": AlarmCode.OUTBOX_FULL.value, "device": ALARM_DEVICE, "detail": detail,
-                        "active": active}, ts=ts, wall=time.time() if wall is None else wall)
+    txn.event(Alarm(code=AlarmCode.OUTBOX_FULL, device=ALARM_DEVICE, detail=detail, active=active),
+              ts=ts, wall=time.time() if wall is None else wall)
     txn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
                 (_META_FULL, "1" if active else "0", "1" if active else "0"))
 
