@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
-from gatewayd.center import link as center_mod  # noqa: E402
-from gatewayd.center.link import CenterLink, reconnect_backoff  # noqa: E402
+from gatewayd.center import reconnect, session  # noqa: E402
+from gatewayd.center.link import CenterLink  # noqa: E402
+from gatewayd.center.reconnect import reconnect_backoff  # noqa: E402
 from gatewayd.config.load import load_config  # noqa: E402
 from gatewayd.contract import wire  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
@@ -138,9 +139,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--outage-s", type=float, default=60.0)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    print(f"broker_return: keep-alive {center_mod.KEEPALIVE_S} s, back-off "
-          f"{center_mod.BACKOFF_MIN_S:g} s doubling to {center_mod.BACKOFF_CAP_S:g} s, jittered to "
-          f"half to all of itself ({center_mod.BACKOFF_CONFIG_S:g} s after a config error)")
+    print(f"broker_return: keep-alive {session.KEEPALIVE_S} s, back-off "
+          f"{reconnect.BACKOFF_MIN_S:g} s doubling to {reconnect.BACKOFF_CAP_S:g} s, jittered to "
+          f"half to all of itself ({reconnect.BACKOFF_CONFIG_S:g} s after a config error)")
     silent: list[float] = []
     returns: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-broker-return-") as tmp:

@@ -35,7 +35,8 @@ from typing import Any
 
 import aiomqtt
 
-from gatewayd.center.link import CenterLink, TopicKind
+from gatewayd.center.link import CenterLink
+from gatewayd.center.topics import TopicKind
 from gatewayd.config.load import load_config
 from gatewayd.contract import wire
 from gatewayd.contract.commands import CommandRejection, accept_command

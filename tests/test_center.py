@@ -22,7 +22,9 @@ import aiomqtt
 import pytest
 
 from gatewayd import __version__
-from gatewayd.center.link import CenterLink, LinkState, TopicKind
+from gatewayd.center.link import CenterLink
+from gatewayd.center.reconnect import LinkState
+from gatewayd.center.topics import TopicKind
 from gatewayd.config.load import Config, load_config
 from gatewayd.contract import wire
 from gatewayd.services.clock import Clock

@@ -28,9 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from drivers.protocols import CardTap
-from gatewayd.center import link as center_mod
+from gatewayd.center import command_queue, reconnect, session
 from gatewayd.center.apply import INLINE_PARSE_BYTES, CommandService
-from gatewayd.center.link import CenterLink, reconnect_backoff
+from gatewayd.center.link import CenterLink
+from gatewayd.center.reconnect import reconnect_backoff
 from gatewayd.center.screen import BoundedLog, screen_command
 from gatewayd.config.load import load_config
 from gatewayd.contract import commands as commands_mod
@@ -194,8 +195,8 @@ async def test_a_flood_of_big_unsigned_commands_is_dropped_and_counted_and_signe
         assert dropped["queue_full"] + len(refused) == n
         assert len(center.on("/cmd/result")) == len(refused) + 2
         # The queue never held more than its bounds.
-        assert view["command_queue_peak"] <= center_mod.COMMAND_QUEUE_MAX
-        assert view["command_queue_peak_bytes"] <= center_mod.COMMAND_QUEUE_BYTES
+        assert view["command_queue_peak"] <= command_queue.COMMAND_QUEUE_MAX
+        assert view["command_queue_peak_bytes"] <= command_queue.COMMAND_QUEUE_BYTES
         # Counted in the metrics; logged within the budget (lines, not one per payload).
         scrape = (await gw.metrics.scrape()).decode()
         assert f'gatewayd_center_commands_dropped_total{{reason="qos0"}} {float(n)}' in scrape
@@ -204,7 +205,7 @@ async def test_a_flood_of_big_unsigned_commands_is_dropped_and_counted_and_signe
         drop_lines = [e for e in logs if e["event"] == "center_command_dropped"]
         summaries = [e for e in logs if e["event"] == "center_command_dropped_summary"]
         # One window of a minute (two if this machine was slow enough to straddle one).
-        assert center_mod.DROPS_LOGGED_PER_MIN <= len(drop_lines) <= 2 * center_mod.DROPS_LOGGED_PER_MIN
+        assert command_queue.DROPS_LOGGED_PER_MIN <= len(drop_lines) <= 2 * command_queue.DROPS_LOGGED_PER_MIN
         assert sum(e["suppressed"] for e in summaries) + len(drop_lines) == n + dropped["queue_full"]
 
 
@@ -308,8 +309,8 @@ def test_the_publish_decoder_reads_what_pahos_reads(qos: int, props: bytes | Non
     protocol = MQTTProtocolVersion.MQTTv5 if props is not None else MQTTProtocolVersion.MQTTv311
     packet = _publish_packet(b"ecard/v1/b07/cmd", b'{"id": "x"}' * 1000, qos, props)
     header = 0x30 | (qos << 1) | 0x01
-    mine = center_mod._decode_publish(header, bytearray(packet), protocol)
-    paho = center_mod._paho_decode_publish(header, bytearray(packet), protocol)
+    mine = session._decode_publish(header, bytearray(packet), protocol)
+    paho = session._paho_decode_publish(header, bytearray(packet), protocol)
     assert (mine.dup, mine.qos, mine.retain, mine.topic, mine.mid, bytes(mine.payload)) == (
         paho.dup, paho.qos, paho.retain, paho.topic, paho.mid, bytes(paho.payload))
     assert isinstance(mine.payload, bytes)
@@ -445,7 +446,7 @@ port = "/dev/null"
             # Given up within 20 s of silence: two keep-alives and paho's 1 s tick.
             assert proxy.keepalives and all(2 * k + 1 <= 20 for k in proxy.keepalives)
             # The broker holds back what we have not acknowledged beyond this many.
-            assert proxy.receive_maximums == [center_mod.RECEIVE_MAXIMUM]
+            assert proxy.receive_maximums == [session.RECEIVE_MAXIMUM]
             proxy.silent = True
             async with asyncio.timeout(60):  # a guard, not a measure: the bound is the keep-alive above
                 while gw.link.connected:
@@ -483,7 +484,7 @@ async def test_after_an_outage_the_backlog_flows_at_the_first_attempt_after_the_
             await center.wait_for(lambda seen: len(seen) >= 1, timeout=60)
         delays = [e["retry_s"] for e in logs if e["event"] == "center_unreachable"]
         assert len(delays) >= 6
-        assert max(delays) <= center_mod.BACKOFF_CAP_S
+        assert max(delays) <= reconnect.BACKOFF_CAP_S
         assert len(set(delays)) > 1  # jittered
         # The broker back: the next attempt connects and the backlog goes out.
         assert gw.link.counters.attempts - at_start <= 1
@@ -494,10 +495,10 @@ def test_backoff_is_capped_and_a_campus_does_not_reconnect_in_step() -> None:
     gateways = [reconnect_backoff() for _ in range(200)]
     for step in range(10):
         delays = [b.next_delay() for b in gateways]
-        assert max(delays) <= center_mod.BACKOFF_CAP_S
+        assert max(delays) <= reconnect.BACKOFF_CAP_S
         if step >= 3:  # at the cap: spread over half of it
-            assert max(delays) - min(delays) >= center_mod.BACKOFF_CAP_S / 2 * 0.9
-    assert reconnect_backoff().longest() >= center_mod.BACKOFF_CONFIG_S / 2
+            assert max(delays) - min(delays) >= reconnect.BACKOFF_CAP_S / 2 * 0.9
+    assert reconnect_backoff().longest() >= reconnect.BACKOFF_CONFIG_S / 2
 
 
 class DroppingProxy(SilentProxy):
@@ -532,7 +533,7 @@ async def test_a_broker_that_accepts_and_drops_at_once_is_backed_off_and_its_lin
     assert len(delays) >= 4
     # The fourth delay on is at the cap (2 to 4 s jittered); reset at every connect
     # (the old behaviour) it would stay at 0.5 to 1 s.
-    assert max(delays) > center_mod.BACKOFF_MIN_S
+    assert max(delays) > reconnect.BACKOFF_MIN_S
     loud = [e for e in logs if e["event"] in {"center_connected", "center_disconnected"}
             and e["log_level"] in {"info", "warning"}]
     assert len(loud) <= 2, loud

@@ -16,17 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from drivers.retry import FailureLog
 from gatewayd import __version__
 from gatewayd.config.load import Config
+from gatewayd.contract.wire import PointReading, RoomReading
 from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
-from gatewayd.services.power import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.power import PowerService, RoomRuntime
+from gatewayd.services.water import PointRuntime, WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import CLASS_TELEMETRY, Store
@@ -91,22 +93,27 @@ class Snapshot:
         """Room accounts the center has not credited or synced yet."""
         return sum(1 for r in self.config.rooms if not self.ledger.is_known(r.account))
 
-    def telemetry(self) -> dict[str, Any]:
-        rooms = []
-        for rt in self.power.rooms.values():
-            d = self.power.describe(rt)
-            room = {k: d[k] for k in ("room", "online", "power_w", "energy_wh", "voltage_v",
-                                      "current_a", "pf", "breaker", "balance_fen")}
-            if not d["online"]:
-                # No reading is not the last reading: an offline meter's values are
-                # null in telemetry (`state.get` still shows the last ones read).
-                room.update(power_w=None, energy_wh=None, voltage_v=None, current_a=None, pf=None)
-            rooms.append(room)
-        points = []
-        for pt in self.water.points.values():
-            d = self.water.describe(pt)
-            points.append({k: d[k] for k in ("point", "state", "card", "volume_ml")})
-        return {"rooms": rooms, "points": points}
+    def telemetry(self) -> dict[str, tuple[RoomReading, ...] | tuple[PointReading, ...]]:
+        """The rooms' and points' readings for the center's telemetry (the contract's types)."""
+        return {"rooms": tuple(self._room_reading(rt) for rt in self.power.rooms.values()),
+                "points": tuple(self._point_reading(pt) for pt in self.water.points.values())}
+
+    def _room_reading(self, rt: RoomRuntime) -> RoomReading:
+        d = self.power.describe(rt)
+        reading = RoomReading(
+            room=d["room"], online=d["online"], power_w=d["power_w"], energy_wh=d["energy_wh"],
+            voltage_v=d["voltage_v"], current_a=d["current_a"], pf=d["pf"], breaker=d["breaker"],
+            balance_fen=d["balance_fen"])
+        if not reading.online:
+            # No reading is not the last reading: an offline meter's values are
+            # null in telemetry (`state.get` still shows the last ones read).
+            reading = msgspec.structs.replace(reading, power_w=None, energy_wh=None, voltage_v=None,
+                                              current_a=None, pf=None)
+        return reading
+
+    def _point_reading(self, pt: PointRuntime) -> PointReading:
+        d = self.water.describe(pt)
+        return PointReading(point=d["point"], state=d["state"], card=d["card"], volume_ml=d["volume_ml"])
 
     def view(self) -> dict[str, Any]:
         """Everything `gatewayd status` shows."""

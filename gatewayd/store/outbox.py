@@ -2,8 +2,8 @@
 
 Contract of the layer: plain functions of a `Txn`, run as store jobs
 (`await store.run(lambda txn: outbox.f(txn, ...))`); no asyncio, no MQTT, no
-clock (callers pass epoch seconds and RFC 3339 stamps). The link in
-`gatewayd/center/link.py` decides when to call them.
+clock (callers pass epoch seconds and RFC 3339 stamps). The center link
+decides when to call them (`gatewayd/center/`: pump, telemetry, retention).
 
 The outbox is three tables:
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gatewayd.center.apply import REFUSALS_LOGGED_PER_MIN
-from gatewayd.center.link import DROPS_LOGGED_PER_MIN
+from gatewayd.center.command_queue import DROPS_LOGGED_PER_MIN
 from gatewayd.contract.signing import sign_command
 from gatewayd.contract.wire import rfc3339
 from gatewayd.rules.water import Card
