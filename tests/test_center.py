@@ -23,7 +23,8 @@ import pytest
 
 from gatewayd import __version__
 from gatewayd.center.link import CenterLink, LinkState, TopicKind
-from gatewayd.config.load import Config, load_config
+from gatewayd.config.load import load_config
+from gatewayd.config.model import Config
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox

@@ -36,7 +36,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gatewayd.center.screen import BoundedLog, CommandScreen
-from gatewayd.config.load import Config
+from gatewayd.config.model import Config
 from gatewayd.contract.command_admission import accept_command, check_age, valid_window
 from gatewayd.contract.command_types import (
     AccountCredit,

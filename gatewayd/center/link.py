@@ -78,7 +78,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from drivers.retry import HALF_TO_FULL, Backoff, FailureLog
 from gatewayd import __version__
 from gatewayd.center.screen import BoundedLog
-from gatewayd.config.load import CenterSection, Config
+from gatewayd.config.model import CenterSection, Config
 from gatewayd.contract.command_types import MAX_COMMAND_BYTES
 from gatewayd.contract.wire import ErrorCode, Faults, Priority, Status, encode_result_error, encode_will
 from gatewayd.errors import LinkConfigError, StoreError

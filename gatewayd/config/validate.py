@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 # Plain decimal notation only: "0.56", "12", "0". Decimal() also takes "1e-2",
 # "-0", ".5", " 0.03 " and "1_0.0", none of which a price should be.
@@ -250,6 +251,12 @@ class Table:
         for key in self.data:
             if key not in self._seen and key not in allowed_extra:
                 self.problem(key, "unknown key")
+
+
+def claim(owners: dict[K, str], key: K, who: str) -> str | None:
+    """Record `who` as the user of `key`: None, or the other user that has it already."""
+    owner = owners.setdefault(key, who)
+    return owner if owner != who else None
 
 
 def _int_range(minimum: int | None, maximum: int | None) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Literal
 
-from gatewayd.config.load import PowerRules
+from gatewayd.config.model import PowerRules
 from gatewayd.rules import pricing
 
 CutReason = Literal["balance", "overload", "resistive", "curfew", "remote", "lockout",

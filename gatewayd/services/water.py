@@ -47,7 +47,7 @@ import structlog
 from drivers.errors import DeviceError
 from drivers.protocols import CardReader, CardTap, Counter, Switch
 from drivers.retry import Backoff, FailureLog
-from gatewayd.config.load import Config, Point
+from gatewayd.config.model import Config, Point
 from gatewayd.errors import StoreError
 from gatewayd.rules import pricing
 from gatewayd.rules.reader_flood import Outcome, RefusalFolder
