@@ -12,6 +12,7 @@ keys in `Wiring.device`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -50,9 +51,7 @@ class Wiring:
             if bus is None:
                 t.done(allowed_extra=("port", "host", "baudrate", "parity", "stopbits"))
                 continue
-            if name in buses:
-                t.problem("name", f"bus {show(name)} is defined twice")
-            elif name:
+            if t.unique("name", name, buses, "bus"):
                 buses[name] = bus
             t.done()
         return buses
@@ -63,25 +62,19 @@ class Wiring:
         timeout = t.number("timeout_s", 0.3 if kind == "rtu" else 1.0, above=0)
         retries = t.integer("retries", 1, minimum=0, maximum=10)
         gap = t.number("gap_s", 0.0, minimum=0, maximum=10)
+        bus = Bus(name=name, type="tcp" if kind == "tcp" else "rtu", timeout_s=timeout,
+                  retries=retries, gap_s=gap)
         if kind == "rtu":
-            return Bus(
-                name=name,
-                type="rtu",
-                timeout_s=timeout,
-                retries=retries,
-                gap_s=gap,
+            return replace(
+                bus,
                 port=self.serial_port(t, f"bus {show(name)}"),
                 baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
                 parity=t.text("parity", "N", choices=("N", "E", "O")),  # type: ignore[arg-type]
                 stopbits=t.integer("stopbits", 1, minimum=1, maximum=2),
             )
         if kind == "tcp":
-            return Bus(
-                name=name,
-                type="tcp",
-                timeout_s=timeout,
-                retries=retries,
-                gap_s=gap,
+            return replace(
+                bus,
                 host=t.text("host", "", required=True),
                 tcp_port=t.integer("port", 502, minimum=1, maximum=65535),
             )

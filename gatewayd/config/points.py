@@ -38,9 +38,7 @@ def read_readers(root: Table, wiring: Wiring) -> dict[str, Reader]:
         else:
             t.done(allowed_extra=("port", "baudrate", "protocol", "name"))
             continue
-        if rid in readers:
-            t.problem("id", f"reader {show(rid)} is defined twice")
-        elif rid:
+        if t.unique("id", rid, readers, "reader"):
             readers[rid] = reader
         t.done()
     return readers
@@ -59,9 +57,7 @@ def read_points(
     reader_owner: dict[str, str] = {}
     for t in root.tables("points"):
         pid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
-        if pid and pid in seen:  # "" already failed: see read_rooms()
-            t.problem("id", f"point {show(pid)} is defined twice")
-        elif pid:
+        if t.unique("id", pid, seen, "point"):
             seen.add(pid)
         service = t.text("service", "", required=True, choices=SERVICES)
         reader = t.text("reader", "", required=True)

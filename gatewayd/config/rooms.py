@@ -26,10 +26,7 @@ def read_rooms(
     seen: set[str] = set()
     for t in root.tables("rooms"):
         rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
-        # "" is an id that already failed: not a duplicate of the last one that did.
-        if rid and rid in seen:
-            t.problem("id", f"room {show(rid)} is defined twice")
-        elif rid:
+        if t.unique("id", rid, seen, "room"):
             seen.add(rid)
         account = t.text(
             "account", f"room-{building}-{rid}", pattern=ACCOUNT_RE, pattern_text=ACCOUNT_TEXT

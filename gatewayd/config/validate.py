@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -246,6 +246,14 @@ class Table:
         if message:
             self.problem(key, message)
         return value
+
+    def unique(self, key: str, name: str, taken: Container[str], what: str) -> bool:
+        """Whether `name`, read from `key`, is a usable id not in `taken`; a repeat is a
+        problem. "" is an id that already failed: not a repeat of the last one that did."""
+        if name in taken:
+            self.problem(key, f"{what} {show(name)} is defined twice")
+            return False
+        return bool(name)
 
     def done(self, allowed_extra: Sequence[str] = ()) -> None:
         for key in self.data:

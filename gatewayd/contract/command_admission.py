@@ -166,6 +166,7 @@ def signature_problem(
     raw: dict[str, Any], command_id: str, public_key: Ed25519PublicKey | None,
     insecure_unsigned: bool,
 ) -> CommandRejection | None:
+    """Check 4: the ``bad_signature`` rejection of the decoded command ``raw``, or None."""
     sig = raw.get(SIGNATURE_FIELD)
     if insecure_unsigned and (sig is None or public_key is None):
         return None
