@@ -39,7 +39,8 @@ from gatewayd.center.link import CenterLink
 from gatewayd.center.topics import TopicKind
 from gatewayd.config.load import load_config
 from gatewayd.contract import wire
-from gatewayd.contract.commands import CommandRejection, accept_command
+from gatewayd.contract.command_admission import accept_command
+from gatewayd.contract.command_types import CommandRejection
 from gatewayd.contract.signing import generate_keypair, load_private_key, load_public_key, sign_command
 from gatewayd.contract.wire import encode_result_ok, rfc3339
 from gatewayd.services.clock import Clock

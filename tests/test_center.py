@@ -25,7 +25,8 @@ from gatewayd import __version__
 from gatewayd.center.link import CenterLink
 from gatewayd.center.reconnect import LinkState
 from gatewayd.center.topics import TopicKind
-from gatewayd.config.load import Config, load_config
+from gatewayd.config.load import load_config
+from gatewayd.config.model import Config
 from gatewayd.contract import wire
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat

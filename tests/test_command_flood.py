@@ -36,7 +36,8 @@ from gatewayd.center.screen import BoundedLog, screen_command
 from gatewayd.config.load import load_config
 from gatewayd.contract import commands as commands_mod
 from gatewayd.contract import wire
-from gatewayd.contract.commands import CommandRejection, accept_command
+from gatewayd.contract.command_admission import accept_command
+from gatewayd.contract.command_types import CommandRejection
 from gatewayd.contract.signing import sign_command
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatewayd.center.apply import CommandService
-from gatewayd.config.load import Config, load_config
+from gatewayd.config.load import load_config
+from gatewayd.config.model import Config
 from gatewayd.contract import wire
 from gatewayd.contract.signing import sign_command
 from gatewayd.contract.wire import AlarmCode

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.contract import commands
-from gatewayd.contract.commands import (
+from gatewayd.contract import command_admission, command_args
+from gatewayd.contract.command_admission import accept_command, check_age, verify_signature
+from gatewayd.contract.command_types import (
     MAX_COMMAND_BYTES,
     AccountCredit,
     AccountSync,
@@ -33,11 +34,8 @@ from gatewayd.contract.commands import (
     StateGet,
     TariffSet,
     TopicKind,
-    accept_command,
-    check_age,
-    parse_command,
-    verify_signature,
 )
+from gatewayd.contract.commands import parse_command
 from gatewayd.contract.signing import sign_command
 from gatewayd.contract.wire import (
     CardKind,
@@ -697,7 +695,7 @@ def test_a_parser_bug_becomes_an_internal_result(monkeypatch: pytest.MonkeyPatch
     def broken(_: object) -> CommandArgs:
         raise KeyError("bug")
 
-    monkeypatch.setitem(commands._SIMPLE_PARSERS, CommandType.PING, broken)
+    monkeypatch.setitem(command_args._SIMPLE_PARSERS, CommandType.PING, broken)
     assert result_json(parse(command("ping"))) == error(
         "c-1", "internal", "the gateway failed to parse the command (KeyError)"
     )
@@ -924,7 +922,7 @@ def test_validity_rule(expires_in: float | None, now_after_ts: float, synced: bo
     assert (outcome.code if outcome else None) == expected
     issued = parse_rfc3339(TS)
     assert issued is not None
-    window = commands.valid_window(issued, None if expires is None else parse_rfc3339(expires),
+    window = command_admission.valid_window(issued, None if expires is None else parse_rfc3339(expires),
                                    300)
     assert window == pytest.approx((NOW - 300, NOW + (300 if expires_in is None else expires_in)))
 

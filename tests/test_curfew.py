@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gatewayd.config.load import Curfew
+from gatewayd.config.model import Curfew
 from gatewayd.rules.curfew import in_window, rooms_under_curfew
 from gatewayd.services.clock import Clock, kernel_ntp_synced
 

@@ -10,7 +10,7 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.config.load import POWER_DEFAULTS, PowerRules
+from gatewayd.config.model import POWER_DEFAULTS, PowerRules
 from gatewayd.contract.wire import CutReason, RestoreReason
 from gatewayd.rules import pricing
 from gatewayd.rules.power import (

@@ -17,7 +17,7 @@ from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.center.apply import CommandService
 from gatewayd.center.link import CenterLink
-from gatewayd.config.load import Config, Reader
+from gatewayd.config.model import Config, Reader
 from gatewayd.contract.signing import load_public_key
 from gatewayd.contract.wire import AlarmCode
 from gatewayd.errors import StoreError

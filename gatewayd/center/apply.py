@@ -2,7 +2,7 @@
 
 Contract:
 - `handle(payload, topic_kind)` never raises. Checks come from
-  `gatewayd.contract.commands.accept_command` (JSON, id, to, type, args, signature,
+  `gatewayd.contract.command_admission.accept_command` (JSON, id, to, type, args, signature,
   age). A refused command's result is returned for the link to publish at
   once and its id is NOT remembered: a forged command must not be able to
   claim the id of a genuine one.
@@ -36,8 +36,9 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gatewayd.center.screen import BoundedLog, CommandScreen
-from gatewayd.config.load import Config
-from gatewayd.contract.commands import (
+from gatewayd.config.model import Config
+from gatewayd.contract.command_admission import accept_command, check_age, valid_window
+from gatewayd.contract.command_types import (
     AccountCredit,
     AccountSync,
     CardBlock,
@@ -53,9 +54,6 @@ from gatewayd.contract.commands import (
     StateGet,
     TariffSet,
     TopicKind,
-    accept_command,
-    check_age,
-    valid_window,
 )
 from gatewayd.contract.wire import (
     AccountCredited,

@@ -43,7 +43,7 @@ from gatewayd.center.session import (
 from gatewayd.center.status import StatusReporter
 from gatewayd.center.telemetry import Readings, TelemetrySender
 from gatewayd.center.topics import Topics
-from gatewayd.config.load import CenterSection, Config
+from gatewayd.config.model import CenterSection, Config
 from gatewayd.contract.wire import encode_will
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock

@@ -23,7 +23,7 @@ from typing import Final
 import structlog
 
 from drivers.retry import FailureLog
-from gatewayd.config.load import CenterSection
+from gatewayd.config.model import CenterSection
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store import outbox

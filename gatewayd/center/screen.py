@@ -3,7 +3,7 @@
 Contract:
 - `screen_command` is the expensive half of a command's checks (JSON parse,
   canonical re-serialisation, signature), as a pure function of the payload.
-  It returns the rejection that `commands.accept_command` would give, or
+  It returns the rejection that `command_admission.accept_command` would give, or
   None when the payload passes every check up to the schema (then the
   caller parses it for real, as before). A payload that has no valid `sig`
   while one is required is refused with `bad_signature` after a scan of its
@@ -35,14 +35,9 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gatewayd.contract.commands import (
-    MAX_COMMAND_BYTES,
-    CommandRejection,
-    TopicKind,
-    _signature_problem,
-    _usable_id,
-    parse_command,
-)
+from gatewayd.contract.command_admission import signature_problem
+from gatewayd.contract.command_types import MAX_COMMAND_BYTES, CommandRejection, TopicKind
+from gatewayd.contract.commands import parse_command, usable_id
 from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature
 from gatewayd.contract.wire import ErrorCode
 from gatewayd.services.component import Heartbeat
@@ -79,10 +74,10 @@ def _cheap_refusal(payload: bytes, public_key: Ed25519PublicKey | None,
         head = _head.decode(payload)
     except Exception:  # not JSON, too deep, ...: the full parse gives the precise answer
         return None
-    cid = _usable_id(head.id)
+    cid = usable_id(head.id)
     if cid is None:
         return None
-    # The rule of `commands._signature_problem`, but for the final verification
+    # The rule of `command_admission.signature_problem`, but for the final verification
     # (which needs the whole command parsed and re-serialised).
     sig = head.sig
     if insecure_unsigned and (sig is None or public_key is None):
@@ -121,7 +116,7 @@ def screen_command(
     # `parse_command` never raises: whatever the payload, the outcome is a value.
     checked = parse_command(
         payload, topic_kind=topic_kind, building=building, max_bytes=max_bytes,
-        signature=lambda raw, cid: _signature_problem(raw, cid, key, insecure_unsigned))
+        signature=lambda raw, cid: signature_problem(raw, cid, key, insecure_unsigned))
     return checked if isinstance(checked, CommandRejection) else None
 
 

@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gatewayd.center.topics import Topics
-from gatewayd.config.load import CenterSection
+from gatewayd.config.model import CenterSection
 from gatewayd.errors import LinkConfigError
 
 __all__ = ["LinkClient", "delivery_window", "make_client", "subscribe_commands"]

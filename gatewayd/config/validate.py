@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 # Plain decimal notation only: "0.56", "12", "0". Decimal() also takes "1e-2",
 # "-0", ".5", " 0.03 " and "1_0.0", none of which a price should be.
@@ -246,10 +247,24 @@ class Table:
             self.problem(key, message)
         return value
 
+    def unique(self, key: str, name: str, taken: Container[str], what: str) -> bool:
+        """Whether `name`, read from `key`, is a usable id not in `taken`; a repeat is a
+        problem. "" is an id that already failed: not a repeat of the last one that did."""
+        if name in taken:
+            self.problem(key, f"{what} {show(name)} is defined twice")
+            return False
+        return bool(name)
+
     def done(self, allowed_extra: Sequence[str] = ()) -> None:
         for key in self.data:
             if key not in self._seen and key not in allowed_extra:
                 self.problem(key, "unknown key")
+
+
+def claim(owners: dict[K, str], key: K, who: str) -> str | None:
+    """Record `who` as the user of `key`: None, or the other user that has it already."""
+    owner = owners.setdefault(key, who)
+    return owner if owner != who else None
 
 
 def _int_range(minimum: int | None, maximum: int | None) -> str:

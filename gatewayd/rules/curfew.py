@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from gatewayd.config.load import DAYS, Curfew
+from gatewayd.config.model import DAYS, Curfew
 
 
 def in_window(curfew: Curfew, local: datetime) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from gatewayd.config.load import PowerRules
+from gatewayd.config.model import PowerRules
 from gatewayd.contract.wire import AlarmCode, CutReason, RestoreReason
 from gatewayd.rules import pricing
 

@@ -13,7 +13,7 @@ from drivers.modbus.bus import ModbusBus
 from drivers.modbus.devices import ModbusSwitch
 from drivers.modbus.health import HealthSink
 from drivers.protocols import Counter, Meter, Switch, SwitchBank
-from gatewayd.config.load import Bus, Config, DeviceRef
+from gatewayd.config.model import Bus, Config, DeviceRef
 
 
 class Hardware:

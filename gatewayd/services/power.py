@@ -36,7 +36,7 @@ import structlog
 from drivers.errors import DeviceError, SwitchMismatch
 from drivers.protocols import Meter, MeterReading, Switch, SwitchBank, screened
 from drivers.retry import Backoff, FailureLog
-from gatewayd.config.load import Config, PowerRules, Room
+from gatewayd.config.model import Config, PowerRules, Room
 from gatewayd.contract import wire
 from gatewayd.contract.wire import AlarmCode, CutReason
 from gatewayd.errors import StoreError

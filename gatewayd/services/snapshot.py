@@ -21,7 +21,7 @@ import structlog
 
 from drivers.retry import FailureLog
 from gatewayd import __version__
-from gatewayd.config.load import Config
+from gatewayd.config.model import Config
 from gatewayd.contract.wire import PointReading, RoomReading
 from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms

@@ -47,7 +47,7 @@ import structlog
 from drivers.errors import DeviceError
 from drivers.protocols import CardReader, CardTap, Counter, Switch
 from drivers.retry import Backoff, FailureLog
-from gatewayd.config.load import Config, Point
+from gatewayd.config.model import Config, Point
 from gatewayd.contract import wire
 from gatewayd.contract.wire import AlarmCode, EndReason, TapReason, WaterUse
 from gatewayd.errors import StoreError
@@ -200,7 +200,7 @@ class WaterService:
         self.limits = Limits(w.step_fen, w.max_session_s, w.idle_close_s, w.offline_limit_fen)
         self.points: dict[str, PointRuntime] = {}
         for p in config.points:
-            tariff = getattr(config.tariffs, p.service)
+            tariff = config.tariffs.of(p.service)
             valve, flow = devices[p.id]
             bits = getattr(flow, "bits", 32) if flow is not None else 32
             ml = p.flow.ml_per_pulse if p.flow is not None else Decimal(0)

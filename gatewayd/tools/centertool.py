@@ -30,8 +30,8 @@ from typing import Any, Final
 import aiomqtt
 
 from drivers.retry import Backoff
-from gatewayd.config.load import BROKER_RE, BUILDING_RE
-from gatewayd.contract.commands import MAX_EXPIRES_S
+from gatewayd.config.model import BROKER_RE, BUILDING_RE
+from gatewayd.contract.command_types import MAX_EXPIRES_S
 from gatewayd.contract.signing import generate_keypair, load_private_key, sign_command
 from gatewayd.contract.wire import rfc3339
 from gatewayd.errors import KeyFileError

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gatewayd.config.load import BROKER_RE
+from gatewayd.config.model import BROKER_RE
 from gatewayd.tools.demo_processes import DaemonProcess, Mosquitto, _answers, free_port
 from gatewayd.tools.demo_store import EventTail, Ledgers, all_events, read_json, read_ledgers, summarize
 from gatewayd.tools.demo_view import LiveView, PlainView, View

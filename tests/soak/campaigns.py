@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from drivers.protocols import CardTap
-from gatewayd.config.load import Config, load_config
+from gatewayd.config.load import load_config
+from gatewayd.config.model import Config
 from gatewayd.contract.wire import rfc3339
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
