@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from drivers.errors import DeviceError
 from drivers.modbus import ModbusBus
-from drivers.modbus.frames import encode_rtu
+from drivers.modbus.frames.adu import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from drivers.protocols import CardTap
 from gatewayd.rules.water import Card

@@ -46,17 +46,15 @@ from drivers.errors import (
     ModbusExceptionError,
 )
 from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
-from drivers.modbus.frames import (
+from drivers.modbus.frames.pdu import (
     ExceptionResponse,
     ReadRequest,
     WriteCoil,
     WriteRegister,
     WriteRegisters,
-    check_write_reply,
     decode_response,
-    read_coils_reply,
-    read_registers_reply,
 )
+from drivers.modbus.frames.reply import check_write_reply, read_coils_reply, read_registers_reply
 from drivers.modbus.health import DeviceHealth, HealthSink
 from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
