@@ -2,7 +2,8 @@
 
 Layers, lowest first: `frames` (pure codecs: `pdu`, `reply`, `adu`) -> `link`
 (one TCP connection or serial line) -> `bus` (queue, priorities, retries,
-reconnects) -> `devices` (Meter, Switch, Counter per profile). `plan` and `health` are pure helpers.
+reconnects; its fault policy in `faults`) -> `devices` (Meter, Switch, Counter
+per profile). `plan` and `health` are pure helpers.
 """
 
 from drivers.modbus.bus import BusStats, ModbusBus
