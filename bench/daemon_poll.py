@@ -68,7 +68,8 @@ from pymodbus.pdu import ModbusPDU  # noqa: E402
 
 from gatewayd.store.db import Store, Txn  # noqa: E402
 from gatewayd.store.ledger import Ledger  # noqa: E402
-from sim.modbus import COILS, SimEndpoint  # noqa: E402
+from sim.modbus_endpoint import SimEndpoint  # noqa: E402
+from sim.modbus_units import COILS  # noqa: E402
 
 PER_ENDPOINT = 50
 RELAY_BASE = 201

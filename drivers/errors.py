@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from drivers.modbus.frames import ExceptionResponse
+    from drivers.modbus.frames.pdu import ExceptionResponse
     from drivers.profile import ProfileProblem
 
 

@@ -246,14 +246,39 @@ class _Checker:
         for key in spec:
             if key not in FIELD_KEYS:
                 self.fail(f"{place}.{key}", f"unknown key; expected one of {', '.join(FIELD_KEYS)}")
+        table = self._table(place, spec)
+        vtype = self._value_type(place, spec, table)
+        self._fits_kind(place, kind, table, vtype)
+        width = WIDTH[vtype] if vtype is not None else 1
+        address = self._address(place, spec, width)
+        word_order = spec.get("word_order", "big")
+        if word_order not in WORD_ORDERS:
+            self.fail(f"{place}.word_order",
+                      f"expected one of {', '.join(WORD_ORDERS)}, got {_show(word_order)}")
+        scale = self._scale(place, spec, kind, vtype)
+        stride = self._stride(place, spec, kind, width)
+        on, off = self._on_off(place, spec, kind, table, vtype)
+        if vtype is not None and table is not None and table != "coil" and width > max_read:
+            self.fail(f"{place}.type", f"needs {width} registers, more than max_read_registers")
 
+        if len(self.problems) > before or table is None or vtype is None or address is None:
+            return None
+        return Field(
+            name=fname, table=table, address=address, type=vtype,
+            word_order=cast(WordOrder, word_order), scale=float(scale) if scale != 1 else 1,
+            stride=stride, on=on, off=off,
+        )
+
+    def _table(self, place: str, spec: dict[str, Any]) -> Table | None:
         table = spec.get("table")
         if table is None:
             self.fail(f"{place}.table", f"missing; expected one of {', '.join(TABLES)}")
         elif table not in TABLES:
             self.fail(f"{place}.table", f"expected one of {', '.join(TABLES)}, got {_show(table)}")
             table = None
+        return cast(Table | None, table)
 
+    def _value_type(self, place: str, spec: dict[str, Any], table: Table | None) -> ValueType | None:
         vtype = spec.get("type", "bool" if table == "coil" else None)
         if vtype is None:
             self.fail(f"{place}.type", f"missing; expected one of {', '.join(TYPES)}")
@@ -266,8 +291,11 @@ class _Checker:
             else:
                 self.fail(f"{place}.type", f'table "coil" holds only "bool", got {_show(vtype)}')
             vtype = None
+        return cast(ValueType | None, vtype)
 
-        # What each kind's field may be.
+    def _fits_kind(self, place: str, kind: Kind | None, table: Table | None,
+                   vtype: ValueType | None) -> None:
+        """What each kind's field may be."""
         if kind == "meter" and table == "coil":
             self.fail(f"{place}.table", 'a meter is read from "holding" or "input" registers')
         if kind == "switch" and table == "input":
@@ -277,7 +305,7 @@ class _Checker:
         if kind == "counter" and vtype is not None and vtype not in ("u16", "u32"):
             self.fail(f"{place}.type", f'expected one of u16, u32 for a counter, got {_show(vtype)}')
 
-        width = WIDTH[vtype] if vtype is not None else 1
+    def _address(self, place: str, spec: dict[str, Any], width: int) -> int | None:
         address = spec.get("address")
         if address is None:
             self.fail(f"{place}.address", "missing; expected an integer from 0 to 65535")
@@ -285,12 +313,10 @@ class _Checker:
             self.fail(f"{place}.address",
                       f"expected an integer from 0 to {0x10000 - width}, got {_show(address)}")
             address = None
+        return cast(int | None, address)
 
-        word_order = spec.get("word_order", "big")
-        if word_order not in WORD_ORDERS:
-            self.fail(f"{place}.word_order",
-                      f"expected one of {', '.join(WORD_ORDERS)}, got {_show(word_order)}")
-
+    def _scale(self, place: str, spec: dict[str, Any], kind: Kind | None,
+               vtype: ValueType | None) -> Any:
         scale = spec.get("scale", 1)
         if "scale" in spec:
             if kind in ("switch", "counter") or vtype == "bool":
@@ -298,7 +324,9 @@ class _Checker:
             elif (not isinstance(scale, int | float) or isinstance(scale, bool)
                   or not math.isfinite(scale) or scale == 0):
                 self.fail(f"{place}.scale", f"expected a non-zero number, got {_show(scale)}")
+        return scale
 
+    def _stride(self, place: str, spec: dict[str, Any], kind: Kind | None, width: int) -> Any:
         stride = spec.get("stride", width)
         if "stride" in spec:
             if kind == "meter":
@@ -306,7 +334,10 @@ class _Checker:
             elif not _is_int(stride) or stride < width:
                 self.fail(f"{place}.stride",
                           f"expected an integer of at least {width}, got {_show(stride)}")
+        return stride
 
+    def _on_off(self, place: str, spec: dict[str, Any], kind: Kind | None, table: Table | None,
+                vtype: ValueType | None) -> tuple[Any, Any]:
         on, off = spec.get("on", 1), spec.get("off", 0)
         for key, value in (("on", on), ("off", off)):
             if key not in spec:
@@ -320,14 +351,4 @@ class _Checker:
                               f"expected an integer from {lo} to {hi}, got {_show(value)}")
         if ("on" in spec or "off" in spec) and _is_int(on) and on == off:
             self.fail(f"{place}.on", f"on and off must differ, both are {on}")
-
-        if vtype is not None and table is not None and table != "coil" and width > max_read:
-            self.fail(f"{place}.type", f"needs {width} registers, more than max_read_registers")
-
-        if len(self.problems) > before or table is None or vtype is None or address is None:
-            return None
-        return Field(
-            name=fname, table=table, address=address, type=vtype,
-            word_order=cast(WordOrder, word_order), scale=float(scale) if scale != 1 else 1,
-            stride=stride, on=on, off=off,
-        )
+        return on, off

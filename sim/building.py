@@ -46,7 +46,8 @@ from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
-from sim.modbus import COILS, SimCounter, SimEndpoint, SimMeter
+from sim.modbus_endpoint import SimEndpoint
+from sim.modbus_units import COILS, SimCounter, SimMeter
 from sim.serial_card import PtyPort, frame
 
 Service = Literal["shower", "drinking"]

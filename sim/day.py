@@ -142,7 +142,16 @@ class DayScript:
                  f"{len(showers)} showers, {len(drinks)} drinking-water points. "
                  f"Room {self.broke_room}'s air conditioner has run all night; "
                  "its account is nearly empty.")
-        a, b, c = sim.people[:3]
+        await self._morning_water(day0, showers, drinks)
+        await self._refused_cards(day0)
+        await self._power_troubles(day0)
+        if showers:
+            await self._forgotten_tap_out(day0)
+
+    async def _morning_water(self, day0: float, showers: list[str], drinks: list[str]) -> None:
+        """Three people shower and fill a bottle."""
+        clock = self.clock
+        a, b, c = self.sim.people[:3]
         if showers:
             await clock.until(day0 + 60)
             self.say(f"{a.name} (room {a.room}) taps a card at {showers[0]}: the valve opens.")
@@ -155,6 +164,10 @@ class DayScript:
             await clock.until(day0 + 180)
             self.say(f"{b.name} takes {showers[1]}.")
             self._spawn(self.session(b, showers[1], 7 * 60), "shower-b")
+
+    async def _refused_cards(self, day0: float) -> None:
+        """A lost card and a card short of money are refused at a free point."""
+        sim, clock = self.sim, self.clock
         await clock.until(day0 + 300)
         target = None
         for _ in range(300):  # a small building may have every point in use for a while
@@ -162,19 +175,24 @@ class DayScript:
             if target is not None:
                 break
             await asyncio.sleep(0.2)
-        if target is not None:
-            self.busy.add(target)  # kept free for the two refusals
-            try:
-                self.say(f"{self.lost.name} taps a card reported lost last week at {target}: "
-                         "refused, the valve stays shut.")
-                await sim.tap(target, self.lost.card)
-                await clock.until(day0 + 420)
-                self.say(f"{self.poor.name} has 0.20 yuan on the card, less than the 0.50 a "
-                         f"session needs: refused at {target}.")
-                await sim.tap(target, self.poor.card)
-                await asyncio.sleep(MIN_RETAP_S)
-            finally:
-                self.busy.discard(target)
+        if target is None:
+            return
+        self.busy.add(target)  # kept free for the two refusals
+        try:
+            self.say(f"{self.lost.name} taps a card reported lost last week at {target}: "
+                     "refused, the valve stays shut.")
+            await sim.tap(target, self.lost.card)
+            await clock.until(day0 + 420)
+            self.say(f"{self.poor.name} has 0.20 yuan on the card, less than the 0.50 a "
+                     f"session needs: refused at {target}.")
+            await sim.tap(target, self.poor.card)
+            await asyncio.sleep(MIN_RETAP_S)
+        finally:
+            self.busy.discard(target)
+
+    async def _power_troubles(self, day0: float) -> None:
+        """A kettle, a loose meter wire, an overload, and the wire fixed."""
+        sim, clock = self.sim, self.clock
         await clock.until(day0 + 12 * 60)
         self.say(f"Room {self.kettle_room} switches on a 1.8 kW kettle (a resistive load, "
                  "banned in dorms): the gateway cuts the room at the next reading.")
@@ -193,14 +211,16 @@ class DayScript:
         self.say(f"An electrician fixes the wire: room {self.offline_room}'s meter answers again; "
                  "the usage it missed is charged from its energy register.")
         sim.meter_fault(self.offline_room, None)
-        if showers:
-            await clock.until(day0 + 90 * 60)
-            d = self.free_person()
-            point = self.free_point("shower")
-            if d is not None and point is not None:
-                self.say(f"{d.name} leaves {point} without tapping out, water off: the gateway "
-                         "closes the valve when no water has flowed for a while.")
-                self._spawn(self._forgetful(d, point), "forgetful")
+
+    async def _forgotten_tap_out(self, day0: float) -> None:
+        """Someone leaves a shower without tapping out."""
+        await self.clock.until(day0 + 90 * 60)
+        d = self.free_person()
+        point = self.free_point("shower")
+        if d is not None and point is not None:
+            self.say(f"{d.name} leaves {point} without tapping out, water off: the gateway "
+                     "closes the valve when no water has flowed for a while.")
+            self._spawn(self._forgetful(d, point), "forgetful")
 
     async def _forgetful(self, person: Person, point: str) -> None:
         pt = self.sim.points[point]

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sim.modbus import SimBuilding, SimEndpoint, SimRtu
+from sim.modbus import SimBuilding
+from sim.modbus_endpoint import SimEndpoint
+from sim.modbus_rtu import SimRtu
 
 
 def _tasks() -> set[asyncio.Task[object]]:

@@ -18,7 +18,8 @@ import pytest
 from gatewayd.app.cli import main
 from gatewayd.contract.signing import load_private_key, load_public_key, verify_command
 from gatewayd.contract.wire import parse_rfc3339
-from gatewayd.tools.centertool import describe, parse_args_list
+from gatewayd.tools.centertool_send import parse_args_list
+from gatewayd.tools.centertool_tail import describe
 from tests.mqtt_fixtures import WAIT_S, Broker, mosquitto, needs_mosquitto
 
 ROOT = "ecard/v1/b07"

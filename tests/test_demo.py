@@ -11,7 +11,7 @@ from pathlib import Path
 from pymodbus.client import AsyncModbusTcpClient
 
 from sim.building import BREAKER_BASE, COUNTER_BASE, VALVE_UNIT, SimulatedBuilding
-from sim.modbus import REG_POWER, REG_TOTAL_KWH
+from sim.modbus_units import REG_POWER, REG_TOTAL_KWH
 
 ROOT = Path(__file__).resolve().parent.parent
 

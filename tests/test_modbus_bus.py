@@ -11,7 +11,8 @@ from drivers.errors import DeviceError, SwitchMismatch
 from drivers.modbus import ModbusBus
 from drivers.modbus.health import OFFLINE_AFTER
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
-from sim.modbus import SimBuilding, SimRtu
+from sim.modbus import SimBuilding
+from sim.modbus_rtu import SimRtu
 
 # The fixtures sim_building and sim_rtu.
 pytest_plugins = ("tests.modbus_fixtures",)

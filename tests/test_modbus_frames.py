@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.errors import FrameError, ModbusExceptionError
-from drivers.modbus import frames
-from drivers.modbus.frames import (
+from drivers.modbus.frames import adu, pdu, reply
+from drivers.modbus.frames.pdu import (
     CoilsResponse,
     ExceptionResponse,
     ReadRequest,
@@ -26,7 +26,7 @@ from drivers.modbus.frames import (
 )
 from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up, value_step
 
-REQUESTS: list[frames.Request] = [
+REQUESTS: list[pdu.Request] = [
     ReadRequest(1, 0, 1),
     ReadRequest(1, 10, 2000),
     ReadRequest(3, 0x4000, 2),
@@ -40,11 +40,11 @@ REQUESTS: list[frames.Request] = [
 
 
 @pytest.mark.parametrize("request_", REQUESTS, ids=repr)
-def test_request_round_trip(request_: frames.Request) -> None:
-    assert frames.decode_request(request_.encode()) == request_
+def test_request_round_trip(request_: pdu.Request) -> None:
+    assert pdu.decode_request(request_.encode()) == request_
 
 
-RESPONSES: list[frames.Response] = [
+RESPONSES: list[pdu.Response] = [
     RegistersResponse(3, (0x4366, 0x3334)),
     RegistersResponse(4, ()),
     CoilsResponse((True,) + (False,) * 7),
@@ -56,8 +56,8 @@ RESPONSES: list[frames.Response] = [
 
 
 @pytest.mark.parametrize("response", RESPONSES, ids=repr)
-def test_response_round_trip(response: frames.Response) -> None:
-    assert frames.decode_response(response.encode()) == response
+def test_response_round_trip(response: pdu.Response) -> None:
+    assert pdu.decode_response(response.encode()) == response
 
 
 def test_known_vectors() -> None:
@@ -65,35 +65,35 @@ def test_known_vectors() -> None:
     assert ReadRequest(3, 0x006B, 3).encode() == bytes.fromhex("03006B0003")
     assert WriteCoil(0x00AC, True).encode() == bytes.fromhex("0500ACFF00")
     # A well-known RTU frame: unit 1, read 1 holding register at 0: CRC 0x0A84 (84 0A).
-    assert frames.encode_rtu(1, ReadRequest(3, 0, 1).encode()) == bytes.fromhex("01030000000184 0A")
-    assert frames.crc16(b"123456789") == 0x4B37  # CRC-16/MODBUS check value
-    assert frames.encode_tcp(0x1234, 17, b"\x03\x00\x00\x00\x01") == bytes.fromhex(
+    assert adu.encode_rtu(1, ReadRequest(3, 0, 1).encode()) == bytes.fromhex("01030000000184 0A")
+    assert adu.crc16(b"123456789") == 0x4B37  # CRC-16/MODBUS check value
+    assert adu.encode_tcp(0x1234, 17, b"\x03\x00\x00\x00\x01") == bytes.fromhex(
         "1234 0000 0006 11 0300000001")
 
 
 def test_read_replies_are_checked_against_the_request() -> None:
     req = ReadRequest(4, 0, 2)
-    assert frames.read_registers_reply(req, bytes.fromhex("0404 4366 3334")) == (0x4366, 0x3334)
+    assert reply.read_registers_reply(req, bytes.fromhex("0404 4366 3334")) == (0x4366, 0x3334)
     with pytest.raises(FrameError, match="1 registers answer a read of 2"):
-        frames.read_registers_reply(req, bytes.fromhex("0402 4366"))
+        reply.read_registers_reply(req, bytes.fromhex("0402 4366"))
     with pytest.raises(FrameError, match="function 3 answers function 4"):
-        frames.read_registers_reply(req, bytes.fromhex("0304 4366 3334"))
+        reply.read_registers_reply(req, bytes.fromhex("0304 4366 3334"))
     with pytest.raises(ModbusExceptionError, match="illegal data address") as info:
-        frames.read_registers_reply(req, bytes.fromhex("8402"))
+        reply.read_registers_reply(req, bytes.fromhex("8402"))
     assert info.value.response == ExceptionResponse(4, 2)
     coils = ReadRequest(1, 0, 3)
-    assert frames.read_coils_reply(coils, bytes.fromhex("0101 05")) == (True, False, True)
+    assert reply.read_coils_reply(coils, bytes.fromhex("0101 05")) == (True, False, True)
     with pytest.raises(FrameError):
-        frames.read_coils_reply(coils, bytes.fromhex("0102 0500"))
+        reply.read_coils_reply(coils, bytes.fromhex("0102 0500"))
 
 
 def test_write_replies_must_echo() -> None:
-    frames.check_write_reply(WriteCoil(3, True), WriteCoil(3, True).encode())
+    reply.check_write_reply(WriteCoil(3, True), WriteCoil(3, True).encode())
     with pytest.raises(FrameError, match="does not match"):
-        frames.check_write_reply(WriteCoil(3, True), WriteCoil(3, False).encode())
-    frames.check_write_reply(WriteRegisters(1, (5, 6)), bytes.fromhex("10 0001 0002"))
+        reply.check_write_reply(WriteCoil(3, True), WriteCoil(3, False).encode())
+    reply.check_write_reply(WriteRegisters(1, (5, 6)), bytes.fromhex("10 0001 0002"))
     with pytest.raises(ModbusExceptionError):
-        frames.check_write_reply(WriteRegister(1, 5), bytes.fromhex("8604"))
+        reply.check_write_reply(WriteRegister(1, 5), bytes.fromhex("8604"))
 
 
 @pytest.mark.parametrize(
@@ -102,75 +102,75 @@ def test_write_replies_must_echo() -> None:
      ReadRequest(3, 0xFFFF, 2), WriteRegister(0, 0x10000), WriteRegisters(0, ())],
     ids=repr,
 )
-def test_encoders_refuse_what_modbus_cannot_carry(bad: frames.Request) -> None:
+def test_encoders_refuse_what_modbus_cannot_carry(bad: pdu.Request) -> None:
     with pytest.raises(ValueError):
         bad.encode()
 
 
 def test_tcp_stream_splitting() -> None:
-    a = frames.encode_tcp(1, 1, b"\x03\x02\x00\x07")
-    b = frames.encode_tcp(2, 9, b"\x83\x02")
+    a = adu.encode_tcp(1, 1, b"\x03\x02\x00\x07")
+    b = adu.encode_tcp(2, 9, b"\x83\x02")
     stream = a + b
-    frame, used = frames.split_tcp(stream)
-    assert frame == frames.TcpFrame(1, 1, b"\x03\x02\x00\x07") and used == len(a)
-    frame, used2 = frames.split_tcp(stream[used:])
-    assert frame == frames.TcpFrame(2, 9, b"\x83\x02") and used2 == len(b)
-    assert frames.split_tcp(stream[:5]) == (None, 0)
-    assert frames.split_tcp(a[:-1]) == (None, 0)
+    frame, used = adu.split_tcp(stream)
+    assert frame == adu.TcpFrame(1, 1, b"\x03\x02\x00\x07") and used == len(a)
+    frame, used2 = adu.split_tcp(stream[used:])
+    assert frame == adu.TcpFrame(2, 9, b"\x83\x02") and used2 == len(b)
+    assert adu.split_tcp(stream[:5]) == (None, 0)
+    assert adu.split_tcp(a[:-1]) == (None, 0)
     with pytest.raises(FrameError, match="protocol id"):
-        frames.split_tcp(b"\x00\x01\x00\x01\x00\x02\x01\x03")
+        adu.split_tcp(b"\x00\x01\x00\x01\x00\x02\x01\x03")
     with pytest.raises(FrameError, match="length"):
-        frames.split_tcp(b"\x00\x01\x00\x00\x01\x00\x01\x03")
+        adu.split_tcp(b"\x00\x01\x00\x00\x01\x00\x01\x03")
 
 
 def test_rtu_lengths_and_crc() -> None:
-    answer = frames.encode_rtu(7, RegistersResponse(4, (1, 2)).encode())
-    assert frames.rtu_response_length(answer[:2]) is None
-    assert frames.rtu_response_length(answer[:3]) == len(answer) == 9
-    assert frames.rtu_response_length(frames.encode_rtu(7, b"\x84\x02")) == 5
-    assert frames.rtu_response_length(frames.encode_rtu(7, WriteCoil(1, True).encode())) == 8
-    assert frames.decode_rtu(answer) == (7, RegistersResponse(4, (1, 2)).encode())
+    answer = adu.encode_rtu(7, RegistersResponse(4, (1, 2)).encode())
+    assert adu.rtu_response_length(answer[:2]) is None
+    assert adu.rtu_response_length(answer[:3]) == len(answer) == 9
+    assert adu.rtu_response_length(adu.encode_rtu(7, b"\x84\x02")) == 5
+    assert adu.rtu_response_length(adu.encode_rtu(7, WriteCoil(1, True).encode())) == 8
+    assert adu.decode_rtu(answer) == (7, RegistersResponse(4, (1, 2)).encode())
     corrupted = answer[:4] + bytes([answer[4] ^ 1]) + answer[5:]
     with pytest.raises(FrameError, match="CRC"):
-        frames.decode_rtu(corrupted)
-    assert frames.rtu_request_length(frames.encode_rtu(1, REQUESTS[7].encode())) == len(
-        frames.encode_rtu(1, REQUESTS[7].encode()))
+        adu.decode_rtu(corrupted)
+    assert adu.rtu_request_length(adu.encode_rtu(1, REQUESTS[7].encode())) == len(
+        adu.encode_rtu(1, REQUESTS[7].encode()))
 
 
 def test_frame_gap() -> None:
-    assert frames.frame_gap_s(9600) == pytest.approx(3.5 * 10 / 9600)
-    assert frames.frame_gap_s(9600, "E") == pytest.approx(3.5 * 11 / 9600)
-    assert frames.frame_gap_s(115200) == 0.00175
+    assert adu.frame_gap_s(9600) == pytest.approx(3.5 * 10 / 9600)
+    assert adu.frame_gap_s(9600, "E") == pytest.approx(3.5 * 11 / 9600)
+    assert adu.frame_gap_s(115200) == 0.00175
 
 
 @given(st.binary(max_size=300))
 def test_garbage_never_raises_anything_but_frame_error(data: bytes) -> None:
-    for decode in (frames.decode_request, frames.decode_response, frames.decode_rtu,
-                   frames.split_tcp, frames.rtu_response_length, frames.rtu_request_length):
+    for decode in (pdu.decode_request, pdu.decode_response, adu.decode_rtu,
+                   adu.split_tcp, adu.rtu_response_length, adu.rtu_request_length):
         with contextlib.suppress(FrameError):
             decode(data)
     for req in REQUESTS[:4]:
         assert isinstance(req, ReadRequest)
         try:
             if req.function == 1:
-                frames.read_coils_reply(req, data)
+                reply.read_coils_reply(req, data)
             else:
-                frames.read_registers_reply(req, data)
+                reply.read_registers_reply(req, data)
         except (FrameError, ModbusExceptionError):
             pass
 
 
 @given(st.sampled_from(REQUESTS), st.binary(max_size=20))
-def test_write_reply_checker_on_garbage(request_: frames.Request, data: bytes) -> None:
+def test_write_reply_checker_on_garbage(request_: pdu.Request, data: bytes) -> None:
     if isinstance(request_, ReadRequest):
         return
     with contextlib.suppress(FrameError, ModbusExceptionError):
-        frames.check_write_reply(request_, data)
+        reply.check_write_reply(request_, data)
 
 
 @given(st.integers(0, 255), st.binary(min_size=1, max_size=252))
 def test_rtu_round_trip(unit: int, pdu: bytes) -> None:
-    assert frames.decode_rtu(frames.encode_rtu(unit, pdu)) == (unit, pdu)
+    assert adu.decode_rtu(adu.encode_rtu(unit, pdu)) == (unit, pdu)
 
 
 # ------------------------------------------------------------------ read plans

@@ -21,14 +21,16 @@ from structlog.testing import capture_logs
 
 from drivers.errors import DeviceError
 from drivers.modbus import ModbusBus
-from drivers.modbus.frames import encode_rtu
+from drivers.modbus.frames.adu import encode_rtu
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Txn
 from gatewayd.store.ledger import Ledger
-from sim.modbus import SimBuilding, SimEndpoint, SimRtu
+from sim.modbus import SimBuilding
+from sim.modbus_endpoint import SimEndpoint
+from sim.modbus_rtu import SimRtu
 from tests.test_water_service import running_water
 
 COUNTER = 40   # a pulse-counter board: shower-1 on channel 0, shower-2 on channel 1

@@ -8,10 +8,10 @@ Layer contract:
   and count what they drop in a `DecoderStats`.
 - `debounce` turns sightings of a UID into taps: a card held on a reader is
   one tap.
-- `serial_reader` and `pcsc_reader` implement `drivers.protocols.CardReader`:
-  `run(sink, status)` runs until cancelled, never raises anything else,
-  reopens the device with back-off (`reconnect`) and reports each
-  online/offline change once.
+- `serial_reader` and `pcsc_reader` (its thread in `pcsc_worker`) implement
+  `drivers.protocols.CardReader`: `run(sink, status)` runs until cancelled,
+  never raises anything else, reopens the device with back-off (`reconnect`)
+  and reports each online/offline change once.
 - `factory.open_reader(...)` builds a reader from a `[[readers]]` table.
 
 UIDs are upper-case hex without separators everywhere.

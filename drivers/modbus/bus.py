@@ -20,6 +20,7 @@ Contract: every request on the bus goes through `ModbusBus.transact`, which
   connection every RECONNECT_BACKOFF_MAX_S at most, never one per request.
 
 Devices are made with `meter()`, `switch()` and `counter()`; each has a `health`.
+What is retried, the back-offs and their log lines: `drivers.modbus.faults`.
 """
 
 from __future__ import annotations
@@ -46,38 +47,26 @@ from drivers.errors import (
     ModbusExceptionError,
 )
 from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
-from drivers.modbus.frames import (
+from drivers.modbus.faults import BusOutages, describe_failure, request_backoff, worth_retrying
+from drivers.modbus.frames.pdu import (
     ExceptionResponse,
     ReadRequest,
     WriteCoil,
     WriteRegister,
     WriteRegisters,
-    check_write_reply,
     decode_response,
-    read_coils_reply,
-    read_registers_reply,
 )
+from drivers.modbus.frames.reply import check_write_reply, read_coils_reply, read_registers_reply
 from drivers.modbus.health import DeviceHealth, HealthSink
 from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
-from drivers.retry import HALF_TO_FULL, Backoff
+from drivers.retry import Backoff
 
 log = structlog.get_logger(__name__)
 
 PRIORITY_COMMAND = 0  # switch writes and their read-back
 PRIORITY_POLL = 1  # routine reads
 
-# Back-off between retries of one request: short, the bus is shared and time-critical.
-RETRY_BACKOFF_S = 0.05
-RETRY_BACKOFF_MAX_S = 0.5
-# Back-off between attempts to reopen a lost connection or port.
-RECONNECT_BACKOFF_S = 0.2
-RECONNECT_BACKOFF_MAX_S = 10.0
-# Back-off after an RTU line did not fall quiet: noise rarely stops at once.
-NOISE_BACKOFF_S = 0.5
-NOISE_BACKOFF_MAX_S = 10.0
-# Exception codes worth retrying: the device is alive but busy.
-RETRYABLE_EXCEPTIONS = frozenset({5, 6})
 # Closing a serial port drains it in a thread; do not let a wedged adapter hang shutdown.
 CLOSE_TIMEOUT_S = 2.0
 # Default TCP concurrency: enough to hide one round trip, few enough for small gateways.
@@ -131,7 +120,6 @@ class ModbusBus:
         # TCP: the pause the bus keeps after each answer (an RtuLink keeps its own).
         self._gap_s = gap_s
         self._idle_since = 0.0
-        self._noisy_until = 0.0
         self._opener = opener
         self._n_workers = workers
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
@@ -139,14 +127,8 @@ class ModbusBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._links: list[Link | None] = [None] * workers
         self._answered = [False] * workers  # the connection has answered a request
-        self._down_until = 0.0
-        self._down_reason = ""
-        self._lost = False  # a connection was lost and not yet re-established
         self._rng = random.Random()
-        # Their attempts count the failures in a row: connecting, a line falling quiet.
-        self._reconnect = Backoff(RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_MAX_S, jitter=0.2,
-                                  rng=self._rng)
-        self._noise = Backoff(NOISE_BACKOFF_S, NOISE_BACKOFF_MAX_S, jitter=0.2, rng=self._rng)
+        self._outages = BusOutages(name, self._rng)
         self.health: dict[str, DeviceHealth] = {}
 
     # ------------------------------------------------------------ construction
@@ -301,26 +283,16 @@ class ModbusBus:
                     if isinstance(response, ExceptionResponse):
                         raise ModbusExceptionError(response)
                 return answer
-            except ModbusExceptionError as exc:
-                self.stats.failures += 1
-                error = f"{exc} (unit {unit})"
-                if exc.response.code not in RETRYABLE_EXCEPTIONS:
-                    raise DeviceError(device, error) from None
-            except FrameError as exc:
-                self.stats.failures += 1
-                error = f"bad answer: {exc} (unit {unit})"
-            except LinkError as exc:
+            except (ModbusExceptionError, FrameError, LinkError) as exc:
                 self.stats.failures += 1
                 if isinstance(exc, LinkTimeout):
                     self.stats.timeouts += 1
-                error = f"{_kind(exc)}: {exc} (unit {unit})"
-                if isinstance(exc, LinkNoisy) or (
-                        isinstance(exc, LinkDown) and self._down_until > time.monotonic()):
+                error = describe_failure(exc, unit)
+                if not worth_retrying(exc, bus_down=self._outages.down):
                     raise DeviceError(device, error) from None
             if attempt + 1 < attempts:
                 if retry is None:
-                    retry = Backoff(RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S, jitter=HALF_TO_FULL,
-                                    rng=self._rng)
+                    retry = request_backoff(self._rng)
                 await asyncio.sleep(retry.next_delay())
         raise DeviceError(device, error)
 
@@ -338,10 +310,8 @@ class ModbusBus:
             job = await self._queue.get()
             if job.future.done():  # the caller gave up (cancelled) while queued
                 continue
-            now = time.monotonic()
-            if now < self._noisy_until:
-                job.future.set_exception(LinkNoisy(
-                    f"line noisy; retrying in {self._noisy_until - now:.1f} s"))
+            if (noisy := self._outages.noisy()) is not None:
+                job.future.set_exception(noisy)
                 continue
             try:
                 link = await self._link(index)
@@ -364,15 +334,14 @@ class ModbusBus:
                         isinstance(exc, LinkGarbage) and not isinstance(link, RtuLink)):
                     self._drop_link(index, exc)
                 elif isinstance(exc, LinkNoisy):
-                    self._noisy(exc)
+                    self.stats.noise_faults += 1
+                    self._outages.line_noisy(exc)
                 if not job.future.done():
                     job.future.set_exception(exc)
                 continue
             finally:
                 self._idle_since = time.monotonic()
-            if self._noise.attempt:
-                log.info("modbus_bus_quiet", bus=self.name, after_failures=self._noise.attempt)
-                self._noise.reset()
+            self._outages.line_quiet()
             if not job.future.done():
                 job.future.set_result(answer)
 
@@ -389,50 +358,26 @@ class ModbusBus:
         else:
             await asyncio.sleep(max(0.0, self._idle_since + self._gap_s - time.monotonic()))
 
-    def _noisy(self, exc: LinkNoisy) -> None:
-        self.stats.noise_faults += 1
-        delay = self._noise.next_delay()
-        self._noisy_until = time.monotonic() + delay
-        level = log.warning if self._noise.attempt == 1 else log.debug
-        level("modbus_bus_noisy", bus=self.name, error=str(exc), attempt=self._noise.attempt,
-              retry_in_s=round(delay, 2))
-
     async def _link(self, index: int) -> Link:
         link = self._links[index]
         if link is not None and link.is_open:
             return link
-        now = time.monotonic()
-        if now < self._down_until:
-            raise LinkDown(f"{self._down_reason}; retrying in {self._down_until - now:.1f} s")
+        self._outages.refuse_connect()
         try:
             link = await self._opener()
         except LinkDown as exc:
-            self._attempt_failed(str(exc))
+            self._outages.connect_failed(str(exc))
             raise
         self._links[index] = link
         self._answered[index] = False
         log.debug("modbus_bus_connected", bus=self.name, connection=index)
         return link
 
-    def _attempt_failed(self, reason: str) -> None:
-        """A connection could not be made (or was lost before it answered): back off."""
-        delay = self._reconnect.next_delay()
-        self._down_until = time.monotonic() + delay
-        self._down_reason = reason
-        self._lost = True
-        level = log.warning if self._reconnect.attempt == 1 else log.debug
-        level("modbus_bus_connect_failed", bus=self.name, error=reason,
-              attempt=self._reconnect.attempt, retry_in_s=round(delay, 2))
-
     def _link_works(self, index: int) -> None:
         """The connection answered a request: the bus is up again."""
         self._answered[index] = True
-        if self._lost:
+        if self._outages.answered():
             self.stats.reconnects += 1
-            log.info("modbus_bus_reconnected", bus=self.name, after_failures=self._reconnect.attempt)
-        self._lost = False
-        self._reconnect.reset()
-        self._down_until = 0.0
 
     def _drop_link(self, index: int, exc: LinkError) -> None:
         link = self._links[index]
@@ -440,27 +385,11 @@ class ModbusBus:
             return
         self._links[index] = None
         link.close()
-        if not self._answered[index] and isinstance(exc, LinkDown):
-            # Closed before a word (garbage is a word: the server is there).
-            self._attempt_failed(f"connection lost before it answered: {exc}")
-            return
-        level = log.debug if self._lost else log.warning
-        level("modbus_bus_disconnected", bus=self.name, error=str(exc))
-        self._lost = True
+        self._outages.disconnected(exc, had_answered=self._answered[index])
 
 
 def _priority(command: bool) -> int:
     return PRIORITY_COMMAND if command else PRIORITY_POLL
-
-
-def _kind(exc: LinkError) -> str:
-    if isinstance(exc, LinkTimeout):
-        return "timeout"
-    if isinstance(exc, LinkGarbage):
-        return "garbage"
-    if isinstance(exc, LinkNoisy):
-        return "noisy line"
-    return "disconnected"
 
 
 def _check_unit(unit: int) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from drivers.errors import DeviceError, SwitchMismatch
-from drivers.modbus.frames import (
+from drivers.modbus.frames.pdu import (
     READ_COILS,
     READ_HOLDING_REGISTERS,
     READ_INPUT_REGISTERS,

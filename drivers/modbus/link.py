@@ -24,7 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from drivers.errors import FrameError, LinkDown, LinkError, LinkGarbage, LinkNoisy, LinkTimeout
-from drivers.modbus.frames import (
+from drivers.modbus.frames.adu import (
     character_time_s,
     decode_rtu,
     encode_rtu,

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.frames import (
+from drivers.modbus.frames.pdu import (
     MAX_READ_COILS,
     MAX_READ_REGISTERS,
     READ_COILS,

@@ -163,14 +163,9 @@ def make_reader(r: Reader, debounce_s: float) -> CardReader:
     return open_reader(r.id, "pcsc", debounce_s=debounce_s, name=r.name)
 
 
-async def serve(config: Config, store: Store, notifier: Notifier | None = None) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
-    clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
-    ledger = Ledger()
-    await store.read(ledger.load)
-    alarms = Alarms(store, clock)
-    await alarms.load()
-    hardware = Hardware(config)
+def _power_service(config: Config, store: Store, hardware: Hardware, *, ledger: Ledger,
+                   alarms: Alarms, clock: Clock) -> PowerService:
+    """The power service over each room's meter and breaker, told of meter health."""
     power = PowerService(
         config, store, ledger=ledger, alarms=alarms, clock=clock,
         devices={
@@ -181,6 +176,18 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
         breaker_banks=hardware.switch_banks([breaker_device(r.id) for r in config.rooms]),
     )
     hardware.on_health(power.meter_health_changed)
+    return power
+
+
+async def serve(config: Config, store: Store, notifier: Notifier | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
+    ledger = Ledger()
+    await store.read(ledger.load)
+    alarms = Alarms(store, clock)
+    await alarms.load()
+    hardware = Hardware(config)
+    power = _power_service(config, store, hardware, ledger=ledger, alarms=alarms, clock=clock)
     cards = Cards()
     await store.read(cards.load)
     link: CenterLink | None = None  # made below; sessions ask it whether the center is reachable

@@ -43,7 +43,9 @@ from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
-from sim.modbus import COILS, SimBuilding, SimEndpoint
+from sim.modbus import SimBuilding
+from sim.modbus_endpoint import SimEndpoint
+from sim.modbus_units import COILS
 from sim.serial_card import PtyPort, frame
 
 ROOT = Path(__file__).resolve().parents[2]

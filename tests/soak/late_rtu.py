@@ -40,7 +40,8 @@ from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Txn
 from gatewayd.store.ledger import Ledger
-from sim.modbus import SimEndpoint, SimRtu
+from sim.modbus_endpoint import SimEndpoint
+from sim.modbus_rtu import SimRtu
 from tests.soak.harness import Checks, Row
 from tests.test_water_service import running_water
 

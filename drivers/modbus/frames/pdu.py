@@ -1,15 +1,8 @@
-"""Modbus wire codec: PDUs, MBAP (TCP) and RTU framing. Pure, no I/O.
+"""Modbus PDUs: the requests and responses of the functions the drivers speak.
 
-Contract: every `decode_*`/`split_*` function either returns a well-formed value or
-raises `FrameError`; no other exception escapes, whatever the input bytes
-(fuzzed in tests/test_modbus_frames.py). Encoders raise `ValueError` on values that
-Modbus cannot carry (address above 0xFFFF, too many registers), which is a caller bug.
-
-Functions covered: 1 read coils, 3 read holding registers, 4 read input registers,
-5 write single coil, 6 write single register, 15 write multiple coils,
-16 write multiple registers, and exception responses (function | 0x80).
-References: "MODBUS Application Protocol Specification V1.1b3" (PDUs, exception
-codes) and "MODBUS over Serial Line V1.02" (RTU framing, CRC, 3.5-character gap).
+Contract: see `drivers.modbus.frames`: `decode_request`/`decode_response` return a
+well-formed value or raise `FrameError`; encoders raise `ValueError` on what Modbus
+cannot carry. `MAX_PDU` bounds a PDU on every transport.
 """
 
 from __future__ import annotations
@@ -17,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from drivers.errors import FrameError, ModbusExceptionError
+from drivers.errors import FrameError
 
 READ_COILS = 1
 READ_HOLDING_REGISTERS = 3
@@ -248,191 +241,6 @@ def decode_response(pdu: bytes) -> Response:
         _, address, value = struct.unpack(">BHH", pdu)
         return WriteResponse(function, address, value)
     raise FrameError(f"unsupported function {function} in response")
-
-
-def read_registers_reply(request: ReadRequest, pdu: bytes) -> tuple[int, ...]:
-    """The register values answering `request` (function 3 or 4).
-
-    The hot path of polling, so it avoids building intermediate objects.
-    Raises `FrameError` if `pdu` is malformed or does not answer the request, and
-    `ModbusExceptionError` if it is an exception response.
-    """
-    n = request.count
-    if len(pdu) == 2 + 2 * n and pdu[0] == request.function and pdu[1] == 2 * n:
-        return struct.unpack_from(f">{n}H", pdu, 2)
-    response = decode_response(pdu)
-    _raise_if_exception(request, response)
-    if not isinstance(response, RegistersResponse) or response.function != request.function:
-        raise FrameError(f"function {response.function} answers function {request.function}")
-    raise FrameError(f"{len(response.values)} registers answer a read of {n}")
-
-
-def read_coils_reply(request: ReadRequest, pdu: bytes) -> tuple[bool, ...]:
-    """The `request.count` coil values answering `request` (function 1)."""
-    response = decode_response(pdu)
-    _raise_if_exception(request, response)
-    if not isinstance(response, CoilsResponse):
-        raise FrameError(f"function {response.function} answers function {request.function}")
-    if len(response.values) != 8 * ((request.count + 7) // 8):
-        raise FrameError(f"{len(response.values)} bits answer a read of {request.count} coils")
-    return response.values[: request.count]
-
-
-def check_write_reply(request: WriteCoil | WriteRegister | WriteCoils | WriteRegisters,
-                      pdu: bytes) -> None:
-    """Check that `pdu` acknowledges `request` (echo of address and value/count)."""
-    response = decode_response(pdu)
-    _raise_if_exception(request, response)
-    if not isinstance(response, WriteResponse) or response.function != request.function:
-        raise FrameError(f"function {response.function} answers function {request.function}")
-    if isinstance(request, WriteCoil):
-        expected = 0xFF00 if request.value else 0
-    elif isinstance(request, WriteRegister):
-        expected = request.value
-    else:
-        expected = len(request.values)
-    if (response.address, response.value) != (request.address, expected):
-        raise FrameError(
-            f"write echo ({response.address}, {response.value}) "
-            f"does not match ({request.address}, {expected})"
-        )
-
-
-def _raise_if_exception(request: Request, response: Response) -> None:
-    if isinstance(response, ExceptionResponse):
-        if response.function != request.function:
-            raise FrameError(
-                f"exception for function {response.function} answers function {request.function}"
-            )
-        raise ModbusExceptionError(response)
-
-
-# ------------------------------------------------------------- MBAP (TCP)
-
-MBAP_HEADER = 7  # transaction id, protocol id, length, unit id
-_MBAP = struct.Struct(">HHHB")
-
-
-@dataclass(frozen=True, slots=True)
-class TcpFrame:
-    """One Modbus TCP ADU."""
-
-    transaction: int
-    unit: int
-    pdu: bytes
-
-
-def encode_tcp(transaction: int, unit: int, pdu: bytes) -> bytes:
-    """MBAP header + PDU."""
-    return _MBAP.pack(transaction, 0, len(pdu) + 1, unit) + pdu
-
-
-def split_tcp(buffer: bytes | bytearray) -> tuple[TcpFrame | None, int]:
-    """Take the first complete frame from a TCP byte stream.
-
-    Returns (frame, bytes consumed), or (None, 0) when more bytes are needed.
-    Raises `FrameError` when the stream cannot be Modbus TCP (bad protocol id or
-    length): the stream cannot be resynchronised and the connection should close.
-    """
-    if len(buffer) < MBAP_HEADER:
-        return None, 0
-    transaction, protocol, length, unit = _MBAP.unpack_from(buffer)
-    if protocol != 0:
-        raise FrameError(f"MBAP protocol id {protocol}, expected 0")
-    if not 2 <= length <= MAX_PDU + 1:
-        raise FrameError(f"MBAP length {length} out of range 2..{MAX_PDU + 1}")
-    end = 6 + length
-    if len(buffer) < end:
-        return None, 0
-    return TcpFrame(transaction, unit, bytes(buffer[MBAP_HEADER:end])), end
-
-
-# ------------------------------------------------------------- RTU (serial)
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes | bytearray) -> int:
-    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
-    return crc
-
-
-def encode_rtu(unit: int, pdu: bytes) -> bytes:
-    """Address + PDU + CRC."""
-    body = bytes((unit,)) + pdu
-    return body + crc16(body).to_bytes(2, "little")
-
-
-def decode_rtu(frame: bytes | bytearray) -> tuple[int, bytes]:
-    """(unit, PDU) of a complete RTU frame; `FrameError` on a short frame or bad CRC."""
-    if len(frame) < 4:
-        raise FrameError(f"RTU frame too short ({len(frame)} bytes)")
-    body, crc = frame[:-2], int.from_bytes(frame[-2:], "little")
-    if crc16(body) != crc:
-        raise FrameError(f"CRC mismatch (got 0x{crc:04X}, computed 0x{crc16(body):04X})")
-    return body[0], bytes(body[1:])
-
-
-def rtu_response_length(buffer: bytes | bytearray) -> int | None:
-    """Total length of the RTU response starting `buffer`, or None if not yet known.
-
-    RTU has no length field; a master knows the size from the function code.
-    Raises `FrameError` for a function this codec does not speak.
-    """
-    if len(buffer) < 2:
-        return None
-    function = buffer[1]
-    if function & 0x80:
-        return 5
-    if function in (READ_COILS, READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS):
-        return None if len(buffer) < 3 else 5 + buffer[2]
-    if function in (WRITE_SINGLE_COIL, WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_COILS,
-                    WRITE_MULTIPLE_REGISTERS):
-        return 8
-    raise FrameError(f"unsupported function {function} in RTU response")
-
-
-def rtu_request_length(buffer: bytes | bytearray) -> int | None:
-    """Total length of the RTU request starting `buffer` (what a server or wire sees)."""
-    if len(buffer) < 2:
-        return None
-    function = buffer[1]
-    if function in (READ_COILS, READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS,
-                    WRITE_SINGLE_COIL, WRITE_SINGLE_REGISTER):
-        return 8
-    if function in (WRITE_MULTIPLE_COILS, WRITE_MULTIPLE_REGISTERS):
-        return None if len(buffer) < 7 else 9 + buffer[6]
-    raise FrameError(f"unsupported function {function} in RTU request")
-
-
-def character_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
-    """Seconds one byte takes on the wire: start + 8 data + parity + stop bits."""
-    bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
-    return bits / baudrate
-
-
-def frame_gap_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
-    """The 3.5-character silence that separates RTU frames.
-
-    Above 19200 baud the serial-line spec fixes it at 1.75 ms.
-    """
-    if baudrate > 19200:
-        return 0.00175
-    return 3.5 * character_time_s(baudrate, parity, stopbits)
 
 
 # ------------------------------------------------------------------ helpers
