@@ -30,7 +30,7 @@ from gatewayd.config.load import load_config
 from gatewayd.contract.signing import sign_command
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
-from gatewayd.services.power import PowerService
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

@@ -92,10 +92,27 @@ def screened(reading: MeterReading) -> MeterReading:
     return replace(reading, fault="; ".join(faults), **changes)  # type: ignore[arg-type]
 
 
+class Health(Protocol):
+    """A device's failure bookkeeping as a service sees it (a Modbus device's
+    `drivers.modbus.health.DeviceHealth`): whether it is online, how soon to
+    poll it again, and a failure the service found that the driver did not."""
+
+    @property
+    def online(self) -> bool: ...
+
+    def failed(self, error: str) -> None: ...
+
+    def poll_delay(self, base_s: float) -> float: ...
+
+
 class Meter(Protocol):
-    """A room's electricity meter."""
+    """A room's electricity meter. `health` is None for a meter whose driver
+    keeps no failure bookkeeping (it is then always online, polled every poll)."""
 
     name: str
+
+    @property
+    def health(self) -> Health | None: ...
 
     async def read(self) -> MeterReading: ...
 

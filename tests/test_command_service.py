@@ -28,7 +28,8 @@ from gatewayd.contract.wire import AlarmCode
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.power.room import breaker_device, meter_device
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService, valve_device
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store, Txn
@@ -352,7 +353,7 @@ async def test_a_flipped_bit_in_a_relay_boards_answer_does_nothing(gw: Gateway) 
     rt = gw.power.rooms["101"]
     await gw.power.evaluate(rt, None)
     assert rt.breaker_on is True
-    await gw.power._breaker_seen(rt, False, gw.power.clock.mono())
+    await gw.power.breakers.seen(rt, False, gw.power.clock.mono())
     assert rt.breaker_on is True and rt.state.hold is False and rt.state.cut_reason is None
     assert not gw.power.alarms.is_active(AlarmCode.BREAKER_MISMATCH, "breaker:101")
     assert await coil(gw, 0) is True

@@ -21,7 +21,8 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
-from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.power.room import breaker_device, meter_device
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

@@ -27,7 +27,9 @@ from gatewayd.contract.wire import AlarmCode, decode_event
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.power import PowerService, RoomRuntime, breaker_device, meter_device
+from gatewayd.services.power.room import breaker_device, meter_device
+from gatewayd.services.power.service import PowerService
+from gatewayd.store import rooms as rooms_table
 from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger
 from sim.modbus import SimBuilding
@@ -554,14 +556,14 @@ async def test_a_commit_that_fails_with_any_error_still_cuts_and_raises_room_fai
     seed(tmp_path, {f"room-b07-{101 + i}": 100_000 for i in range(ROOMS)})
     config = load_config(write_config(tmp_path, sim))
     broken = False
-    save = PowerService._save
+    save = rooms_table.save
 
-    def failing_save(self: PowerService, txn: Txn, rt: RoomRuntime, row: tuple[Any, ...]) -> None:
-        if broken and rt.id == "101":
+    def failing_save(txn: Txn, room: str, row: tuple[Any, ...]) -> None:
+        if broken and room == "101":
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        save(self, txn, rt, row)
+        save(txn, room, row)
 
-    monkeypatch.setattr(PowerService, "_save", failing_save)
+    monkeypatch.setattr(rooms_table, "save", failing_save)
     store = Store.open(config.gateway.state_dir, "b07")
     hardware = Hardware(config)
     clock = Clock(config.gateway.timezone, "yes")

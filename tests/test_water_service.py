@@ -220,7 +220,7 @@ async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water)
 
     from gatewayd.center.apply import CommandService
     from gatewayd.contract.signing import sign_command
-    from gatewayd.services.power import PowerService
+    from gatewayd.services.power.service import PowerService
 
     svc = water.service
     key = Ed25519PrivateKey.generate()

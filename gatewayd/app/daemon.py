@@ -26,7 +26,8 @@ from gatewayd.services.clock import Clock
 from gatewayd.services.component import Component, Heartbeat
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
-from gatewayd.services.power import PowerService, breaker_device, meter_device
+from gatewayd.services.power.room import breaker_device, meter_device
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
 from gatewayd.services.water import WaterService, valve_device
 from gatewayd.store.cards import Cards

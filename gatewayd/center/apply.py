@@ -67,7 +67,7 @@ from gatewayd.rules.ledger import synced_balance
 from gatewayd.rules.power import RoomState
 from gatewayd.rules.water import Card
 from gatewayd.services.clock import Clock
-from gatewayd.services.power import PowerService
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards

@@ -42,7 +42,7 @@ from gatewayd.config.model import Config
 from gatewayd.contract.wire import CutReason
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.component import Heartbeat
-from gatewayd.services.power import PowerService
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.db import Event, Store

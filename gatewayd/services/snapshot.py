@@ -27,7 +27,8 @@ from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
-from gatewayd.services.power import PowerService, RoomRuntime
+from gatewayd.services.power.room import RoomRuntime
+from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import PointRuntime, WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards

@@ -1,0 +1,180 @@
+"""The `power` component: every room's meter, rules and breaker, and the
+commands the center sends about them.
+
+Contract: at start every room's state is loaded and every breaker read,
+within START_IO_S in all; the gateway acts only where the rules say the
+state is wrong (see `PowerService.start`). A breaker not read by then is
+decided at its first answer (`unverified`). Then each room runs its own loop
+(`poll.RoomRunner`), each relay board is read back every poll
+(`breaker.Breakers`), and once a second the curfews are recomputed and the
+component's heartbeat beats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from drivers.protocols import Meter, MeterReading, Switch, SwitchBank
+from gatewayd.config.model import Config
+from gatewayd.contract.wire import AlarmCode
+from gatewayd.rules import pricing
+from gatewayd.rules.breaker import Verdict, reconcile
+from gatewayd.rules.power import Outcome, remote_cut, remote_restore
+from gatewayd.services.alarms import Alarms
+from gatewayd.services.clock import Clock
+from gatewayd.services.component import Heartbeat
+from gatewayd.services.power import view
+from gatewayd.services.power.breaker import Breakers
+from gatewayd.services.power.curfew import CurfewWatch
+from gatewayd.services.power.poll import RoomRunner
+from gatewayd.services.power.record import Also, Recorder
+from gatewayd.services.power.room import RoomRuntime
+from gatewayd.store.db import Store
+from gatewayd.store.ledger import Ledger
+
+log = structlog.get_logger(__name__)
+
+
+class PowerService:
+    """The `power` component: every room's meter, rules and breaker."""
+
+    name = "power"
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        ledger: Ledger,
+        alarms: Alarms,
+        clock: Clock,
+        devices: Mapping[str, tuple[Meter, Switch]],
+        breaker_banks: Sequence[SwitchBank] = (),
+    ) -> None:
+        self.config = config
+        # The breakers read back every poll, a relay board per request: one
+        # switched by hand (or reset by a relay board's power loss) is seen.
+        self.breaker_banks = list(breaker_banks)
+        self.store = store
+        self.ledger = ledger
+        self.alarms = alarms
+        self.clock = clock
+        self.poll_s = config.gateway.poll_interval_s
+        self.heartbeat_s: float | None = max(30.0, 10 * self.poll_s)
+        self.rooms = {
+            r.id: RoomRuntime(r, *devices[r.id]) for r in config.rooms
+        }
+        self.by_account = {r.account: self.rooms[r.id] for r in config.rooms}
+        self.curfew = CurfewWatch(config.curfews, self.rooms, alarms, clock)
+        self.recorder = Recorder(store, ledger, clock)
+        self.breakers = Breakers(self.rooms, self.recorder, alarms, clock, self.poll_s)
+        self.runner = RoomRunner(
+            ledger=ledger, alarms=alarms, clock=clock, curfew=self.curfew,
+            recorder=self.recorder, breakers=self.breakers, poll_s=self.poll_s,
+            rate=pricing.fen_per_quantity(config.tariffs.power.price, config.tariffs.power.unit))
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load room state, read every breaker, act only where the rules say it is wrong.
+
+        A breaker found on while the rules want it cut is cut (and reported). A
+        breaker found off that the rules want on is switched on only when the
+        store says the gateway cut it and the reason has lapsed; one found off
+        for no recorded reason is left off, held, with `breaker_mismatch`
+        (restore it with room.restore once it is safe).
+
+        The reads get START_IO_S in all: a breaker that has not answered by
+        then (a dead relay board or bus) is `unverified`, its room's rules
+        start anyway, and its first answer is decided as here
+        (`Breakers.drive`); no more I/O is spent on it before READY.
+        """
+        await self.recorder.load(self.rooms)
+        await self.curfew.update()
+        await self.breakers.read_at_start()
+        for rt in self.rooms.values():
+            if (rt.breaker_on is False
+                    and reconcile(False, rt.state, rt.switch_pending) is Verdict.HOLD_OFF):
+                try:
+                    await self.breakers.found_off(rt)
+                except Exception as e:  # left off and held in memory: one room, not the start
+                    await self.runner.room_failed(rt, e)
+        for rt in self.rooms.values():
+            await self.runner.evaluate(rt, None, startup=True)
+        log.info("power_started", rooms=len(self.rooms),
+                 cut=sum(1 for r in self.rooms.values() if r.state.cut_reason))
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for rt in self.rooms.values():
+                tg.create_task(self.runner.loop(rt), name=f"room-{rt.id}")
+            for bank in self.breaker_banks:
+                tg.create_task(self.breakers.bank_loop(bank), name=f"breakers-{bank.name}")
+            tg.create_task(self._ticker(heartbeat), name="power-ticker")
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def _ticker(self, heartbeat: Heartbeat) -> None:
+        """Curfew and clock once a second for all rooms; the component's heartbeat."""
+        while True:
+            if await self.curfew.update():
+                for rt in self.rooms.values():
+                    rt.wake.set()
+            heartbeat.beat()
+            await asyncio.sleep(1.0)
+
+    def meter_health_changed(self, device: str, online: bool, detail: str) -> None:
+        """Bus health callback (sync, on the loop): meter_offline raised or cleared."""
+        if device.startswith("meter:") and device.removeprefix("meter:") in self.rooms:
+            self.alarms.report_soon(AlarmCode.METER_OFFLINE, device, detail, not online)
+
+    async def evaluate(self, rt: RoomRuntime, reading: MeterReading | None) -> None:
+        """Apply the rules to one reading (or none) now (see `RoomRunner.evaluate`)."""
+        await self.runner.evaluate(rt, reading)
+
+    # --- commands (center link) ----------------------------------------------------
+
+    def room(self, room_id: str) -> RoomRuntime | None:
+        return self.rooms.get(room_id)
+
+    async def balance_changed(self, account: str) -> None:
+        """A credit or sync changed `account`: re-evaluate its room now."""
+        rt = self.by_account.get(account)
+        if rt is not None:
+            await self.runner.evaluate(rt, None)
+
+    async def cut(self, room_id: str, *, hold: bool, also: Also | None = None) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = remote_cut(rt.state, self.runner.context(rt, self.clock.mono()), hold=hold)
+            await self.runner.carry_out(rt, out, also=also)
+        return rt
+
+    async def restore(self, room_id: str, also: Also | None = None) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = remote_restore(rt.state, self.runner.context(rt, self.clock.mono()))
+            await self.runner.carry_out(rt, out, also=also)
+        return rt
+
+    async def limit(self, room_id: str, max_power_w: int, also: Also | None = None) -> RoomRuntime:
+        rt = self.rooms[room_id]
+        async with rt.lock:
+            out = Outcome(replace(rt.state, max_power_w=max_power_w))
+            await self.runner.carry_out(rt, out, also=also)
+        return rt
+
+    def set_tariff(self, price: Decimal, unit: str) -> None:
+        """A new electricity price from now on (carried fractions stay as they are)."""
+        self.runner.rate = pricing.fen_per_quantity(price, unit)
+
+    def describe(self, rt: RoomRuntime) -> dict[str, Any]:
+        """A room as `state.get` and the status view show it."""
+        return view.describe(rt, self.ledger, self.alarms)
