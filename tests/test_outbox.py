@@ -13,8 +13,9 @@ import pytest
 from gatewayd.contract import wire
 from gatewayd.contract.wire import Priority
 from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.outbox import ALARM_CLEAR_RATIO, OutMessage
+from gatewayd.store.txn import Txn
 
 TS = "2026-11-25T10:00:00.000+08:00"
 DAY = 86400.0

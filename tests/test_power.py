@@ -28,8 +28,9 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.power import PowerService, RoomRuntime, breaker_device, meter_device
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -71,8 +71,9 @@ from gatewayd.services.power import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,8 @@ from gatewayd.contract.wire import Priority, Telemetry, encode_telemetry
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 __all__ = ["Readings", "TelemetrySender"]
 

@@ -10,7 +10,7 @@ import time
 from datetime import date
 
 from gatewayd.rules.water import Card
-from gatewayd.store.db import Txn
+from gatewayd.store.txn import Txn
 
 
 class Cards:

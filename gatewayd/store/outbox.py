@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gatewayd.contract.wire import Alarm, AlarmCode, Priority
-from gatewayd.store.db import CLASS_EVENT, CLASS_MONEY, CLASS_RESULT, CLASS_TELEMETRY, Txn
+from gatewayd.store.schema import CLASS_EVENT, CLASS_MONEY, CLASS_RESULT, CLASS_TELEMETRY
+from gatewayd.store.txn import Txn
 
 __all__ = [
     "ALARM_CLEAR_RATIO",
