@@ -20,11 +20,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gatewayd.center.apply import NEWEST_TS_KEY, CommandService
+from gatewayd.center.apply import CommandService
 from gatewayd.contract.signing import sign_command
 from gatewayd.services.clock import Clock
 from gatewayd.store import retention
 from gatewayd.store.cards import Cards
+from gatewayd.store.command_log import NEWEST_TS_KEY
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
 from tests.mqtt_fixtures import Broker, collecting, mosquitto
