@@ -17,21 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gatewayd.config.model import Config
-from gatewayd.contract.command_types import (
-    AccountCredit,
-    AccountSync,
-    CardBlock,
-    CardPut,
-    CardsLoad,
-    CardUnblock,
-    EventsResend,
-    ParsedCommand,
-    RoomCut,
-    RoomLimit,
-    RoomRestore,
-    StateGet,
-    TariffSet,
-)
+from gatewayd.contract import command_types as ct
+from gatewayd.contract.command_types import ParsedCommand
 from gatewayd.contract.wire import AccountCredited, ErrorCode, encode_result_ok
 from gatewayd.errors import Refused
 from gatewayd.rules.ledger import synced_balance
@@ -67,23 +54,23 @@ class CommandContext(Protocol):
 async def carry_out(ctx: CommandContext, cmd: ParsedCommand) -> None:
     """Apply `cmd` and record its result; raises Refused when it cannot be applied."""
     a = cmd.args
-    if isinstance(a, AccountCredit):
+    if isinstance(a, ct.AccountCredit):
         await _credit(ctx, cmd, a)
-    elif isinstance(a, AccountSync):
+    elif isinstance(a, ct.AccountSync):
         await _sync(ctx, cmd, a)
-    elif isinstance(a, CardPut):
+    elif isinstance(a, ct.CardPut):
         await _card_put(ctx, cmd, a)
-    elif isinstance(a, CardBlock | CardUnblock):
-        await _card_block(ctx, cmd, a.card, blocked=isinstance(a, CardBlock))
-    elif isinstance(a, CardsLoad):
+    elif isinstance(a, ct.CardBlock | ct.CardUnblock):
+        await _card_block(ctx, cmd, a.card, blocked=isinstance(a, ct.CardBlock))
+    elif isinstance(a, ct.CardsLoad):
         await _cards_load(ctx, cmd, a)
-    elif isinstance(a, TariffSet):
+    elif isinstance(a, ct.TariffSet):
         await _tariff(ctx, cmd, a)
-    elif isinstance(a, RoomCut | RoomRestore | RoomLimit):
+    elif isinstance(a, ct.RoomCut | ct.RoomRestore | ct.RoomLimit):
         await _room(ctx, cmd, a)
-    elif isinstance(a, EventsResend):
+    elif isinstance(a, ct.EventsResend):
         await _resend(ctx, cmd, a)
-    elif isinstance(a, StateGet):
+    elif isinstance(a, ct.StateGet):
         await _state(ctx, cmd, a)
     else:  # ping
         await ctx.store.run(ctx.remember(cmd, encode_result_ok(cmd.id, {})))
@@ -92,7 +79,7 @@ async def carry_out(ctx: CommandContext, cmd: ParsedCommand) -> None:
 # --- money ----------------------------------------------------------------------
 
 
-async def _credit(ctx: CommandContext, cmd: ParsedCommand, a: AccountCredit) -> None:
+async def _credit(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountCredit) -> None:
     stamp_wall = ctx.clock.wall()
     stamp = ctx.clock.stamp(stamp_wall)
 
@@ -110,7 +97,7 @@ async def _credit(ctx: CommandContext, cmd: ParsedCommand, a: AccountCredit) -> 
     await _balance_changed(ctx, a.account)
 
 
-async def _sync(ctx: CommandContext, cmd: ParsedCommand, a: AccountSync) -> None:
+async def _sync(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountSync) -> None:
     """balance = center's figure - own debits with seq > through_seq - accrued unreported."""
     rooms = [r.id for r in ctx.config.rooms if r.account == a.account]
 
@@ -142,7 +129,7 @@ async def _balance_changed(ctx: CommandContext, account: str) -> None:
 # --- cards ----------------------------------------------------------------------
 
 
-async def _card_put(ctx: CommandContext, cmd: ParsedCommand, a: CardPut) -> None:
+async def _card_put(ctx: CommandContext, cmd: ParsedCommand, a: ct.CardPut) -> None:
     card = Card(a.card, a.account, str(a.kind), str(a.status), a.expires)
     await _put_card(ctx, cmd, card, {"card": card.uid})
 
@@ -174,7 +161,7 @@ async def _put_card(ctx: CommandContext, cmd: ParsedCommand, card: Card, result:
     ctx.cards.note(card)
 
 
-async def _cards_load(ctx: CommandContext, cmd: ParsedCommand, a: CardsLoad) -> None:
+async def _cards_load(ctx: CommandContext, cmd: ParsedCommand, a: ct.CardsLoad) -> None:
     current = ctx.cards.version
     if current is not None and a.version < current:
         raise Refused(ErrorCode.CONFLICT,
@@ -201,7 +188,7 @@ async def _cards_load(ctx: CommandContext, cmd: ParsedCommand, a: CardsLoad) -> 
 # --- tariffs and rooms ----------------------------------------------------------
 
 
-async def _tariff(ctx: CommandContext, cmd: ParsedCommand, a: TariffSet) -> None:
+async def _tariff(ctx: CommandContext, cmd: ParsedCommand, a: ct.TariffSet) -> None:
     service, unit = str(a.service), str(a.unit)
     if service != "power":
         problem = ctx.water.tariff_problem(service, unit)
@@ -220,7 +207,8 @@ async def _tariff(ctx: CommandContext, cmd: ParsedCommand, a: TariffSet) -> None
         ctx.water.set_tariff(service, a.price, unit)
 
 
-async def _room(ctx: CommandContext, cmd: ParsedCommand, a: RoomCut | RoomRestore | RoomLimit) -> None:
+async def _room(ctx: CommandContext, cmd: ParsedCommand,
+                a: ct.RoomCut | ct.RoomRestore | ct.RoomLimit) -> None:
     if ctx.power.room(a.room) is None:
         raise Refused(ErrorCode.NOT_FOUND, f"no room {a.room!r} in this building")
 
@@ -229,13 +217,13 @@ async def _room(ctx: CommandContext, cmd: ParsedCommand, a: RoomCut | RoomRestor
         # its balance or a curfew still says so.
         result = {"room": a.room, "cut": state.cut_reason is not None,
                   "cut_reason": state.cut_reason, "hold": state.hold}
-        if isinstance(a, RoomLimit):
+        if isinstance(a, ct.RoomLimit):
             result["max_power_w"] = a.max_power_w
         ctx.remember(cmd, encode_result_ok(cmd.id, result))(txn)
 
-    if isinstance(a, RoomCut):
+    if isinstance(a, ct.RoomCut):
         await ctx.power.cut(a.room, hold=a.hold, also=remember)
-    elif isinstance(a, RoomRestore):
+    elif isinstance(a, ct.RoomRestore):
         await ctx.power.restore(a.room, also=remember)
     else:
         await ctx.power.limit(a.room, a.max_power_w, also=remember)
@@ -244,7 +232,7 @@ async def _room(ctx: CommandContext, cmd: ParsedCommand, a: RoomCut | RoomRestor
 # --- events and state -------------------------------------------------------------
 
 
-async def _resend(ctx: CommandContext, cmd: ParsedCommand, a: EventsResend) -> None:
+async def _resend(ctx: CommandContext, cmd: ParsedCommand, a: ct.EventsResend) -> None:
     def job(txn: Txn) -> None:
         r = outbox.resend(txn, a.from_seq, a.to_seq)
         result: dict[str, Any] = {"from_seq": r.from_seq, "to_seq": r.to_seq,
@@ -257,7 +245,7 @@ async def _resend(ctx: CommandContext, cmd: ParsedCommand, a: EventsResend) -> N
     await ctx.store.run(job)
 
 
-async def _state(ctx: CommandContext, cmd: ParsedCommand, a: StateGet) -> None:
+async def _state(ctx: CommandContext, cmd: ParsedCommand, a: ct.StateGet) -> None:
     result: dict[str, Any]
     if a.room is not None:
         rt = ctx.power.room(a.room)
