@@ -1,8 +1,9 @@
 """The `meta` table: small named values that outlive restarts.
 
-Contract: plain functions of a `Txn`, run as store jobs. Values are text. Each key belongs to one module, where its reader and writer stand
-together: `cards_version` (`gatewayd.store.cards`), the outbox's drop counts
-and alarm state (`gatewayd.store.retention`), the newest command `ts`
+Contract: plain functions of a `Txn`, run as store jobs. Values are text.
+Each key belongs to one module, where its reader and writer stand together:
+`cards_version` (`gatewayd.store.cards`), the outbox's drop counts and alarm
+state (`gatewayd.store.retention`), the newest command `ts`
 (`gatewayd.store.command_log`), `probe` (the store probe of
 `gatewayd.app.daemon`), and here the prices set by the center (`tariff.set`),
 kept as `tariff.<service>` = "<price> <unit>".
