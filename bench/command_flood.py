@@ -74,8 +74,9 @@ from gatewayd.contract.signing import sign_command  # noqa: E402
 from gatewayd.rules.water import Card  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
 from gatewayd.store.cards import Cards  # noqa: E402
-from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.db import Store  # noqa: E402
 from gatewayd.store.ledger import Ledger  # noqa: E402
+from gatewayd.store.txn import Txn  # noqa: E402
 from sim.serial_card import PtyPort  # noqa: E402
 from tests.mqtt_fixtures import Broker, free_port  # noqa: E402
 

@@ -66,8 +66,9 @@ sys.path.insert(0, str(ROOT))
 import structlog  # noqa: E402
 from pymodbus.pdu import ModbusPDU  # noqa: E402
 
-from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.db import Store  # noqa: E402
 from gatewayd.store.ledger import Ledger  # noqa: E402
+from gatewayd.store.txn import Txn  # noqa: E402
 from sim.modbus_endpoint import SimEndpoint  # noqa: E402
 from sim.modbus_units import COILS  # noqa: E402
 

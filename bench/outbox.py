@@ -46,7 +46,8 @@ from gatewayd.contract.wire import encode_result_ok, rfc3339
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 TS = "2026-11-25T10:05:00.000+08:00"
 SESSION = wire.WaterSession(

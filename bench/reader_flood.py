@@ -39,8 +39,9 @@ from daemon_poll import BUILDING, VALVE_BASE, Daemon, SimProc, cpu_seconds, peak
 
 from gatewayd.rules.water import Card  # noqa: E402
 from gatewayd.store.cards import Cards  # noqa: E402
-from gatewayd.store.db import Store, Txn  # noqa: E402
+from gatewayd.store.db import Store  # noqa: E402
 from gatewayd.store.ledger import Ledger  # noqa: E402
+from gatewayd.store.txn import Txn  # noqa: E402
 from sim.serial_card import PtyPort, frame  # noqa: E402
 
 DEBOUNCE_S = 0.05

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gatewayd.contract import wire
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 
 def debit(account: str, fen: int) -> Callable[[Txn], int]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from gatewayd.app import logs
 from gatewayd.contract import wire
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 
 def debit(account: str, fen: int) -> Callable[[Txn], int]:

@@ -31,7 +31,8 @@ from gatewayd.contract import wire
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 from tests.mqtt_fixtures import (
     WAIT_S,
     Broker,

@@ -47,8 +47,9 @@ from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 from tests.mqtt_fixtures import WAIT_S, Broker, Collector, collecting, free_port, mosquitto, needs_mosquitto
 from tests.test_water_service import running_water

@@ -32,8 +32,9 @@ from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService, valve_device
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 
 RELAY = SimBuilding.RELAY_BASE

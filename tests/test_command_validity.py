@@ -20,11 +20,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gatewayd.center.apply import NEWEST_TS_KEY, CommandService
+from gatewayd.center.apply import CommandService
 from gatewayd.contract.signing import sign_command
 from gatewayd.services.clock import Clock
-from gatewayd.store import outbox
+from gatewayd.store import retention
 from gatewayd.store.cards import Cards
+from gatewayd.store.command_log import NEWEST_TS_KEY
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
 from tests.mqtt_fixtures import Broker, collecting, mosquitto
@@ -202,12 +203,12 @@ async def test_an_id_is_kept_until_its_validity_ended(gw: Gateway) -> None:
     # validity's end. Backdate `received` as a clock a month behind would have.
     await gw.store.run(lambda t: t.execute(
         "UPDATE commands SET published = 1, received = received - ?", (30 * DAY,)))
-    await gw.store.run(lambda t: outbox.prune(t, now=time.time(), keep_events_days=7))
+    await gw.store.run(lambda t: retention.prune(t, now=time.time(), keep_events_days=7))
     again = await deliver(gw.service, gw.store, payload)
     assert again == {**first, "duplicate": True}
     assert gw.ledger.balance("stu-1") == 2_000
     # Once its validity ended (and 7 days passed), the id goes.
-    n = await gw.store.run(lambda t: outbox.prune(t, now=time.time() + 2 * DAY + 1,
+    n = await gw.store.run(lambda t: retention.prune(t, now=time.time() + 2 * DAY + 1,
                                                    keep_events_days=7))
     assert n >= 1
     assert await gw.store.read(lambda t: t.execute(

@@ -243,8 +243,9 @@ def test_notify_never_blocks_when_the_manager_stops_reading(tmp_path: Path) -> N
 
 def seed_credits(state: Path, n: int) -> None:
     """`n` top-ups of 100 fen to one account, as CommandService records them."""
-    from gatewayd.store.db import Store, Txn
+    from gatewayd.store.db import Store
     from gatewayd.store.ledger import Ledger
+    from gatewayd.store.txn import Txn
 
     store = Store.open(state, "b07")
     try:

@@ -28,8 +28,8 @@ from gatewayd.app.supervisor import Supervisor
 from gatewayd.rules.water import Card
 from gatewayd.services.component import Heartbeat
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Txn
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 from tests.soak.dead_bus import (
     DEAD_BUSES,

@@ -26,8 +26,8 @@ from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Txn
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 from sim.modbus_endpoint import SimEndpoint
 from sim.modbus_rtu import SimRtu

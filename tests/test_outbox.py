@@ -12,9 +12,11 @@ import pytest
 
 from gatewayd.contract import wire
 from gatewayd.contract.wire import Priority
-from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
-from gatewayd.store.outbox import ALARM_CLEAR_RATIO, OutMessage
+from gatewayd.store import outbox, retention
+from gatewayd.store.db import Store
+from gatewayd.store.outbox import OutMessage
+from gatewayd.store.retention import ALARM_CLEAR_RATIO
+from gatewayd.store.txn import Txn
 
 TS = "2026-11-25T10:00:00.000+08:00"
 DAY = 86400.0
@@ -115,7 +117,7 @@ def test_cap_drops_oldest_telemetry_first_and_raises_the_alarm_once(store: Store
         store.call(partial(outbox.queue_telemetry, payload=doc, wall=float(i)))
     total = store.call(outbox.pending).total_bytes
     cap = total - 250  # three 100-byte telemetry documents must go
-    out = store.call(lambda txn: outbox.enforce_cap(txn, cap, ts=TS))
+    out = store.call(lambda txn: retention.enforce_cap(txn, cap, ts=TS))
     assert (out.dropped_telemetry, out.dropped_events, out.alarm, out.over_cap) == (3, 0, True, False)
     left = store.call(lambda t: [bytes(r[0][:3])
                                  for r in t.execute("SELECT payload FROM telemetry ORDER BY id")])
@@ -124,24 +126,24 @@ def test_cap_drops_oldest_telemetry_first_and_raises_the_alarm_once(store: Store
     assert [(a["code"], a["device"], a["active"]) for a in alarms] == [("outbox_full", "outbox", True)]
     # Still full: no second alarm, only drops.
     store.call(lambda txn: outbox.queue_telemetry(txn, b"y" * 100, wall=11.0))
-    out = store.call(lambda txn: outbox.enforce_cap(txn, cap, ts=TS))
+    out = store.call(lambda txn: retention.enforce_cap(txn, cap, ts=TS))
     assert out.alarm is None and out.dropped_telemetry >= 1
     assert len(alarm_events(store)) == 1
-    assert store.call(outbox.dropped_counts) == (3 + out.dropped_telemetry, 0)
+    assert store.call(retention.dropped_counts) == (3 + out.dropped_telemetry, 0)
 
 
 def test_cap_drops_other_events_only_after_telemetry_and_never_money(store: Store) -> None:
     seqs = add(store, "tmtmtm")
     store.call(lambda txn: outbox.queue_telemetry(txn, b"t" * 50, wall=1.0))
-    out = store.call(lambda txn: outbox.enforce_cap(txn, 1, ts=TS))  # everything droppable must go
+    out = store.call(lambda txn: retention.enforce_cap(txn, 1, ts=TS))  # everything droppable must go
     assert out.dropped_telemetry == 1 and out.dropped_events == 3 and out.over_cap
     pending_seqs = store.call(lambda t: [r[0] for r in t.execute(
         "SELECT seq FROM events WHERE published IS NULL AND type != 'alarm' ORDER BY seq")])
     assert pending_seqs == [seqs[1], seqs[3], seqs[5]]  # every money event kept
-    assert store.call(outbox.dropped_counts) == (1, 3)
+    assert store.call(retention.dropped_counts) == (1, 3)
     # Again: the money events and the alarm stay, nothing else to drop (alarms are
     # never dropped: the outbox_full raise must reach the center before its clear).
-    out = store.call(lambda txn: outbox.enforce_cap(txn, 1, ts=TS))
+    out = store.call(lambda txn: retention.enforce_cap(txn, 1, ts=TS))
     assert out.dropped_events == 0 and out.over_cap
     assert [a["active"] for a in alarm_events(store)] == [True]
     assert store.call(lambda t: t.execute("SELECT COUNT(*) FROM events WHERE class = 1").fetchone()[0]) == 3
@@ -150,12 +152,12 @@ def test_cap_drops_other_events_only_after_telemetry_and_never_money(store: Stor
 def test_drop_counts_survive_a_restart(tmp_path: Path) -> None:
     s = Store.open(tmp_path / "state", "b07")
     add(s, "tt")
-    s.call(lambda txn: outbox.enforce_cap(txn, 1, ts=TS))
+    s.call(lambda txn: retention.enforce_cap(txn, 1, ts=TS))
     s.close()
     s = Store.open(tmp_path / "state", "b07")
     try:
-        assert s.call(outbox.dropped_counts) == (0, 2)
-        assert s.call(outbox.alarm_active)
+        assert s.call(retention.dropped_counts) == (0, 2)
+        assert s.call(retention.alarm_active)
     finally:
         s.close()
 
@@ -164,14 +166,14 @@ def test_alarm_clears_under_ninety_percent_of_the_cap(store: Store) -> None:
     for _ in range(10):
         store.call(lambda txn: outbox.queue_telemetry(txn, b"x" * 100, wall=1.0))
     cap = 900
-    store.call(lambda txn: outbox.enforce_cap(txn, cap, ts=TS))
-    assert store.call(outbox.alarm_active)
+    store.call(lambda txn: retention.enforce_cap(txn, cap, ts=TS))
+    assert store.call(retention.alarm_active)
     # Publish everything but 0.9 * cap worth: still above the clear level with the alarm event.
     msgs = page(store, limit=100)
     mark(store, msgs)
     total = store.call(outbox.pending).total_bytes
     assert total <= cap * ALARM_CLEAR_RATIO
-    out = store.call(lambda txn: outbox.enforce_cap(txn, cap, ts=TS))
+    out = store.call(lambda txn: retention.enforce_cap(txn, cap, ts=TS))
     assert out.alarm is False
     assert [a["active"] for a in alarm_events(store)] == [True, False]
 
@@ -186,7 +188,7 @@ def test_retention_keeps_unpublished_and_recent(store: Store) -> None:
     add_result(store, "old-unpublished", now - 8 * DAY)
     add_result(store, "new", now - 6 * DAY)
     store.call(lambda t: t.execute("UPDATE commands SET published = 1 WHERE id != 'old-unpublished'"))
-    n = store.call(lambda txn: outbox.prune(txn, now=now, keep_events_days=7))
+    n = store.call(lambda txn: retention.prune(txn, now=now, keep_events_days=7))
     assert n == 2
     kept = store.call(lambda t: [r[0] for r in t.execute("SELECT seq FROM events ORDER BY seq")])
     assert kept == [old[1], *recent]
@@ -200,18 +202,18 @@ def test_a_backlog_delivered_late_is_kept_from_its_delivery(store: Store) -> Non
     now = time.time()
     late = add(store, "mt", wall=now - 8 * DAY)
     mark(store, page(store, limit=10))
-    assert store.call(lambda txn: outbox.prune(txn, now=now, keep_events_days=7)) == 0
+    assert store.call(lambda txn: retention.prune(txn, now=now, keep_events_days=7)) == 0
     kept = store.call(lambda t: [r[0] for r in t.execute("SELECT seq FROM events ORDER BY seq")])
     assert kept == late
     later = now + 7 * DAY + 60
-    assert store.call(lambda txn: outbox.prune(txn, now=later, keep_events_days=7)) == 2
+    assert store.call(lambda txn: retention.prune(txn, now=later, keep_events_days=7)) == 2
 
 
 def test_command_ids_are_kept_seven_days_even_with_shorter_event_retention(store: Store) -> None:
     now = time.time()
     add_result(store, "c", now - 3 * DAY)
     store.call(lambda t: t.execute("UPDATE commands SET published = 1"))
-    assert store.call(lambda txn: outbox.prune(txn, now=now, keep_events_days=1)) == 0
+    assert store.call(lambda txn: retention.prune(txn, now=now, keep_events_days=1)) == 0
 
 
 def test_resend_requeues_kept_events_and_names_the_missing(store: Store) -> None:

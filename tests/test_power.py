@@ -30,8 +30,9 @@ from gatewayd.services.hardware import Hardware
 from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.store import rooms as rooms_table
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 
 ROOT = Path(__file__).resolve().parent.parent

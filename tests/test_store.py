@@ -21,8 +21,10 @@ import structlog
 
 from gatewayd.contract import wire
 from gatewayd.errors import StoreError, StoreLocked
-from gatewayd.store import db as store_mod
-from gatewayd.store.db import SCHEMA_VERSION, Store, Txn
+from gatewayd.store import schema as store_mod
+from gatewayd.store.db import Store
+from gatewayd.store.schema import SCHEMA_VERSION
+from gatewayd.store.txn import Txn
 
 ROOT = Path(__file__).resolve().parent.parent
 

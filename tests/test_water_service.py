@@ -25,8 +25,9 @@ from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.water import WaterService, flow_device, valve_device
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 
 RELAY = SimBuilding.RELAY_BASE

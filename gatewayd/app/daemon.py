@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from decimal import Decimal
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,9 +29,11 @@ from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
 from gatewayd.services.water import WaterService, valve_device
+from gatewayd.store import meta
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +49,7 @@ def alarm_settle_s(config: Config) -> float:
 
 def _touch(txn: Txn) -> None:
     """A write that commits (and so fsyncs): proves the disk still takes writes."""
-    txn.execute("INSERT INTO meta (key, value) VALUES ('probe', '1') "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    meta.put(txn, "probe", "1")
 
 
 class StoreProbe:
@@ -132,16 +132,12 @@ class StoreProbe:
 
 async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterService) -> None:
     """Prices set by the center (tariff.set) outlive restarts and win over the file's."""
-    rows = await store.read(lambda t: t.execute(
-        "SELECT key, value FROM meta WHERE key LIKE 'tariff.%'").fetchall())
-    for key, value in rows:
-        service = key.removeprefix("tariff.")
-        price, unit = value.split()
-        log.info("tariff_from_center", service=service, price=price, unit=unit)
+    for service, price, unit in await store.read(meta.saved_tariffs):
+        log.info("tariff_from_center", service=service, price=str(price), unit=unit)
         if service == "power":
-            power.set_tariff(Decimal(price), unit)
+            power.set_tariff(price, unit)
         else:
-            water.set_tariff(service, Decimal(price), unit)
+            water.set_tariff(service, price, unit)
 
 
 def _public_key(config: Config) -> Ed25519PublicKey | None:

@@ -48,7 +48,8 @@ from gatewayd.contract.wire import encode_will
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
-from gatewayd.store.db import Event, Store
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Event
 
 __all__ = ["CenterLink", "LinkCounters"]
 

@@ -1,11 +1,11 @@
 """Outbox housekeeping for the center link: the size cap and the retention of events.
 
-Contract (center-link.md "Delivery"; the policy itself is `gatewayd.store.outbox`):
-- The outbox is held under `center.outbox_max_mb` (`outbox.enforce_cap`:
+Contract (center-link.md "Delivery"; the policy itself is `gatewayd.store.retention`):
+- The outbox is held under `center.outbox_max_mb` (`retention.enforce_cap`:
   telemetry is dropped first, money events never; the store says `over_cap`
   then). Each drop is logged with what it cost, and an `outbox_full` alarm
   raised or cleared makes the status due at once (`on_alarm`).
-- What the center has had long enough (`outbox.prune`, from
+- What the center has had long enough (`retention.prune`, from
   `center.keep_events_days`) is pruned at start and every
   `RETENTION_INTERVAL_S`, in bounded store jobs.
 - `run()` does that every `HOUSEKEEPING_S`; a failing store is logged once,
@@ -26,7 +26,7 @@ from drivers.retry import FailureLog
 from gatewayd.config.model import CenterSection
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
-from gatewayd.store import outbox
+from gatewayd.store import retention
 from gatewayd.store.db import Store
 
 __all__ = ["Retention"]
@@ -62,7 +62,7 @@ class Retention:
             wall = self._clock.wall()
             ts = self._clock.stamp(wall)
             try:
-                outcome = await self._store.run(partial(outbox.enforce_cap, max_bytes=self.max_bytes,
+                outcome = await self._store.run(partial(retention.enforce_cap, max_bytes=self.max_bytes,
                                                         ts=ts, wall=wall))
                 self.report_cap(outcome)
                 if time.monotonic() >= next_prune:
@@ -75,7 +75,7 @@ class Retention:
             tick()
             await asyncio.sleep(HOUSEKEEPING_S)
 
-    def report_cap(self, outcome: outbox.CapOutcome) -> None:
+    def report_cap(self, outcome: retention.CapOutcome) -> None:
         """Say what enforcing the cap dropped, and whether money alone is over it."""
         if outcome.dropped_telemetry or outcome.dropped_events:
             log.warning("outbox_dropped", telemetry=outcome.dropped_telemetry, events=outcome.dropped_events,
@@ -91,7 +91,7 @@ class Retention:
         keep_days = self._center.keep_events_days
         total = 0
         while True:
-            n = await self._store.run(partial(outbox.prune, now=wall, keep_events_days=keep_days))
+            n = await self._store.run(partial(retention.prune, now=wall, keep_events_days=keep_days))
             total += n
             if n == 0:
                 break

@@ -30,8 +30,9 @@ from gatewayd.contract.wire import Faults, Status, encode_status
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.outbox import Pending
+from gatewayd.store.txn import Txn
 
 __all__ = ["StatusReporter"]
 

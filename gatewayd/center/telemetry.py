@@ -26,8 +26,9 @@ from gatewayd.center.session import PUBACK_TIMEOUT_S, LinkClient
 from gatewayd.contract.wire import Priority, Telemetry, encode_telemetry
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
-from gatewayd.store import outbox
-from gatewayd.store.db import Store, Txn
+from gatewayd.store import outbox, retention
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 __all__ = ["Readings", "TelemetrySender"]
 
@@ -92,9 +93,9 @@ class TelemetrySender:
         ts = self._clock.stamp(wall)
         max_bytes = self._retention.max_bytes
 
-        def job(txn: Txn) -> outbox.CapOutcome:
+        def job(txn: Txn) -> retention.CapOutcome:
             outbox.queue_telemetry(txn, payload, wall=wall)
-            return outbox.enforce_cap(txn, max_bytes, ts=ts, wall=wall)
+            return retention.enforce_cap(txn, max_bytes, ts=ts, wall=wall)
 
         try:
             self._retention.report_cap(await self._store.run(job))

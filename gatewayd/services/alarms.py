@@ -25,7 +25,8 @@ import structlog
 from gatewayd.contract.wire import Alarm, AlarmCode
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Txn
 
 log = structlog.get_logger(__name__)
 

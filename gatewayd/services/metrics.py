@@ -45,7 +45,8 @@ from gatewayd.services.component import Heartbeat
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import WaterService
 from gatewayd.store import outbox
-from gatewayd.store.db import Event, Store
+from gatewayd.store.db import Store
+from gatewayd.store.txn import Event
 
 log = structlog.get_logger(__name__)
 

@@ -32,8 +32,9 @@ from gatewayd.services.power.service import PowerService
 from gatewayd.services.water import PointRuntime, WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import CLASS_TELEMETRY, Store
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.schema import CLASS_TELEMETRY
 
 log = structlog.get_logger(__name__)
 

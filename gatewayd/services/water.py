@@ -68,8 +68,9 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import START_IO_S, Heartbeat
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,11 @@ import time
 from datetime import date
 
 from gatewayd.rules.water import Card
-from gatewayd.store.db import Txn
+from gatewayd.store import meta
+from gatewayd.store.txn import Txn
+
+# `meta` key of the version of the last cards.load.
+_VERSION_KEY = "cards_version"
 
 
 class Cards:
@@ -24,8 +28,8 @@ class Cards:
         ):
             self.cards[uid] = Card(uid, account, kind, status,
                                    date.fromisoformat(expires) if expires else None)
-        row = txn.execute("SELECT value FROM meta WHERE key = 'cards_version'").fetchone()
-        self.version = int(row[0]) if row else None
+        version = meta.get(txn, _VERSION_KEY)
+        self.version = int(version) if version is not None else None
 
     def get(self, uid: str) -> Card | None:
         return self.cards.get(uid)
@@ -60,6 +64,4 @@ class Cards:
 
     @staticmethod
     def set_version(txn: Txn, version: int) -> None:
-        txn.execute(
-            "INSERT INTO meta (key, value) VALUES ('cards_version', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),))
+        meta.put(txn, _VERSION_KEY, str(version))

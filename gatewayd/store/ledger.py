@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from gatewayd.rules.ledger import DEBIT_TYPES, Unreported
-from gatewayd.store.db import Txn
+from gatewayd.store.txn import Txn
 
 
 class _Debit(msgspec.Struct):

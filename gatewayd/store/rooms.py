@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from gatewayd.contract.wire import CutReason
 from gatewayd.rules import pricing
 from gatewayd.rules.power import RoomState
-from gatewayd.store.db import Txn
+from gatewayd.store.txn import Txn
 
 # How stale the stored time of a room's meter baseline may get (see `change_key`).
 BASELINE_SAVE_S = 60.0

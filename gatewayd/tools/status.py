@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd.services.snapshot import WRITE_EVERY_S, read_status
-from gatewayd.store.db import LOCK_NAME
+from gatewayd.store.files import LOCK_NAME
 
 STALE_AFTER_S = 5 * WRITE_EVERY_S
 

@@ -41,8 +41,9 @@ from pymodbus.pdu import ModbusPDU
 from gatewayd.contract import wire
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus import SimBuilding
 from sim.modbus_endpoint import SimEndpoint
 from sim.modbus_units import COILS

@@ -38,8 +38,8 @@ from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
 from gatewayd.services.water import WaterService
 from gatewayd.store.cards import Cards
-from gatewayd.store.db import Txn
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 from sim.modbus_endpoint import SimEndpoint
 from sim.modbus_rtu import SimRtu
 from tests.soak.harness import Checks, Row

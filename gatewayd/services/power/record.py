@@ -31,8 +31,9 @@ from gatewayd.rules.power import (
 from gatewayd.services.clock import Clock
 from gatewayd.services.power.room import RoomRuntime, meter_device
 from gatewayd.store import rooms as rooms_table
-from gatewayd.store.db import Store, Txn
+from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from gatewayd.store.txn import Txn
 
 log = structlog.get_logger(__name__)
 
