@@ -28,7 +28,8 @@ from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power import PowerService, breaker_device, meter_device
 from gatewayd.services.snapshot import Snapshot
-from gatewayd.services.water import WaterService, valve_device
+from gatewayd.services.water.point import valve_device
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store, Txn
 from gatewayd.store.ledger import Ledger

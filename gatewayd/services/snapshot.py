@@ -28,7 +28,8 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.power import PowerService, RoomRuntime
-from gatewayd.services.water import PointRuntime, WaterService
+from gatewayd.services.water.point import PointRuntime
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import CLASS_TELEMETRY, Store
