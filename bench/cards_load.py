@@ -31,7 +31,7 @@ from gatewayd.contract.signing import sign_command
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger

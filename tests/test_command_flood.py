@@ -45,7 +45,7 @@ from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger

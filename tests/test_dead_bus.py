@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import gatewayd.services.water as water_mod
+import gatewayd.services.water.recovery as water_mod
 from drivers.errors import DeviceError
 from drivers.modbus.bus import ModbusBus
 from drivers.profile import SHIPPED_DIR, load_profile

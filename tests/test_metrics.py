@@ -23,7 +23,7 @@ from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger

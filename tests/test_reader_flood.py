@@ -31,7 +31,8 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.water import WaterService, valve_device
+from gatewayd.services.water.point import valve_device
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger

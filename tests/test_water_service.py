@@ -23,7 +23,8 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.water import WaterService, flow_device, valve_device
+from gatewayd.services.water.point import flow_device, valve_device
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
@@ -159,7 +160,7 @@ async def test_a_session_started_online_is_limited_once_the_center_is_unreachabl
     spent = await w.offline_spent()
     assert 0 < spent <= LIMIT_FEN
     assert session["amount_fen"] > spent        # the online part is not offline spend
-    assert sum(fen for (c, _), fen in w.service.offline_spent.items() if c == CARD) == spent
+    assert sum(fen for (c, _), fen in w.service.offline_spend.spent.items() if c == CARD) == spent
     # A new tap while still offline: the day's limit is spent.
     await asyncio.sleep(0.5)
     await w.service.on_tap(CardTap("r1", CARD, time.monotonic()))
@@ -197,7 +198,7 @@ async def test_no_tap_event_at_all_once_shutdown_began(water: Water) -> None:
 async def test_an_idle_valve_found_open_is_closed(water: Water, monkeypatch: pytest.MonkeyPatch) -> None:
     """Someone opens the valve by hand (or its relay did not follow): the idle check
     finds it open with no session and closes it; no session, no charge."""
-    import gatewayd.services.water as water_mod
+    import gatewayd.services.water.point_devices as water_mod
 
     monkeypatch.setattr(water_mod, "IDLE_CHECK_S", 0.3)
     w = water
@@ -248,7 +249,7 @@ async def test_account_sync_counts_a_session_ending_meanwhile_once(water: Water)
 
     async def end() -> None:
         async with pt.lock:
-            await svc._end(pt, EndReason.TAP)
+            await svc.point_loop.end(pt, EndReason.TAP)
 
     await asyncio.gather(sync, end())
     (session,) = await water.events("water.session")
@@ -265,7 +266,7 @@ async def test_a_valve_found_closed_during_a_session_ends_it(
     """The relay board resets mid-shower (its coil reads off): on this time-billed
     point nothing else would tell, so the read-back ends the session with `fault`
     and raises (then clears, once a close command is obeyed) `valve_fault`."""
-    import gatewayd.services.water as water_mod
+    import gatewayd.services.water.point_devices as water_mod
 
     monkeypatch.setattr(water_mod, "VALVE_CHECK_S", 0.3)
     w = water
@@ -293,7 +294,7 @@ async def test_shutdown_with_a_dead_relay_board_ends_every_session_in_time(tmp_p
     valves one after another on the bus would take 12 s (1 s timeout, 1 retry).
     The stop ends every session anyway, charged once, within its I/O budget,
     leaving the rest of the 10 s to tell the center."""
-    import gatewayd.services.water as water_mod
+    import gatewayd.services.water.recovery as water_mod
 
     sim = await SimBuilding.tcp(1, per_endpoint=1)
     points = "".join(

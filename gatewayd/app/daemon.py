@@ -28,7 +28,8 @@ from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
-from gatewayd.services.water import WaterService, valve_device
+from gatewayd.services.water.point import valve_device
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

@@ -46,7 +46,7 @@ from gatewayd.contract.wire import ErrorCode, as_duplicate, encode_result_error
 from gatewayd.errors import Refused
 from gatewayd.services.clock import Clock
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import command_log
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

@@ -26,7 +26,7 @@ from gatewayd.rules.power import RoomState
 from gatewayd.rules.water import Card
 from gatewayd.services.clock import Clock
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta, outbox
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

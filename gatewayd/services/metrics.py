@@ -43,7 +43,7 @@ from gatewayd.contract.wire import CutReason
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.db import Store
 from gatewayd.store.txn import Event

@@ -29,7 +29,8 @@ from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.power.room import RoomRuntime
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water import PointRuntime, WaterService
+from gatewayd.services.water.point import PointRuntime
+from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

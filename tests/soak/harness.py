@@ -14,7 +14,7 @@ The checkers take a `StoreSnapshot` and derive what the log promises: seq
 without gap or repeat, no session charged twice, power.usage chains, and every
 balance equal to what the log credits minus what it debits minus what is
 charged but not yet reported (gatewayd/services/power/ charges into `rooms.accrued_fen`
-until a `power.usage` reports it; gatewayd/services/water.py charges into
+until a `power.usage` reports it; gatewayd/services/water/charging.py charges into
 `water_sessions.charged_fen` until the `water.session` carries the whole sum).
 """
 

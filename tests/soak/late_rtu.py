@@ -36,7 +36,7 @@ from pathlib import Path
 from drivers.errors import DeviceError
 from drivers.protocols import CardTap
 from gatewayd.rules.water import Card
-from gatewayd.services.water import WaterService
+from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.ledger import Ledger
 from gatewayd.store.txn import Txn
