@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 
@@ -41,7 +42,7 @@ def make_reader(prefix: str = "Virtual PCD 00 00", clock: FakeClock | None = Non
         name=prefix,
         debounce_s=1.5,
         backoff=Backoff(initial_s=0.05, cap_s=0.2),
-        **({"clock": clock} if clock is not None else {}),
+        clock=clock or time.monotonic,
     )
     assert isinstance(reader, PcscCardReader)
     return reader
