@@ -8,36 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-
-import pytest
 
 from sim.modbus import SimBuilding
 from sim.serial_card import PtyPort
-from tests.mqtt_fixtures import Broker, Seen, collecting, mosquitto
-from tests.test_gateway_e2e import gatewayd
+from tests.mqtt_fixtures import Broker, Seen, collecting
+from tests.test_gateway_e2e import broker, building, gatewayd
 from tests.test_power import Daemon
 from tests.test_water import valve_becomes
+
+__all__ = ["broker", "building"]  # fixtures used by name
 
 RELAY = SimBuilding.RELAY_BASE
 TOPIC = "ecard/v1/b07"
 NUMBER = "0040856634"   # printed on the card; its EM4100 UID ends 02 6F 6C 3A
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with mosquitto(tmp_path / "mosquitto") as b:
-        yield b
-
-
-@pytest.fixture
-async def building() -> AsyncIterator[SimBuilding]:
-    sim = await SimBuilding.tcp(1, per_endpoint=1)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 def write_config(tmp: Path, broker: Broker, sim: SimBuilding, tty: Path) -> Path:

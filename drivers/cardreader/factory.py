@@ -52,21 +52,7 @@ def open_reader(
     if type == "pcsc":
         return PcscCardReader(id, str(settings["name"]), ids=ids, debounce_s=debounce_s, clock=clock,
                               backoff=backoff)
-    protocol = settings.get("protocol", "rdm6300")
-    if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"reader {id!r}: unknown protocol {protocol!r} (expected one of {sorted(PROTOCOLS)})"
-        )
-    line_format = settings.get("line_format", "hex")
-    if "line_format" in settings and protocol != "ascii-line":
-        raise ValueError(f"reader {id!r}: line_format applies only to ascii-line readers")
-    if line_format not in LINE_FORMATS:
-        raise ValueError(
-            f"reader {id!r}: unknown line_format {line_format!r} (expected one of {list(LINE_FORMATS)})"
-        )
-    baudrate = settings.get("baudrate", 9600)
-    if not isinstance(baudrate, int) or isinstance(baudrate, bool) or baudrate <= 0:
-        raise ValueError(f"reader {id!r}: baudrate must be a positive integer, not {baudrate!r}")
+    protocol, line_format, baudrate = _serial_settings(id, settings)
     return SerialCardReader(
         id,
         str(settings["port"]),
@@ -78,6 +64,26 @@ def open_reader(
         clock=clock,
         backoff=backoff,
     )
+
+
+def _serial_settings(reader: str, settings: dict[str, Any]) -> tuple[Any, Any, int]:
+    """A serial reader's checked `protocol`, `line_format` and `baudrate`."""
+    protocol = settings.get("protocol", "rdm6300")
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"reader {reader!r}: unknown protocol {protocol!r} (expected one of {sorted(PROTOCOLS)})"
+        )
+    line_format = settings.get("line_format", "hex")
+    if "line_format" in settings and protocol != "ascii-line":
+        raise ValueError(f"reader {reader!r}: line_format applies only to ascii-line readers")
+    if line_format not in LINE_FORMATS:
+        raise ValueError(
+            f"reader {reader!r}: unknown line_format {line_format!r} (expected one of {list(LINE_FORMATS)})"
+        )
+    baudrate = settings.get("baudrate", 9600)
+    if not isinstance(baudrate, int) or isinstance(baudrate, bool) or baudrate <= 0:
+        raise ValueError(f"reader {reader!r}: baudrate must be a positive integer, not {baudrate!r}")
+    return protocol, line_format, baudrate
 
 
 def _card_ids(reader: str, card_format: CardFormat, uid_order: Any) -> CardIds:
