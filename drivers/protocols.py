@@ -149,7 +149,9 @@ class Counter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CardTap:
-    """A card seen by a reader. `uid` is upper-case hex without separators."""
+    """A card seen by a reader. `uid` is the card's id in the building's
+    `gateway.card_format` (`cardreader.cardid`): upper-case hex without
+    separators, or a 10-digit decimal number."""
 
     reader: str
     uid: str

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gatewayd.contract import command_admission, command_args
 from gatewayd.contract.command_admission import accept_command, check_age, verify_signature
+from gatewayd.contract.command_fields import CardFormat
 from gatewayd.contract.command_types import (
     MAX_COMMAND_BYTES,
     AccountCredit,
@@ -650,6 +651,96 @@ def test_schema_errors_name_the_field(type_: str, args: Any, message: str) -> No
 def test_every_command_type_has_a_schema_error_case() -> None:
     with_args = {CommandType(t) for t, _, _ in SCHEMA_ERRORS}
     assert with_args == set(CommandType) - {CommandType.PING}
+
+
+# --------------------------------------------------------------------------
+# Card ids in the building's card_format (behaviour.md "Card readers")
+# --------------------------------------------------------------------------
+
+DEC10 = "a card number of 10 digits from 0000000000 to 4294967295"
+DEC_CARD = {"card": "0040856634", "account": "s2023001", "kind": "student", "status": "active"}
+
+
+@pytest.mark.parametrize(
+    ("type_", "args", "expected"),
+    [
+        ("card.put", DEC_CARD, CardPut(card="0040856634", account="s2023001",
+                                       kind=CardKind.STUDENT, status=CardStatus.ACTIVE, expires=None)),
+        ("card.block", {"card": "4294967295"}, CardBlock(card="4294967295")),
+        ("card.unblock", {"card": "0000000000"}, CardUnblock(card="0000000000")),
+        ("state.get", {"card": "0040856634"}, StateGet(card="0040856634")),
+    ],
+)
+def test_a_dec10_building_takes_10_digit_card_numbers(type_: str, args: Any, expected: CommandArgs) -> None:
+    outcome = parse(command(type_, args), card_format="dec10")
+    assert isinstance(outcome, ParsedCommand), outcome
+    assert outcome.args == expected
+
+
+def test_a_dec10_cards_load() -> None:
+    cards = [DEC_CARD, {**DEC_CARD, "card": "2712847316", "account": "s2"}]
+    outcome = parse(command("cards.load", {**LOAD, "cards": cards}), card_format="dec10")
+    assert isinstance(outcome, ParsedCommand) and isinstance(outcome.args, CardsLoad)
+    assert [c.card for c in outcome.args.cards] == ["0040856634", "2712847316"]
+
+
+@pytest.mark.parametrize(
+    ("card", "shown"),
+    [
+        ("04A1B2C3", '"04A1B2C3"'),          # a hex UID in a dec10 building
+        ("0040856634A", '"0040856634A"'),
+        ("40856634", '"40856634"'),          # not zero-padded
+        ("00040856634", '"00040856634"'),    # 11 digits
+        ("4294967296", '"4294967296"'),      # 2^32
+        ("0040 856634", '"0040 856634"'),
+        ("٠٠٤٠٨٥٦٦٣٤", '"٠٠٤٠٨٥٦٦٣٤"'),      # Arabic-Indic digits
+        (40856634, "40856634"),              # a JSON number
+        ("", '""'),
+    ],
+)
+def test_a_dec10_building_refuses_every_other_card_id(card: Any, shown: str) -> None:
+    message = f"args.card: expected {DEC10}, got {shown}"
+    for type_, args in [("card.put", {**DEC_CARD, "card": card}), ("card.block", {"card": card}),
+                        ("card.unblock", {"card": card}), ("state.get", {"card": card})]:
+        outcome = parse(command(type_, args), card_format="dec10")
+        assert result_json(outcome) == error("c-1", "bad_request", message), type_
+    load = command("cards.load", {**LOAD, "cards": [DEC_CARD, {**DEC_CARD, "card": card}]})
+    assert result_json(parse(load, card_format="dec10")) == error(
+        "c-1", "bad_request", f"args.cards[1].card: expected {DEC10}, got {shown}")
+
+
+@pytest.mark.parametrize("card", ["04A1B2C", "ABC", "0" * 31])
+def test_a_hex_building_refuses_an_odd_number_of_hex_digits(card: str) -> None:
+    message = f'args.card: expected a card UID of an even number of hex digits (whole bytes), got "{card}"'
+    put = command("card.put", {**CARD_A, "card": card})
+    assert result_json(parse(put)) == error("c-1", "bad_request", message)
+    assert result_json(parse(put, card_format="hex")) == error("c-1", "bad_request", message)
+
+
+def test_a_hex_building_still_takes_a_10_digit_number_as_hex() -> None:
+    # "0040856634" is valid hex too: in a hex building it is the 5-byte UID 00 40 85 66 34.
+    outcome = parse(command("card.put", DEC_CARD))
+    assert isinstance(outcome, ParsedCommand) and isinstance(outcome.args, CardPut)
+    assert outcome.args.card == "0040856634"
+
+
+@pytest.mark.parametrize(("card_format", "ok"), [("hex", True), ("dec10", False)])
+def test_admission_and_the_screen_read_card_ids_in_the_buildings_format(
+    card_format: CardFormat, ok: bool
+) -> None:
+    from gatewayd.center.screen import screen_command
+
+    data = payload(sign_command(command("card.put", {**CARD_A, "card": "04A1B2C3"}), KEY))
+    outcome = accept_command(data, topic_kind="building", building=BUILDING, public_key=PUBLIC,
+                             now=NOW, clock_synced=True, card_format=card_format)
+    assert isinstance(outcome, ParsedCommand) is ok, outcome
+    screened = screen_command(data, topic_kind="building", building=BUILDING,
+                              public_key=PUBLIC.public_bytes_raw(), insecure_unsigned=False,
+                              card_format=card_format)
+    assert (screened is None) is ok, screened
+    if not ok:
+        assert isinstance(outcome, CommandRejection) and outcome == screened
+        assert outcome.message == f'args.card: expected {DEC10}, got "04A1B2C3"'
 
 
 def test_wrong_target_on_the_broadcast_topic() -> None:

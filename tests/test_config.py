@@ -929,3 +929,58 @@ def test_a_private_key_given_as_the_centers_public_key_is_refused(
         "gateway (whoever reads it can sign commands for every building). Delete it here, have "
         "the center make a new key pair (gatewayd keygen) and give the gateways only the public "
         "one (center.pub)"]
+
+
+READERS = """
+[gateway]
+building = "b1"
+card_format = "dec10"
+
+[[readers]]
+id = "r-usb"
+type = "serial"
+port = "/dev/null"
+protocol = "ascii-line"
+line_format = "dec"
+
+[[readers]]
+id = "r-rdm"
+type = "serial"
+port = "/dev/zero"
+uid_order = "reversed"
+
+[[readers]]
+id = "r-pcsc"
+type = "pcsc"
+name = "ACS"
+uid_order = "reversed"
+"""
+
+
+def test_card_format_uid_order_and_line_format(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, READERS))
+    assert cfg.gateway.card_format == "dec10"
+    usb, rdm, pcsc = (cfg.readers[r] for r in ("r-usb", "r-rdm", "r-pcsc"))
+    assert (usb.protocol, usb.line_format, usb.uid_order) == ("ascii-line", "dec", "as_read")
+    assert (rdm.protocol, rdm.line_format, rdm.uid_order) == ("rdm6300", "hex", "reversed")
+    assert pcsc.uid_order == "reversed"
+    # The defaults: a hex building, ascii-line lines in hex.
+    cfg = load_config(write(tmp_path, READERS.replace('card_format = "dec10"', "")
+                            .replace('line_format = "dec"', "")))
+    assert cfg.gateway.card_format == "hex" and cfg.readers["r-usb"].line_format == "hex"
+
+
+def test_line_format_only_on_ascii_line_readers_and_spellings_checked(tmp_path: Path) -> None:
+    text = (READERS.replace('card_format = "dec10"', 'card_format = "dec"')
+            .replace('line_format = "dec"', 'line_format = "decimal"')
+            .replace('uid_order = "reversed"\n\n', 'uid_order = "lsb"\nline_format = "dec"\n\n', 1)
+            .replace('name = "ACS"', 'name = "ACS"\nline_format = "hex"'))
+    assert sorted(problems(write(tmp_path, text))) == sorted([
+        'gateway.card_format: expected one of hex, dec10, got "dec"',
+        'readers[0].line_format: expected one of hex, dec, got "decimal"',
+        'readers[1].uid_order: expected one of as_read, reversed, got "lsb"',
+        'readers[1].line_format: only an ascii-line reader has one (protocol = "ascii-line"); '
+        'this reader\'s protocol is "rdm6300"',
+        'readers[2].line_format: only an ascii-line reader has one (protocol = "ascii-line"); '
+        "a pcsc reader reads the card's UID",
+    ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 
@@ -41,7 +42,7 @@ def make_reader(prefix: str = "Virtual PCD 00 00", clock: FakeClock | None = Non
         name=prefix,
         debounce_s=1.5,
         backoff=Backoff(initial_s=0.05, cap_s=0.2),
-        **({"clock": clock} if clock is not None else {}),
+        clock=clock or time.monotonic,
     )
     assert isinstance(reader, PcscCardReader)
     return reader
@@ -116,6 +117,19 @@ async def test_a_card_that_does_not_give_its_uid_is_no_tap(pcscd: Pcscd) -> None
         async with VirtualCard("1A2B3C4D", port=pcscd.port):
             assert (await rec.tap()).uid == "1A2B3C4D"
     assert [t.uid for t in rec.all_taps] == ["1A2B3C4D"]
+
+
+async def test_a_dec10_building_with_a_reversed_reader_taps_the_printed_number(pcscd: Pcscd) -> None:
+    reader = open_reader("r-drink-1", "pcsc", name="Virtual PCD 00 00", debounce_s=1.5,
+                         card_format="dec10", uid_order="reversed",
+                         backoff=Backoff(initial_s=0.05, cap_s=0.2))
+    rec = Recorder()
+    async with running(reader, rec):
+        await rec.online()
+        # Read as 04 A1 B2 C3 D4 E5 F6; reversed F6 E5 D4 C3 B2 A1 04; the last 4
+        # bytes 0xC3B2A104 = 195*16777216 + 178*65536 + 161*256 + 4 = 3283263748.
+        async with VirtualCard("04A1B2C3D4E5F6", port=pcscd.port):
+            assert (await rec.tap()).uid == "3283263748"
 
 
 async def test_no_matching_reader_is_offline_and_stops_promptly(pcscd: Pcscd) -> None:

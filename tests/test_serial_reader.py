@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from drivers.cardreader import rdm6300
+from drivers.cardreader.cardid import CardFormat
 from drivers.cardreader.factory import open_reader
 from drivers.cardreader.reconnect import Backoff
 from drivers.cardreader.serial_reader import SerialCardReader
@@ -95,6 +96,41 @@ async def test_bad_checksum_is_dropped_and_counted(pty_port: PtyPort) -> None:
         assert (await rec.tap()).uid == "1A2B3C4D5E"
     assert reader.stats.bad_checksum == 1
     assert rec.all_taps == [rec.all_taps[0]]
+
+
+async def test_a_dec_line_reader_in_a_dec10_building(pty_port: PtyPort) -> None:
+    rec = Recorder()
+    reader = open_reader("r-usb-1", "serial", port=str(pty_port.path), protocol="ascii-line",
+                         line_format="dec", card_format="dec10", debounce_s=1.5,
+                         backoff=Backoff(initial_s=0.02, cap_s=0.1))
+    assert isinstance(reader, SerialCardReader)
+    async with running(reader, rec):
+        await rec.online()
+        # An 8H10D USB reader types the number printed on the card. A hex line,
+        # and a number over 2^32 - 1, are dropped and counted, never guessed.
+        await pty_port.send(b"04A1B2C3\r\n4294967296\r\n0040856634\r\n", byte_delay_s=0.001)
+        tap = await rec.tap()
+        assert (tap.reader, tap.uid) == ("r-usb-1", "0040856634")
+    assert (reader.stats.frames_ok, reader.stats.malformed) == (1, 2)
+    assert reader.stats.last_drop == "not a decimal card number: b'4294967296'"
+    assert [t.uid for t in rec.all_taps] == ["0040856634"]
+
+
+@pytest.mark.parametrize(("card_format", "uid_order", "card_id"), [
+    # The EM4100 card 01 02 6F 6C 3A: its last 4 bytes 0x026F6C3A = 40856634.
+    ("dec10", "as_read", "0040856634"),
+    ("hex", "reversed", "3A6C6F0201"),
+])
+async def test_an_rdm6300_in_the_buildings_card_format(
+    pty_port: PtyPort, card_format: CardFormat, uid_order: str, card_id: str
+) -> None:
+    rec = Recorder()
+    reader = open_reader("r-shower-1", "serial", port=str(pty_port.path), card_format=card_format,
+                         uid_order=uid_order, debounce_s=1.5, backoff=Backoff(initial_s=0.02, cap_s=0.1))
+    async with running(reader, rec):
+        await rec.online()
+        pty_port.write(rdm6300.encode("01026F6C3A"))
+        assert (await rec.tap()).uid == card_id
 
 
 async def test_a_held_card_is_one_tap(pty_port: PtyPort) -> None:

@@ -2,10 +2,14 @@
 
 Layer contract:
 
+- `cardid` turns what a reader reads (UID bytes, or a decimal card number)
+  into the card's id in the building's `gateway.card_format`, with the
+  reader's `uid_order`.
 - Decoders (`rdm6300`, `asciiline`) are pure and incremental: `feed(bytes)`
-  returns the UIDs completed by those bytes, in order, and never raises on
-  any input. They hold a bounded amount of state however long the garbage,
-  and count what they drop in a `DecoderStats`.
+  returns the card ids completed by those bytes, in order, and never raises
+  on any input. They hold a bounded amount of state however long the
+  garbage, and count what they drop in a `DecoderStats`: a frame or line
+  that does not fit the declared format is dropped, never guessed.
 - `debounce` turns sightings of a UID into taps: a card held on a reader is
   one tap.
 - `serial_reader` and `pcsc_reader` (its thread in `pcsc_worker`) implement
@@ -14,7 +18,8 @@ Layer contract:
   and reports each online/offline change once.
 - `factory.open_reader(...)` builds a reader from a `[[readers]]` table.
 
-UIDs are upper-case hex without separators everywhere.
+Past the decoders (and PC/SC's UID read) a card is its id, as the center's
+card records spell it: `CardTap.uid` is that id.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class DecoderStats:
     checksum did not match. `malformed`: frames or lines of the wrong shape
     (non-hex digits, wrong length, missing end byte). `overlong`: lines longer
     than the decoder keeps. `noise_bytes`: bytes outside any frame.
+    `last_drop`: why the last frame or line was dropped ("" before any).
     """
 
     frames_ok: int = 0
@@ -45,6 +51,7 @@ class DecoderStats:
     malformed: int = 0
     overlong: int = 0
     noise_bytes: int = 0
+    last_drop: str = ""
 
     @property
     def dropped(self) -> int:
@@ -53,12 +60,12 @@ class DecoderStats:
 
 
 class UidDecoder(Protocol):
-    """An incremental decoder of one reader's byte stream into UIDs."""
+    """An incremental decoder of one reader's byte stream into card ids."""
 
     stats: DecoderStats
 
     def feed(self, data: bytes) -> list[str]:
-        """Consume `data`; return the UIDs it completes (upper-case hex), in order."""
+        """Consume `data`; return the card ids it completes (`cardid.CardIds`), in order."""
         ...
 
     def reset(self) -> None:

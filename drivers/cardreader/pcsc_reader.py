@@ -6,8 +6,10 @@ Contract (`drivers.protocols.CardReader`):
   (pcscd appends slot numbers, e.g. "ACS ACR122U PICC Interface 00 00").
 - A card placed on it is one tap: its UID is read with the get-data APDU
   `FF CA 00 00 00` (status word 90 00 stripped; any other status word is no
-  tap). A card held is one tap however long; after it leaves, the same card
-  taps again only `debounce_s` after it was last seen. A card still on the
+  tap), and `CardTap.uid` is the card's id made of those bytes by `ids`
+  (`cardid.CardIds`: the building's card_format, the reader's uid_order).
+  A card held is one tap however long; after it leaves, the same card taps
+  again only `debounce_s` after it was last seen. A card still on the
   reader when pcscd or the reader came back is the same tap, not a new one.
 - `status(False, why)` once when pcscd is unreachable, no reader matches, or
   the reader goes away; `status(True, "")` when a reader is watched again.
@@ -38,6 +40,7 @@ from typing import Any
 import structlog
 
 from drivers.cardreader import deliver_tap, report_status
+from drivers.cardreader.cardid import CardIds
 from drivers.cardreader.debounce import Debouncer
 from drivers.cardreader.pcsc_worker import PcscWorker, ReaderStatus
 from drivers.cardreader.reconnect import Backoff
@@ -58,6 +61,7 @@ class PcscCardReader:
     Args:
         name: the reader's id (`[[readers]] id`), used in taps and logs.
         prefix: the start of the PC/SC reader name (`[[readers]] name`).
+        ids: how the UID read becomes the card's id (default: upper-case hex as read).
         debounce_s: `gateway.tap_debounce_s`.
         clock: monotonic seconds, stamped on taps and used for debouncing.
         backoff: policy for re-establishing a lost pcscd connection.
@@ -69,6 +73,7 @@ class PcscCardReader:
         name: str,
         prefix: str,
         *,
+        ids: CardIds | None = None,
         debounce_s: float = 1.5,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
@@ -76,11 +81,12 @@ class PcscCardReader:
     ) -> None:
         self.name = name
         self.prefix = prefix
+        self.ids = ids or CardIds()
         self.clock = clock
         self.debouncer = Debouncer(debounce_s, clock)
         self.backoff = backoff or Backoff()
         self.poll_s = poll_s
-        # UID of the card on the reader as last read, or None; written by the
+        # Id of the card on the reader as last read, or None; written by the
         # worker thread after the debouncer is updated (diagnostics and tests).
         self.card_on_reader: str | None = None
 

@@ -300,7 +300,7 @@ class PcscWorker:
             self.emit(CardTap(reader=self.owner.name, uid=uid, mono=now))
 
     def _read_uid(self, ctx: int, reader: str) -> str | None:
-        """The UID of the card on `reader`, or None if it would not say."""
+        """The id of the card on `reader` (from its UID), or None if it would not say."""
         s = self.s
         hr, handle, protocol = s.SCardConnect(
             ctx, reader, s.SCARD_SHARE_SHARED, s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1
@@ -322,6 +322,6 @@ class PcscWorker:
                 sw = bytes(response[-2:]).hex().upper()
                 self.log.debug("card_uid_refused", sw=sw)
                 return None
-            return bytes(response[:-2]).hex().upper()
+            return self.owner.ids.of_uid(bytes(response[:-2]))
         finally:
             s.SCardDisconnect(handle, s.SCARD_LEAVE_CARD)

@@ -2,7 +2,9 @@
 
 A frame is 14 bytes: STX (0x02), 10 ASCII hex digits, 2 ASCII hex digits of
 checksum, ETX (0x03). The checksum is the XOR of the 5 bytes the 10 digits
-spell. The UID is all 10 digits, upper-cased. The module repeats the frame
+spell. The UID is the 5 bytes the 10 digits spell; the decoder returns the
+card's id made of them by its `cardid.CardIds` (by default upper-case hex,
+the 10 digits as sent but upper-cased). The module repeats the frame
 about every 100 ms while a card stays in the field; debouncing is not done
 here.
 
@@ -15,6 +17,7 @@ ever held.
 from __future__ import annotations
 
 from drivers.cardreader import DecoderStats
+from drivers.cardreader.cardid import CardIds
 
 STX = 0x02
 ETX = 0x03
@@ -47,8 +50,9 @@ def encode(uid: str) -> bytes:
 class Rdm6300Decoder:
     """Incremental RDM6300 decoder; see the module docstring for the rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, ids: CardIds | None = None) -> None:
         self.stats = DecoderStats()
+        self.ids = ids or CardIds()
         self._frame = bytearray()
 
     @property
@@ -61,7 +65,7 @@ class Rdm6300Decoder:
         self._frame.clear()
 
     def feed(self, data: bytes) -> list[str]:
-        """Consume `data`; return the UIDs of the frames it completes."""
+        """Consume `data`; return the card ids of the frames it completes."""
         uids: list[str] = []
         frame = self._frame
         stats = self.stats
@@ -87,6 +91,7 @@ class Rdm6300Decoder:
     def _abandon(self, byte: int) -> None:
         # The candidate frame is malformed; `byte` may start the next one.
         self.stats.malformed += 1
+        self.stats.last_drop = f"malformed frame: byte 0x{byte:02X} at offset {len(self._frame)}"
         self._frame.clear()
         if byte == STX:
             self._frame.append(byte)
@@ -97,8 +102,10 @@ class Rdm6300Decoder:
         digits = bytes(self._frame[1 : 1 + UID_DIGITS])
         sent = int(self._frame[1 + UID_DIGITS :].decode("ascii"), 16)
         self._frame.clear()
-        if checksum(digits) != sent:
+        expected = checksum(digits)
+        if expected != sent:
             self.stats.bad_checksum += 1
+            self.stats.last_drop = f"bad checksum {sent:02X} (expected {expected:02X})"
             return None
         self.stats.frames_ok += 1
-        return digits.decode("ascii").upper()
+        return self.ids.of_uid(bytes.fromhex(digits.decode("ascii")))

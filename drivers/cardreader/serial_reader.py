@@ -11,6 +11,9 @@ Contract (`drivers.protocols.CardReader`):
   `status(True, "")` when it works again. Reopening uses capped exponential
   back-off with jitter, reset on success.
 - A sink or status callback that raises is logged and the reader carries on.
+- `CardTap.uid` is the card's id (`cardid.CardIds`). A frame or line the
+  decoder drops is counted in `stats` and logged at DEBUG
+  (`card_frame_dropped`, with its reason).
 
 Tap path: bytes are decoded in the transport's read callback, where
 `CardTap.mono` is stamped; the tap then reaches the sink on the next turn of the
@@ -33,6 +36,7 @@ import structlog
 
 from drivers.cardreader import DecoderStats, UidDecoder, deliver_tap
 from drivers.cardreader.asciiline import AsciiLineDecoder
+from drivers.cardreader.cardid import CardIds, LineFormat
 from drivers.cardreader.debounce import Debouncer
 from drivers.cardreader.rdm6300 import Rdm6300Decoder
 from drivers.cardreader.reconnect import Backoff, LinkStatus
@@ -41,9 +45,11 @@ from drivers.protocols import CardTap, StatusSink, TapSink
 log = structlog.get_logger(__name__)
 
 SerialProtocolName = Literal["rdm6300", "ascii-line"]
-PROTOCOLS: dict[str, Callable[[], UidDecoder]] = {
-    "rdm6300": Rdm6300Decoder,
-    "ascii-line": AsciiLineDecoder,
+# What each protocol decodes with, given the reader's card ids and line format
+# (only ascii-line lines have a format).
+PROTOCOLS: dict[str, Callable[[CardIds, LineFormat], UidDecoder]] = {
+    "rdm6300": lambda ids, _line_format: Rdm6300Decoder(ids),
+    "ascii-line": lambda ids, line_format: AsciiLineDecoder(line_format, ids),
 }
 
 # Open errors that retrying soon will not fix (permissions, not a tty): wait
@@ -79,6 +85,8 @@ class _TapProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         now = reader.clock()
+        stats = reader.decoder.stats
+        dropped = stats.dropped
         try:
             uids = reader.decoder.feed(data)
         except Exception:
@@ -86,6 +94,9 @@ class _TapProtocol(asyncio.Protocol):
             log.exception("card_decoder_failed", reader=reader.name)
             reader.decoder.reset()
             return
+        if stats.dropped != dropped:
+            log.debug("card_frame_dropped", reader=reader.name, reason=stats.last_drop,
+                      dropped=stats.dropped - dropped)
         for uid in uids:
             if reader.debouncer.accept(uid, now):
                 self._queue.put_nowait(CardTap(reader=reader.name, uid=uid, mono=now))
@@ -104,6 +115,9 @@ class SerialCardReader:
         port: device path, e.g. "/dev/ttyAMA1" or a udev by-id symlink.
         baudrate: line speed (RDM6300: 9600).
         protocol: "rdm6300" or "ascii-line".
+        line_format: what an ascii-line reader's lines hold: "hex" or "dec".
+        ids: how a UID or number becomes the card's id (`cardid.CardIds`:
+            the building's card_format, the reader's uid_order).
         debounce_s: `gateway.tap_debounce_s`.
         clock: monotonic seconds, stamped on taps and used for debouncing.
         backoff: reopen policy; the default retries from 0.5 s up to 30 s.
@@ -116,6 +130,8 @@ class SerialCardReader:
         *,
         baudrate: int = 9600,
         protocol: SerialProtocolName = "rdm6300",
+        line_format: LineFormat = "hex",
+        ids: CardIds | None = None,
         debounce_s: float = 1.5,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
@@ -127,7 +143,7 @@ class SerialCardReader:
         self.baudrate = baudrate
         self.protocol = protocol
         self.clock = clock
-        self.decoder: UidDecoder = PROTOCOLS[protocol]()
+        self.decoder: UidDecoder = PROTOCOLS[protocol](ids or CardIds(), line_format)
         self.debouncer = Debouncer(debounce_s, clock)
         self.backoff = backoff or Backoff()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -16,7 +17,7 @@ from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.center.apply import CommandService
 from gatewayd.center.link import CenterLink
-from gatewayd.config.model import Config, Reader
+from gatewayd.config.model import Config, GatewaySection, Reader
 from gatewayd.contract.signing import load_public_key
 from gatewayd.contract.wire import AlarmCode
 from gatewayd.errors import StoreError
@@ -154,11 +155,14 @@ def _public_key(config: Config) -> Ed25519PublicKey | None:
     return load_public_key(center.command_public_key_file)
 
 
-def make_reader(r: Reader, debounce_s: float) -> CardReader:
+def make_reader(r: Reader, gateway: GatewaySection) -> CardReader:
+    """The driver of the reader `r`, making card ids in the building's card_format."""
+    common: dict[str, Any] = {"debounce_s": gateway.tap_debounce_s,
+                              "card_format": gateway.card_format, "uid_order": r.uid_order}
     if r.type == "serial":
-        return open_reader(r.id, "serial", debounce_s=debounce_s, port=r.port,
-                           baudrate=r.baudrate, protocol=r.protocol)
-    return open_reader(r.id, "pcsc", debounce_s=debounce_s, name=r.name)
+        return open_reader(r.id, "serial", port=r.port, baudrate=r.baudrate, protocol=r.protocol,
+                           line_format=r.line_format, **common)
+    return open_reader(r.id, "pcsc", name=r.name, **common)
 
 
 def _power_service(config: Config, store: Store, hardware: Hardware, *, ledger: Ledger,
@@ -196,7 +200,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
                    hardware.counter(f"flow:{p.id}", p.flow) if p.flow else None)
             for p in config.points
         },
-        readers={r.id: make_reader(r, config.gateway.tap_debounce_s)
+        readers={r.id: make_reader(r, config.gateway)
                  for r in config.readers.values()},
         center_online=lambda: link is not None and link.connected,
     )

@@ -90,7 +90,8 @@ class CommandService:
         center = config.center
         #: The worker process for big payloads: a supervisor component of its own.
         self.screen = CommandScreen(config.gateway.building, public_key,
-                                    insecure_unsigned=bool(center and center.insecure_unsigned_commands))
+                                    insecure_unsigned=bool(center and center.insecure_unsigned_commands),
+                                    card_format=config.gateway.card_format)
         self.refusal_log = BoundedLog("command_refused", burst=REFUSALS_LOGGED_PER_MIN, group="code")
         self.screen.logs.append(self.refusal_log)
         self._lock = asyncio.Lock()
@@ -114,6 +115,7 @@ class CommandService:
                 building=self.config.gateway.building, public_key=self.public_key,
                 now=None, clock_synced=False,
                 insecure_unsigned=bool(center and center.insecure_unsigned_commands),
+                card_format=self.config.gateway.card_format,
             )
             # A big command (a cards.load of thousands of cards) takes up to half a
             # second to parse and verify: off the loop, which keeps serving taps.

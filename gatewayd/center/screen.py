@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gatewayd.contract.command_admission import signature_problem
+from gatewayd.contract.command_fields import CardFormat
 from gatewayd.contract.command_types import MAX_COMMAND_BYTES, CommandRejection, TopicKind
 from gatewayd.contract.commands import parse_command, usable_id
 from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature
@@ -101,6 +102,7 @@ def screen_command(
     public_key: bytes | None,
     insecure_unsigned: bool,
     max_bytes: int = MAX_COMMAND_BYTES,
+    card_format: CardFormat = "hex",
 ) -> CommandRejection | None:
     """The rejection `accept_command` would give this payload before its age check, or None.
 
@@ -116,7 +118,8 @@ def screen_command(
     # `parse_command` never raises: whatever the payload, the outcome is a value.
     checked = parse_command(
         payload, topic_kind=topic_kind, building=building, max_bytes=max_bytes,
-        signature=lambda raw, cid: signature_problem(raw, cid, key, insecure_unsigned))
+        signature=lambda raw, cid: signature_problem(raw, cid, key, insecure_unsigned),
+        card_format=card_format)
     return checked if isinstance(checked, CommandRejection) else None
 
 
@@ -151,11 +154,12 @@ class CommandScreen:
     heartbeat_s: float | None = None  # event-driven: it only answers screenings
 
     def __init__(self, building: str, public_key: Ed25519PublicKey | None, *,
-                 insecure_unsigned: bool) -> None:
+                 insecure_unsigned: bool, card_format: CardFormat = "hex") -> None:
         self.building = building
         self.public_key = None if public_key is None else public_key.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.insecure_unsigned = insecure_unsigned
+        self.card_format: CardFormat = card_format  # gateway.card_format
         self.screened = 0
         self.restarts = 0
         #: Flushed every LOG_FLUSH_S by `run`, so a burst's summary is logged once it ends.
@@ -214,7 +218,8 @@ class CommandScreen:
     async def screen(self, payload: bytes, topic_kind: TopicKind) -> CommandRejection | None:
         """`screen_command` of `payload`, computed in the worker process."""
         job = partial(screen_command, payload, topic_kind=topic_kind, building=self.building,
-                      public_key=self.public_key, insecure_unsigned=self.insecure_unsigned)
+                      public_key=self.public_key, insecure_unsigned=self.insecure_unsigned,
+                      card_format=self.card_format)
         loop = asyncio.get_running_loop()
         self.screened += 1
         try:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from drivers.cardreader.cardid import LineFormat, UidOrder
 from drivers.profile import Profile
 from gatewayd.config.validate import Problem
 
@@ -190,6 +191,8 @@ class Reader:
     baudrate: int = 9600
     protocol: Literal["rdm6300", "ascii-line"] = "rdm6300"
     name: str = ""
+    uid_order: UidOrder = "as_read"
+    line_format: LineFormat = "hex"  # ascii-line only
 
 
 @dataclass(frozen=True, slots=True)

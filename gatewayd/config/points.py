@@ -3,13 +3,15 @@ that take taps from them, each with its valve and flow counter.
 
 Contract of the module: each reader records every problem at its place and
 returns what is whole. A reader serves one point; a point priced per litre
-needs a flow counter.
+needs a flow counter. Every reader may say `uid_order`; only an ascii-line
+reader says `line_format` (what its lines hold).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from drivers.cardreader.cardid import LINE_FORMATS, UID_ORDERS
 from gatewayd.config.buses import Wiring
 from gatewayd.config.model import CARD_KINDS, NAME_RE, NAME_TEXT, SERVICES, Bus, Point, Reader, Tariffs
 from gatewayd.config.validate import Table, show
@@ -23,25 +25,38 @@ def read_readers(root: Table, wiring: Wiring) -> dict[str, Reader]:
     for t in root.tables("readers"):
         rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
         kind = t.text("type", "", required=True, choices=("serial", "pcsc"))
+        uid_order = t.text("uid_order", "as_read", choices=UID_ORDERS)
         if kind == "serial":
-            reader = Reader(
-                id=rid,
-                type="serial",
-                port=wiring.serial_port(t, f"reader {show(rid)}"),
-                baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
-                protocol=t.text(  # type: ignore[arg-type]
-                    "protocol", "rdm6300", choices=("rdm6300", "ascii-line")
-                ),
-            )
+            reader = _serial_reader(t, rid, wiring, uid_order)
         elif kind == "pcsc":
-            reader = Reader(id=rid, type="pcsc", name=t.text("name", "", required=True))
+            if t.has("line_format"):
+                t.problem("line_format", "only an ascii-line reader has one (protocol = "
+                          '"ascii-line"); a pcsc reader reads the card\'s UID')
+            reader = Reader(id=rid, type="pcsc", name=t.text("name", "", required=True),
+                            uid_order=uid_order)  # type: ignore[arg-type]
         else:
-            t.done(allowed_extra=("port", "baudrate", "protocol", "name"))
+            t.done(allowed_extra=("port", "baudrate", "protocol", "name", "line_format"))
             continue
         if t.unique("id", rid, readers, "reader"):
             readers[rid] = reader
-        t.done()
+        t.done(allowed_extra=("line_format",))
     return readers
+
+
+def _serial_reader(t: Table, rid: str, wiring: Wiring, uid_order: str) -> Reader:
+    """A `type = "serial"` reader: its port, speed, protocol and (ascii-line) line format."""
+    port = wiring.serial_port(t, f"reader {show(rid)}")
+    baudrate = t.integer("baudrate", 9600, minimum=300, maximum=921600)
+    protocol = t.text("protocol", "rdm6300", choices=("rdm6300", "ascii-line"))
+    line_format = "hex"
+    if protocol == "ascii-line":
+        line_format = t.text("line_format", "hex", choices=LINE_FORMATS)
+    elif t.has("line_format"):
+        t.problem("line_format", f'only an ascii-line reader has one (protocol = "ascii-line"); '
+                  f"this reader's protocol is {show(protocol)}")
+    return Reader(id=rid, type="serial", port=port, baudrate=baudrate,
+                  protocol=protocol, uid_order=uid_order,  # type: ignore[arg-type]
+                  line_format=line_format)  # type: ignore[arg-type]
 
 
 def read_points(

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gatewayd.contract.command_fields import describe
+from gatewayd.contract.command_fields import CardFormat, describe
 from gatewayd.contract.command_types import (
     MAX_COMMAND_BYTES,
     CommandRejection,
@@ -116,6 +116,7 @@ def accept_command(
     insecure_unsigned: bool = False,
     unknown_fields: UnknownFields = "ignore",
     max_bytes: int = MAX_COMMAND_BYTES,
+    card_format: CardFormat = "hex",
 ) -> ParsedCommand | CommandRejection:
     """Run every check of the module doc, in order; the link's single entry point.
 
@@ -141,6 +142,7 @@ def accept_command(
             is refused even in a lab.
         unknown_fields: see ``parse_command``.
         max_bytes: see ``parse_command``.
+        card_format: see ``parse_command``.
     """
     def signature(raw: dict[str, Any], command_id: str) -> CommandRejection | None:
         return signature_problem(raw, command_id, public_key, insecure_unsigned)
@@ -152,6 +154,7 @@ def accept_command(
         unknown_fields=unknown_fields,
         max_bytes=max_bytes,
         signature=signature,
+        card_format=card_format,
     )
     if isinstance(parsed, CommandRejection):
         return parsed

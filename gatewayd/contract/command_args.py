@@ -23,9 +23,13 @@ Schema choices, where the contract leaves room:
   are still covered by the signature. ``unknown_fields="reject"`` refuses
   unknown keys inside ``args`` with ``bad_request`` instead; top-level keys
   are always ignored.
-- Card UIDs are 2 to 32 hex digits (the longest ISO 14443 UID, 10 bytes,
-  has 20); lower case is accepted and normalised to upper case (behaviour.md
-  "UIDs are upper-case hex without separators"); separators are refused.
+- Card ids (``card.put``, each ``cards.load`` entry, ``card.block``,
+  ``card.unblock``, ``state.get``) are in the building's ``card_format``
+  (behaviour.md "Card readers"); an id in the other format is refused. In
+  ``hex``: 2 to 32 hex digits, an even number (whole bytes; the longest ISO
+  14443 UID, 10 bytes, has 20); lower case is accepted and normalised to
+  upper case; separators are refused. In ``dec10``: exactly 10 digits, at
+  most 4294967295 (4 bytes).
 - ``expires`` is an RFC 3339 ``full-date`` (``2027-07-31``): the card is
   valid through that day in the building's time zone. An RFC 3339 date-time
   (``2027-07-31T23:59:59+08:00``), which center software often sends for a
@@ -51,6 +55,7 @@ from typing import Any, Final
 from gatewayd.contract.command_fields import (
     MAX_INT,
     MISSING,
+    CardFormat,
     Fields,
     Invalid,
     fail,
@@ -105,7 +110,7 @@ def _account_sync(f: Fields) -> AccountSync:
 
 
 def _card_put(f: Fields) -> CardPut:
-    card = read_card(f.path("card"), f.get("card"))
+    card = read_card(f.path("card"), f.get("card"), f.card_format)
     account = read_name(f.path("account"), f.get("account"))
     kind = read_choice(f.path("kind"), f.get("kind"), CardKind)
     status = read_choice(f.path("status"), f.get("status"), CardStatus)
@@ -129,11 +134,11 @@ def _card_put(f: Fields) -> CardPut:
 
 
 def _card_block(f: Fields) -> CardBlock:
-    return CardBlock(card=read_card(f.path("card"), f.get("card")))
+    return CardBlock(card=read_card(f.path("card"), f.get("card"), f.card_format))
 
 
 def _card_unblock(f: Fields) -> CardUnblock:
-    return CardUnblock(card=read_card(f.path("card"), f.get("card")))
+    return CardUnblock(card=read_card(f.path("card"), f.get("card"), f.card_format))
 
 
 def _tariff_set(f: Fields) -> TariffSet:
@@ -203,7 +208,7 @@ def _state_get(f: Fields) -> StateGet:
     return StateGet(
         room=None if room is None else read_name(f.path("room"), room),
         account=None if account is None else read_name(f.path("account"), account),
-        card=None if card is None else read_card(f.path("card"), card),
+        card=None if card is None else read_card(f.path("card"), card, f.card_format),
     )
 
 
@@ -239,7 +244,7 @@ def _cards_load(f: Fields, unknown: UnknownFields, ignored: list[str]) -> CardsL
     first_index: dict[str, int] = {}
     for index, raw_card in enumerate(raw_cards):
         path = f"{f.path('cards')}[{index}]"
-        entry = Fields(json_object(path, raw_card), path)
+        entry = Fields(json_object(path, raw_card), path, f.card_format)
         card = _card_put(entry)
         entry.finish(unknown, ignored)
         if card.card in first_index:
@@ -253,18 +258,20 @@ def _cards_load(f: Fields, unknown: UnknownFields, ignored: list[str]) -> CardsL
 
 
 def parse_args(
-    command_type: CommandType, raw_args: Any, unknown: UnknownFields, ignored: list[str]
+    command_type: CommandType, raw_args: Any, unknown: UnknownFields, ignored: list[str],
+    card_format: CardFormat = "hex",
 ) -> CommandArgs:
     """The typed ``args`` of a ``command_type`` command (``raw_args`` is ``MISSING`` when absent).
 
     Raises ``Invalid`` for the first field that is wrong; appends to
-    ``ignored`` the unknown keys it ignored (``"args.until"``).
+    ``ignored`` the unknown keys it ignored (``"args.until"``). Card ids are
+    read in ``card_format``, the building's.
     """
     if raw_args is MISSING or raw_args is None:
         if command_type not in _ARGS_OPTIONAL:
             fail("args", "an object", raw_args)
         raw_args = {}
-    fields = Fields(json_object("args", raw_args), "args")
+    fields = Fields(json_object("args", raw_args), "args", card_format)
     if command_type is CommandType.CARDS_LOAD:
         args: CommandArgs = _cards_load(fields, unknown, ignored)
     else:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, Literal, NoReturn, TypeVar
 
 from gatewayd.contract.command_types import MAX_NAME_CHARS, UnknownFields
 from gatewayd.contract.wire import CardKind, CardStatus, Service, TariffUnit
 
 __all__ = [
+    "MAX_CARD_NUMBER",
     "MAX_INT",
     "MISSING",
+    "CardFormat",
     "Fields",
     "Invalid",
     "describe",
@@ -39,7 +41,13 @@ MAX_INT: Final = 2**53 - 1
 #: An absent key, told apart from a JSON null.
 MISSING: Final[Any] = object()
 
+#: How the building spells a card id (``gateway.card_format``, behaviour.md "Card readers").
+CardFormat = Literal["hex", "dec10"]
+#: The largest ``dec10`` card number: 4 bytes.
+MAX_CARD_NUMBER: Final = 2**32 - 1
+
 _CARD_RE: Final = re.compile(r"[0-9A-Fa-f]{2,32}", re.ASCII)
+_DEC10_RE: Final = re.compile(r"[0-9]{10}", re.ASCII)
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME_EXPECTED: Final = f"a string of 1 to {MAX_NAME_CHARS} characters without control characters"
 
@@ -118,10 +126,20 @@ def read_name(path: str, value: Any) -> str:
     return value
 
 
-def read_card(path: str, value: Any) -> str:
-    """A card UID of 2 to 32 hex digits, upper-cased."""
+def read_card(path: str, value: Any, card_format: CardFormat = "hex") -> str:
+    """A card id in the building's ``card_format``.
+
+    ``hex``: 2 to 32 hex digits, an even number (whole bytes), upper-cased.
+    ``dec10``: exactly 10 digits, at most ``MAX_CARD_NUMBER``.
+    """
+    if card_format == "dec10":
+        if not isinstance(value, str) or not _DEC10_RE.fullmatch(value) or int(value) > MAX_CARD_NUMBER:
+            fail(path, f"a card number of 10 digits from 0000000000 to {MAX_CARD_NUMBER}", value)
+        return value
     if not isinstance(value, str) or not _CARD_RE.fullmatch(value):
         fail(path, "a card UID of 2 to 32 hex digits", value)
+    if len(value) % 2:
+        fail(path, "a card UID of an even number of hex digits (whole bytes)", value)
     return value.upper()
 
 
@@ -144,14 +162,18 @@ def json_object(path: str, value: Any) -> Mapping[str, Any]:
 
 
 class Fields:
-    """Reads the keys of one JSON object, remembering which were known."""
+    """Reads the keys of one JSON object, remembering which were known.
 
-    __slots__ = ("_obj", "_path", "_seen")
+    ``card_format`` is the building's, for the card ids among the keys (``read_card``).
+    """
 
-    def __init__(self, obj: Mapping[str, Any], path: str) -> None:
+    __slots__ = ("_obj", "_path", "_seen", "card_format")
+
+    def __init__(self, obj: Mapping[str, Any], path: str, card_format: CardFormat = "hex") -> None:
         self._obj = obj
         self._path = path
         self._seen: set[str] = set()
+        self.card_format: CardFormat = card_format
 
     def path(self, key: str) -> str:
         return f"{self._path}.{key}"

@@ -98,7 +98,8 @@ class AccountSync(msgspec.Struct, frozen=True, kw_only=True):
 class CardPut(msgspec.Struct, frozen=True, kw_only=True):
     """``card.put`` (and each entry of ``cards.load``): issue or change a card.
 
-    ``card`` is upper-case hex; ``expires`` is the last valid day, or None.
+    ``card`` is in the building's ``card_format`` (upper-case hex, or 10
+    digits); ``expires`` is the last valid day, or None.
     """
 
     TYPE: ClassVar[CommandType] = CommandType.CARD_PUT

@@ -57,7 +57,15 @@ from datetime import datetime
 from typing import Any, Final, NoReturn
 
 from gatewayd.contract.command_args import parse_args
-from gatewayd.contract.command_fields import MISSING, Invalid, describe, encodable, fail, problem
+from gatewayd.contract.command_fields import (
+    MISSING,
+    CardFormat,
+    Invalid,
+    describe,
+    encodable,
+    fail,
+    problem,
+)
 from gatewayd.contract.command_types import (
     BROADCAST_TARGET,
     MAX_COMMAND_BYTES,
@@ -168,6 +176,7 @@ def parse_command(
     unknown_fields: UnknownFields = "ignore",
     max_bytes: int = MAX_COMMAND_BYTES,
     signature: Callable[[dict[str, Any], str], CommandRejection | None] | None = None,
+    card_format: CardFormat = "hex",
 ) -> ParsedCommand | CommandRejection:
     """Parse and schema-check one command payload (checks 1 to 8 of the module doc).
 
@@ -185,6 +194,8 @@ def parse_command(
         max_bytes: payloads larger than this are refused unparsed.
         signature: called with the decoded object and its id after step 3;
             a rejection it returns is the result.
+        card_format: ``gateway.card_format``, how this building spells card
+            ids; ids in another format are refused with ``bad_request``.
     """
     found_id: list[str] = []
     try:
@@ -196,6 +207,7 @@ def parse_command(
             max_bytes=max_bytes,
             found_id=found_id,
             signature=signature,
+            card_format=card_format,
         )
     except Exception as exc:
         # Nothing a command carries may crash the gateway (center-link.md): a
@@ -217,6 +229,7 @@ def _parse(
     max_bytes: int,
     found_id: list[str],
     signature: Callable[[dict[str, Any], str], CommandRejection | None] | None,
+    card_format: CardFormat,
 ) -> ParsedCommand | CommandRejection:
     try:
         obj = _decode(bytes(payload), max_bytes)
@@ -235,7 +248,8 @@ def _parse(
         refused = signature(obj, command_id)
     if refused is not None:
         return refused
-    return _envelope(obj, command_id, topic_kind=topic_kind, building=building, unknown=unknown)
+    return _envelope(obj, command_id, topic_kind=topic_kind, building=building, unknown=unknown,
+                     card_format=card_format)
 
 
 def _unsignable(obj: dict[str, Any], command_id: str) -> CommandRejection | None:
@@ -256,7 +270,7 @@ def _unsignable(obj: dict[str, Any], command_id: str) -> CommandRejection | None
 
 def _envelope(
     obj: dict[str, Any], command_id: str, *, topic_kind: TopicKind, building: str,
-    unknown: UnknownFields,
+    unknown: UnknownFields, card_format: CardFormat,
 ) -> ParsedCommand | CommandRejection:
     """Checks 5 to 8: ``to``, ``type``, ``ts`` and ``expires``, ``args``."""
     def bad_request(message: str) -> CommandRejection:
@@ -288,7 +302,7 @@ def _envelope(
         if issued_at is None:
             fail("ts", "an RFC 3339 date-time with offset", raw_ts)
         expires = _expires(obj.get("expires"), issued_at)
-        args = parse_args(command_type, obj.get("args", MISSING), unknown, ignored)
+        args = parse_args(command_type, obj.get("args", MISSING), unknown, ignored, card_format)
     except Invalid as exc:
         return bad_request(str(exc))
 
