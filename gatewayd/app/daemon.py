@@ -160,8 +160,10 @@ def make_reader(r: Reader, gateway: GatewaySection) -> CardReader:
     common: dict[str, Any] = {"debounce_s": gateway.tap_debounce_s,
                               "card_format": gateway.card_format, "uid_order": r.uid_order}
     if r.type == "serial":
+        if r.protocol == "ascii-line":  # the only reader whose lines have a format
+            common["line_format"] = r.line_format
         return open_reader(r.id, "serial", port=r.port, baudrate=r.baudrate, protocol=r.protocol,
-                           line_format=r.line_format, **common)
+                           **common)
     return open_reader(r.id, "pcsc", name=r.name, **common)
 
 
