@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from drivers.errors import FrameError, ModbusExceptionError
+from drivers.serial_line import character_time_s
 
 READ_COILS = 1
 READ_HOLDING_REGISTERS = 3
@@ -417,12 +418,6 @@ def rtu_request_length(buffer: bytes | bytearray) -> int | None:
     if function in (WRITE_MULTIPLE_COILS, WRITE_MULTIPLE_REGISTERS):
         return None if len(buffer) < 7 else 9 + buffer[6]
     raise FrameError(f"unsupported function {function} in RTU request")
-
-
-def character_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
-    """Seconds one byte takes on the wire: start + 8 data + parity + stop bits."""
-    bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
-    return bits / baudrate
 
 
 def frame_gap_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
