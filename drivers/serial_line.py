@@ -58,7 +58,10 @@ def character_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> flo
 
 async def open_serial(factory: Callable[[], LineT], port: str, *, baudrate: int, parity: str,
                       stopbits: int, timeout_s: float) -> LineT:
-    """Open `port` (8 data bits) with the protocol `factory()` makes; `LinkDown` if it cannot."""
+    """Open `port` (8 data bits) with the protocol `factory()` makes; `LinkDown` if it cannot
+    (no such port, no permission, or settings the driver refuses)."""
+    import termios
+
     import serial
     import serial_asyncio_fast
 
@@ -76,7 +79,7 @@ async def open_serial(factory: Callable[[], LineT], port: str, *, baudrate: int,
                 bytesize=8)
             # The transport calls connection_made on a later loop iteration.
             await made[0]._ready
-    except (OSError, TimeoutError, serial.SerialException) as exc:
+    except (OSError, TimeoutError, ValueError, serial.SerialException, termios.error) as exc:
         raise LinkDown(f"cannot open {port}: {exc or 'timeout'}") from None
     return made[0]
 

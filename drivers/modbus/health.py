@@ -33,7 +33,7 @@ class DeviceHealth:
 
     device: str
     bus: str
-    unit: int
+    unit: int | str   # a Modbus unit id, or a DL/T 645 meter's address
     on_change: HealthSink | None = None
     online: bool = True
     consecutive_failures: int = 0
