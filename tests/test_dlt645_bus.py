@@ -209,7 +209,7 @@ async def test_late_answers_are_discarded(three: Floor) -> None:
     b = await three.meters[B].read()   # A's answer comes meanwhile: dropped, not B's
     assert b.power_w == pytest.approx(222.0)
     assert three.bus.stats.dropped_bytes > 0
-    late = [t for t, what, _ in three.line.wire if what == "answer"][0]
-    b_request = [t for t, what, data in three.line.wire
-                 if what == "request" and bytes.fromhex("78560000") in data][0]
+    late = next(t for t, what, _ in three.line.wire if what == "answer")
+    b_request = next(t for t, what, data in three.line.wire
+                 if what == "request" and bytes.fromhex("78560000") in data)
     assert b_request > late   # B was asked only once A's late answer was over

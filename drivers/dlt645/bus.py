@@ -3,8 +3,9 @@
 Contract: every request on the line goes through `Dlt645Bus.transact`, which
 - serves one request at a time (`Dlt645Link`: written on a quiet line, `gap_s` at
   least after the previous answer, a late answer dropped), commands (relay
-  control and its read-back) before routine reads, first come first served
-  within a priority;
+  control and its read-back) first, then the rest of a meter read already begun
+  (`follow_up`: a read's fields go out back to back, so a round is one read of
+  every meter), then routine reads, first come first served within a priority;
 - retries a request that got no answer `retries` times (0 allowed), then raises
   `DeviceError` naming the device; a meter's error answer is returned, not retried;
 - reopens a lost port on the next request; a port that cannot be opened is
@@ -47,7 +48,8 @@ from drivers.retry import HALF_TO_FULL, Backoff
 log = structlog.get_logger(__name__)
 
 PRIORITY_COMMAND = 0   # relay control and its read-back
-PRIORITY_POLL = 1   # routine reads
+PRIORITY_FOLLOW_UP = 1   # the rest of a meter's read, once its first request is answered
+PRIORITY_POLL = 2   # routine reads
 
 # DL/T 645 defaults (config.md): 2400 baud, 8 data bits, even parity, 1 stop bit.
 DEFAULT_BAUDRATE = 2400
@@ -185,13 +187,19 @@ class Dlt645Bus:
 
     # ----------------------------------------------------------- transactions
 
-    async def transact(self, device: str, request: Request, command: bool = False) -> Answer:
-        """The answer to `request` (an error answer included), or `DeviceError` after retries."""
+    async def transact(self, device: str, request: Request, command: bool = False,
+                       follow_up: bool = False) -> Answer:
+        """The answer to `request` (an error answer included), or `DeviceError` after retries.
+
+        `command` puts it before everything else, `follow_up` (a read's later fields)
+        before routine reads."""
+        priority = (PRIORITY_COMMAND if command else
+                    PRIORITY_FOLLOW_UP if follow_up else PRIORITY_POLL)
         retry: Backoff | None = None   # made at the first failure: most requests need none
         for attempt in range(self.retries + 1):
             self.stats.requests += 1
             try:
-                return await self._submit(request, PRIORITY_COMMAND if command else PRIORITY_POLL)
+                return await self._submit(request, priority)
             except LinkError as exc:
                 self.stats.failures += 1
                 self.stats.timeouts += isinstance(exc, LinkTimeout)

@@ -4,9 +4,10 @@ Contract: each object reads or commands its meter through its `Dlt645Bus`, raise
 `DeviceError` (never anything else from I/O) and records every operation's
 outcome in its `health`, exactly as the Modbus devices do.
 
-- `Dlt645Meter.read()` reads `power_w` every time and the other fields in turn
-  (energy at least every `energy_every` reads, and all of them at the first read),
-  one request per field: a field not read this time is None in the reading. A
+- `Dlt645Meter.read()` reads `power_w` every time, energy every `energy_every`
+  reads and, as often, the next of the other fields in turn (all of them at the
+  first read), one request per field: a field not read this time is None in the
+  reading. A
   value no meter can report (`energy_fault`, `power_fault`, not a number) is None
   and a failure in `health`; neither energy nor power raises `DeviceError`.
 - `Dlt645Relay.set(on)` sends the relay command (1C: trip or close now) with the
@@ -103,22 +104,24 @@ class Dlt645Meter:
         self._next_other = 0
 
     def due(self) -> list[str]:
-        """The fields the next `read()` asks for, power first."""
+        """The fields the next `read()` asks for, power first: in every `energy_every`
+        reads, one with energy, one (half-way) with the next of the other fields."""
         if self._first:
             return ["power_w", "energy_wh", *self._others]
-        if self._reads % self._energy_every == 0:
+        slot = self._reads % self._energy_every
+        if slot == 0:
             return ["power_w", "energy_wh"]
-        if not self._others:
-            return ["power_w"]
-        return ["power_w", self._others[self._next_other % len(self._others)]]
+        if self._others and slot == (self._energy_every + 1) // 2:
+            return ["power_w", self._others[self._next_other % len(self._others)]]
+        return ["power_w"]
 
     async def read(self) -> MeterReading:
         """One reading: power, and the fields due this time (see the module's contract)."""
         names = self.due()
         values: dict[str, float] = {}
         try:
-            for name in names:
-                values[name] = await self._read_field(self.fields[name])
+            for i, name in enumerate(names):
+                values[name] = await self._read_field(self.fields[name], follow_up=i > 0)
         except DeviceError as exc:
             self.health.failed(exc.message)
             raise
@@ -133,8 +136,9 @@ class Dlt645Meter:
         if len(names) == 2 and names[1] != "energy_wh":
             self._next_other += 1
 
-    async def _read_field(self, spec: FieldSpec) -> float:
-        answer = await self._bus.transact(self.name, ReadRequest(self.address, spec.di))
+    async def _read_field(self, spec: FieldSpec, follow_up: bool) -> float:
+        answer = await self._bus.transact(self.name, ReadRequest(self.address, spec.di),
+                                          follow_up=follow_up)
         if isinstance(answer, ErrorAnswer):
             raise DeviceError(self.name, f"refused to read {spec.di:08X} (error {answer.error:02X})")
         assert isinstance(answer, ReadAnswer)   # `Dlt645Link` answers a read with one of these
