@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from drivers.errors import LinkDown, LinkError, LinkNoisy, LinkTimeout
+from drivers.transport_link import TransportLink
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +85,7 @@ async def open_serial(factory: Callable[[], LineT], port: str, *, baudrate: int,
     return made[0]
 
 
-class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
+class HalfDuplexLine(TransportLink, Generic[Expect, Answer]):
     """One serial line, one request at a time (see the module's contract).
 
     Subclasses set `MAX_FRAME` (bytes; a late answer may take that long) and
@@ -93,13 +94,14 @@ class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
 
     MAX_FRAME = 256
     DROP_EVENT = "serial_bytes_dropped"
+    LOST = "serial port lost"
+    LOST_QUIETLY = CLOSED = "serial port closed"
 
     def __init__(self, name: str, baudrate: int, parity: str, stopbits: int, *,
                  gap_s: float, on_dropped: Callable[[int], None] | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self._char_s = character_time_s(baudrate, parity, stopbits)
         self._gap_s = gap_s
-        self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._expect: Expect | None = None
         self._waiter: asyncio.Future[Answer] | None = None
@@ -109,10 +111,7 @@ class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
         self._on_dropped = on_dropped
         self.dropped_bytes = 0
         self._lock = asyncio.Lock()
-        self._closed = False
-        self._loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = self._loop.create_future()
-        self._lost: asyncio.Future[None] = self._loop.create_future()
 
     def _take(self, buffer: bytearray, expect: Expect) -> Answer | None:
         """The answer `expect`ed, found in `buffer` (the bytes since the request),
@@ -120,22 +119,11 @@ class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
         be it. May drop bytes from `buffer` (after counting them, `_dropped`)."""
         raise NotImplementedError
 
-    @property
-    def is_open(self) -> bool:
-        """True until the port is closed or lost."""
-        return self._transport is not None and not self._closed
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if not self._ready.done():
             self._ready.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._fail(LinkDown(f"serial port lost: {exc}" if exc else "serial port closed"))
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
@@ -148,7 +136,7 @@ class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
         try:
             answer = self._take(self._buffer, self._expect)
         except LinkError as exc:
-            self._fail(exc)
+            self._fail_waiting(exc)
             return
         if answer is not None:
             waiter.set_result(answer)
@@ -242,18 +230,6 @@ class HalfDuplexLine(asyncio.Protocol, Generic[Expect, Answer]):
         if not fut.done():
             fut.set_exception(LinkTimeout(f"no answer in {timeout_s:g} s"))
 
-    def _fail(self, exc: LinkError) -> None:
+    def _fail_waiting(self, exc: LinkError) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
-
-    def close(self) -> None:
-        """Close the port; a waiting request fails with `LinkDown`."""
-        self._closed = True
-        if self._transport is not None:
-            self._transport.close()
-        self._fail(LinkDown("serial port closed"))
-
-    async def wait_closed(self) -> None:
-        """Return once the port is really closed (pyserial closes it in a thread)."""
-        if self._transport is not None:
-            await asyncio.shield(self._lost)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.dlt645 import frames
-from drivers.dlt645.credentials import Credentials, parse_credentials
+from drivers.dlt645.credentials import Credentials, parse_credentials, read_credentials
 from drivers.dlt645.frames import (
     ErrorAnswer,
     Frame,
@@ -158,6 +159,18 @@ def test_credentials_line() -> None:
         with pytest.raises(ValueError, match=r"LEVEL|hex digits") as err:
             parse_credentials(bad)
         assert "12345" not in str(err.value)
+
+
+def test_password_file(tmp_path: Path) -> None:
+    good, bad, empty = tmp_path / "good", tmp_path / "bad", tmp_path / "empty"
+    good.write_text("\n02:123456:00000001\n")
+    bad.write_text("02:123456\n")
+    empty.write_text("\n")
+    assert read_credentials(good) == Credentials(2, 0x123456, 1)
+    with pytest.raises(ValueError, match=f"{bad}: a password line"):
+        read_credentials(bad)
+    with pytest.raises(ValueError, match="no LEVEL:PASSWORD:OPERATOR line"):
+        read_credentials(empty)
 
 
 def test_encoders_refuse_what_the_wire_cannot_carry() -> None:

@@ -133,6 +133,11 @@ class Dlt645Bus:
         if self._task is None:
             self._task = asyncio.create_task(self._serve(), name=f"dlt645-{self.name}")
 
+    @property
+    def connected(self) -> bool:
+        """True while the serial port is open."""
+        return self._link is not None and self._link.is_open
+
     async def close(self) -> None:
         """Stop, close the port; queued requests fail with `LinkDown`."""
         task, self._task = self._task, None
@@ -140,16 +145,19 @@ class Dlt645Bus:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        link, self._link = self._link, None
-        if link is not None:
-            link.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await link.wait_closed()
+        await self._shut_line()
+        closed = LinkDown("bus closed")
         while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(LinkDown("bus closed"))
+            self._answer(self._queue.get_nowait(), closed)
+
+    async def _shut_line(self) -> None:
+        link, self._link = self._link, None
+        if link is None:
+            return
+        link.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await link.wait_closed()
 
     async def __aenter__(self) -> Dlt645Bus:
         await self.start()
@@ -157,11 +165,6 @@ class Dlt645Bus:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @property
-    def connected(self) -> bool:
-        """True while the serial port is open."""
-        return self._link is not None and self._link.is_open
 
     # --------------------------------------------------------------- devices
 

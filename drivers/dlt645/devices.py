@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,8 +37,9 @@ from drivers.dlt645.frames import (
     binary_value,
 )
 from drivers.errors import DeviceError, FrameError, RelayRefused, SwitchMismatch
+from drivers.meter_reading import judged_reading
 from drivers.modbus.health import DeviceHealth
-from drivers.protocols import MeterReading, energy_fault, power_fault, screened
+from drivers.protocols import MeterReading
 
 if TYPE_CHECKING:
     from drivers.dlt645.bus import Dlt645Bus
@@ -128,7 +127,8 @@ class Dlt645Meter:
         finally:
             self._bus.meter_polled(self.name)
         self._advance(names)
-        return self._reading(values)
+        step = self.fields["energy_wh"].step if "energy_wh" in values else 0.0
+        return judged_reading(self.name, values, self.health, step)
 
     def _advance(self, names: list[str]) -> None:
         self._first = False
@@ -146,33 +146,6 @@ class Dlt645Meter:
             return spec.value(answer.value)
         except FrameError as exc:
             raise DeviceError(self.name, f"bad value of {spec.di:08X}: {exc}") from None
-
-    def _reading(self, values: dict[str, float]) -> MeterReading:
-        mono = time.monotonic()
-        energy, power = values.get("energy_wh"), values["power_w"]
-        bad_energy = None if energy is None else energy_fault(energy)
-        bad_power = power_fault(power)
-        faults = [why for why in (bad_energy, bad_power) if why is not None]
-        if bad_power is not None and (energy is None or bad_energy is not None):
-            self.health.failed("; ".join(faults))
-            raise DeviceError(self.name, "; ".join(faults))
-        reading = screened(MeterReading(   # screened: voltage, current, pf not numbers
-            energy_wh=None if energy is None or bad_energy else math.floor(energy + 0.5),
-            power_w=None if bad_power else power,
-            mono=mono,
-            wall=time.time(),
-            voltage_v=values.get("voltage_v"),
-            current_a=values.get("current_a"),
-            pf=values.get("pf"),
-            energy_step_wh=self.fields["energy_wh"].step if energy is not None else 0.0,
-            fault="; ".join(faults),
-        ))
-        if reading.fault:
-            self.health.failed(reading.fault)
-        else:
-            self.health.succeeded(mono)
-        return reading
-
 
 class Dlt645Relay:
     """The relay inside a DL/T 645 meter; `on` means closed (the room is supplied)."""
@@ -219,6 +192,13 @@ class Dlt645Relay:
                 break
         return actual
 
+    async def _switch(self, on: bool) -> tuple[bool, bool]:
+        """Command the relay; (refused, the state read back)."""
+        answer = await self._bus.transact(self.name, self.command(on), command=True)
+        if isinstance(answer, ErrorAnswer) and answer.password_refused:
+            return True, await self._read_state(command=True)
+        return False, await self._follow(on)
+
     async def set(self, on: bool) -> None:
         """Close (`on`) or trip the relay, then read it back.
 
@@ -226,14 +206,7 @@ class Dlt645Relay:
         when the relay does not follow, `DeviceError` when the meter does not
         answer. Goes ahead of routine reads.
         """
-        try:
-            answer = await self._bus.transact(self.name, self.command(on), command=True)
-            refused = isinstance(answer, ErrorAnswer) and answer.password_refused
-            actual = await (self._read_state(command=True) if refused else self._follow(on))
-        except DeviceError as exc:
-            self.health.failed(exc.message)
-            raise
-        self.health.succeeded(time.monotonic())
+        refused, actual = await self.health.watched(self._switch(on))
         if refused:
             raise RelayRefused(self.name, on, actual)
         if actual != on:
@@ -241,10 +214,4 @@ class Dlt645Relay:
 
     async def get(self) -> bool:
         """The relay's present state (True: closed, the room is supplied)."""
-        try:
-            state = await self._read_state(command=False)
-        except DeviceError as exc:
-            self.health.failed(exc.message)
-            raise
-        self.health.succeeded(time.monotonic())
-        return state
+        return await self.health.watched(self._read_state(command=False))

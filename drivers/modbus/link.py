@@ -31,6 +31,7 @@ from drivers.modbus.frames import (
     split_tcp,
 )
 from drivers.serial_line import HalfDuplexLine, open_serial
+from drivers.transport_link import TransportLink
 
 log = structlog.get_logger(__name__)
 
@@ -38,18 +39,14 @@ log = structlog.get_logger(__name__)
 RTU_MAX_FRAME = 256
 
 
-class TcpLink(asyncio.Protocol):
+class TcpLink(TransportLink):
     """One Modbus TCP connection; several requests may be in flight (matched by transaction id)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self._transport: asyncio.Transport | None = None
+        super().__init__(name)
         self._buffer = bytearray()
         self._waiters: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
         self._next_tid = 0
-        self._closed = False
-        self._loop = asyncio.get_running_loop()
-        self._lost: asyncio.Future[None] = self._loop.create_future()
 
     @classmethod
     async def connect(cls, name: str, host: str, port: int, timeout_s: float) -> TcpLink:
@@ -62,11 +59,6 @@ class TcpLink(asyncio.Protocol):
             raise LinkDown(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
         return link
 
-    @property
-    def is_open(self) -> bool:
-        """True until the connection is closed or lost."""
-        return self._transport is not None and not self._closed
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
@@ -77,12 +69,6 @@ class TcpLink(asyncio.Protocol):
             # Requests are small and latency-bound: do not let Nagle hold them back.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._fail_all(LinkDown(f"connection lost: {exc}" if exc else "connection closed by peer"))
-
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         while self._buffer:
@@ -90,7 +76,7 @@ class TcpLink(asyncio.Protocol):
                 frame, used = split_tcp(self._buffer)
             except FrameError as exc:
                 # A TCP byte stream cannot be resynchronised: drop the connection.
-                self._fail_all(LinkGarbage(str(exc)))
+                self._fail_waiting(LinkGarbage(str(exc)))
                 self.close()
                 return
             if frame is None:
@@ -130,23 +116,11 @@ class TcpLink(asyncio.Protocol):
         if not fut.done():
             fut.set_exception(LinkTimeout(f"no answer in {timeout_s:g} s"))
 
-    def _fail_all(self, exc: LinkError) -> None:
+    def _fail_waiting(self, exc: LinkError) -> None:
         waiters, self._waiters = self._waiters, {}
         for _, fut in waiters.values():
             if not fut.done():
                 fut.set_exception(exc)
-
-    def close(self) -> None:
-        """Close the connection; waiting requests fail with `LinkDown`."""
-        self._closed = True
-        if self._transport is not None:
-            self._transport.close()
-        self._fail_all(LinkDown("connection closed"))
-
-    async def wait_closed(self) -> None:
-        """Return once the connection is closed (after `close()` or loss)."""
-        if self._transport is not None:
-            await asyncio.shield(self._lost)
 
 
 class RtuLink(HalfDuplexLine[int, bytes]):
