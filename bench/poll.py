@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.errors import DeviceError  # noqa: E402
 from drivers.modbus import ModbusBus  # noqa: E402
-from drivers.modbus.frames.adu import character_time_s, frame_gap_s  # noqa: E402
+from drivers.modbus.frames.adu import frame_gap_s  # noqa: E402
 from drivers.profile import SHIPPED_DIR, load_profile  # noqa: E402
+from drivers.serial_line import character_time_s  # noqa: E402
 
 
 def start_sim(extra: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:

@@ -7,12 +7,13 @@ logs. It imports nothing of the project at run time, so every driver layer can u
     DriverError
     ├── DeviceError            a device did not answer usefully (`device`, `message`)
     │   └── SwitchMismatch     a switch did not follow a command (`wanted`, `actual`)
+    │       └── RelayRefused   a meter refused its relay command (the password)
     ├── LinkError              a request got no usable answer from the transport
     │   ├── LinkTimeout
     │   ├── LinkDown
     │   ├── LinkGarbage
     │   └── LinkNoisy
-    ├── FrameError             not a valid Modbus frame (also a ValueError)
+    ├── FrameError             not a valid Modbus or DL/T 645 frame (also a ValueError)
     ├── ModbusExceptionError   the device answered with an exception (`response`)
     └── ProfileError           a profile could not be loaded (`problems`)
 """
@@ -58,6 +59,17 @@ class SwitchMismatch(DeviceError):
         self.actual = actual
 
 
+class RelayRefused(SwitchMismatch):
+    """A DL/T 645 meter refused a relay command (error bit 04: the password, its
+    level or the operator code); the relay reads back `actual`."""
+
+    def __init__(self, device: str, wanted: bool, actual: bool) -> None:
+        super().__init__(device, wanted, actual)
+        self.message = (f"refused the {'close' if wanted else 'trip'} command (password), "
+                        f"relay reads back {'closed' if actual else 'open'}")
+        self.args = (f"{device}: {self.message}",)
+
+
 # ------------------------------------------------------------- Modbus link
 
 
@@ -85,7 +97,7 @@ class LinkNoisy(LinkError):
 
 
 class FrameError(DriverError, ValueError):
-    """Bytes that are not a valid Modbus frame or PDU, or do not answer the request."""
+    """Bytes that are not a valid Modbus or DL/T 645 frame, or do not answer the request."""
 
 
 class ModbusExceptionError(DriverError):

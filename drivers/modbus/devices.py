@@ -7,12 +7,12 @@ operation's outcome in its `health`. Made by `ModbusBus.meter/switch/counter`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from drivers.errors import DeviceError, SwitchMismatch
+from drivers.meter_reading import judged_reading
 from drivers.modbus.frames.pdu import (
     READ_COILS,
     READ_HOLDING_REGISTERS,
@@ -23,9 +23,9 @@ from drivers.modbus.frames.pdu import (
     WriteRegisters,
 )
 from drivers.modbus.health import DeviceHealth
-from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, round_half_up, value_step
+from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, value_step
 from drivers.profile import Field, Kind, Profile
-from drivers.protocols import MeterReading, energy_fault, power_fault, screened
+from drivers.protocols import MeterReading
 
 if TYPE_CHECKING:
     from drivers.modbus.bus import ModbusBus
@@ -81,29 +81,7 @@ class ModbusMeter:
         except DeviceError as exc:
             self.health.failed(exc.message)
             raise
-        mono = time.monotonic()
-        energy, power = values["energy_wh"], values["power_w"]
-        bad_energy, bad_power = energy_fault(energy), power_fault(power)
-        faults = [why for why in (bad_energy, bad_power) if why is not None]
-        if len(faults) == 2:
-            self.health.failed("; ".join(faults))
-            raise DeviceError(self.name, "; ".join(faults))
-        reading = screened(MeterReading(   # screened: voltage, current, pf not numbers
-            energy_wh=None if bad_energy else round_half_up(energy),
-            power_w=None if bad_power else power,
-            mono=mono,
-            wall=time.time(),
-            voltage_v=values.get("voltage_v"),
-            current_a=values.get("current_a"),
-            pf=values.get("pf"),
-            energy_step_wh=energy_step if math.isfinite(energy_step) else 0.0,
-            fault="; ".join(faults),
-        ))
-        if reading.fault:
-            self.health.failed(reading.fault)
-        else:
-            self.health.succeeded(mono)
-        return reading
+        return judged_reading(self.name, values, self.health, energy_step)
 
 
 class ModbusSwitch:

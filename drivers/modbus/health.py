@@ -9,11 +9,14 @@ costs its bus at most one timeout per that period instead of one per poll.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
+from drivers.errors import DeviceError
 from drivers.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -25,6 +28,7 @@ OFFLINE_POLL_MAX_S = 15.0
 
 # Called with (device name, online, detail) on every change of `online`.
 HealthSink = Callable[[str, bool, str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class DeviceHealth:
 
     device: str
     bus: str
-    unit: int
+    unit: int | str   # a Modbus unit id, or a DL/T 645 meter's address
     on_change: HealthSink | None = None
     online: bool = True
     consecutive_failures: int = 0
@@ -73,6 +77,17 @@ class DeviceHealth:
                         failures=self.consecutive_failures, error=error)
             if self.on_change is not None:
                 self.on_change(self.device, False, error)
+
+    async def watched(self, operation: Awaitable[T]) -> T:
+        """The result of `operation`, its outcome recorded: a `DeviceError` is a failure
+        (and raised again), anything it returns a success."""
+        try:
+            result = await operation
+        except DeviceError as exc:
+            self.failed(exc.message)
+            raise
+        self.succeeded(time.monotonic())
+        return result
 
     def poll_delay(self, base_s: float) -> float:
         """Seconds until the next routine poll of this device.

@@ -2,7 +2,7 @@
 
 Contract: see `drivers.modbus.frames`: `split_tcp`, `decode_rtu` and the
 `rtu_*_length` functions return a well-formed value or raise `FrameError`.
-RTU timings (`character_time_s`, `frame_gap_s`) follow "MODBUS over Serial Line
+RTU timings (`frame_gap_s`; `character_time_s` is drivers.serial_line's) follow "MODBUS over Serial Line
 V1.02".
 """
 
@@ -22,6 +22,7 @@ from drivers.modbus.frames.pdu import (
     WRITE_SINGLE_COIL,
     WRITE_SINGLE_REGISTER,
 )
+from drivers.serial_line import character_time_s
 
 # MBAP (TCP)
 
@@ -132,12 +133,6 @@ def rtu_request_length(buffer: bytes | bytearray) -> int | None:
     if function in (WRITE_MULTIPLE_COILS, WRITE_MULTIPLE_REGISTERS):
         return None if len(buffer) < 7 else 9 + buffer[6]
     raise FrameError(f"unsupported function {function} in RTU request")
-
-
-def character_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
-    """Seconds one byte takes on the wire: start + 8 data + parity + stop bits."""
-    bits = 1 + 8 + (0 if parity == "N" else 1) + stopbits
-    return bits / baudrate
 
 
 def frame_gap_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> float:
