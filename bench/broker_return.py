@@ -40,15 +40,16 @@ from gatewayd.center import reconnect, session  # noqa: E402
 from gatewayd.center.link import CenterLink  # noqa: E402
 from gatewayd.center.reconnect import reconnect_backoff  # noqa: E402
 from gatewayd.config.load import load_config  # noqa: E402
-from gatewayd.contract import wire  # noqa: E402
+from gatewayd.contract.enums import TapReason  # noqa: E402
+from gatewayd.contract.events import Tap  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
 from gatewayd.services.component import Heartbeat  # noqa: E402
 from gatewayd.store.db import Store  # noqa: E402
 from tests.mqtt_fixtures import Broker, collecting, mosquitto  # noqa: E402
 from tests.test_command_flood import SilentProxy  # noqa: E402
 
-TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
-               reason=wire.TapReason.UNKNOWN_CARD)
+TAP = Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=TapReason.UNKNOWN_CARD)
 TS = "2026-11-25T10:00:00.000+08:00"
 
 

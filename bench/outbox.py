@@ -38,9 +38,10 @@ import aiomqtt
 from gatewayd.center.link import CenterLink
 from gatewayd.center.topics import TopicKind
 from gatewayd.config.load import load_config
-from gatewayd.contract import wire
 from gatewayd.contract.command_admission import accept_command
 from gatewayd.contract.command_types import CommandRejection
+from gatewayd.contract.enums import EndReason, TapReason, WaterUse
+from gatewayd.contract.events import PowerUsage, Tap, WaterSession
 from gatewayd.contract.signing import generate_keypair, load_private_key, load_public_key, sign_command
 from gatewayd.contract.wire import encode_result_ok, rfc3339
 from gatewayd.services.clock import Clock
@@ -50,14 +51,14 @@ from gatewayd.store.db import Store
 from gatewayd.store.txn import Txn
 
 TS = "2026-11-25T10:05:00.000+08:00"
-SESSION = wire.WaterSession(
-    session="s", point="shower-1", service=wire.WaterUse.SHOWER, card="04A1B2C3",
+SESSION = WaterSession(
+    session="s", point="shower-1", service=WaterUse.SHOWER, card="04A1B2C3",
     account="s2023001", started="2026-11-25T10:00:00.000+08:00",
     ended="2026-11-25T10:05:00.000+08:00", volume_ml=5200, seconds=300,
-    amount_fen=16, end_reason=wire.EndReason.TAP, offline=True)
-TAP = wire.Tap(reader="r-shower-1", card="04A1B2C3", point="shower-1", granted=True,
-               reason=wire.TapReason.START)
-USAGE = wire.PowerUsage(room="301", account="room-b07-301", wh=180, amount_fen=10,
+    amount_fen=16, end_reason=EndReason.TAP, offline=True)
+TAP = Tap(reader="r-shower-1", card="04A1B2C3", point="shower-1", granted=True,
+               reason=TapReason.START)
+USAGE = PowerUsage(room="301", account="room-b07-301", wh=180, amount_fen=10,
                         meter_wh_from=1834387, meter_wh_to=1834567, balance_fen=4210)
 
 

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewayd.contract import wire
+from gatewayd.contract.enums import EndReason, WaterUse
+from gatewayd.contract.events import WaterSession
 from gatewayd.store.db import Store
 from gatewayd.store.txn import Txn
 
@@ -36,11 +37,11 @@ def debit(account: str, fen: int) -> Callable[[Txn], int]:
         bal = txn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()[0]
         assert bal >= 0
         return txn.event(
-            wire.WaterSession(
-                session="s", point="shower-1", service=wire.WaterUse.SHOWER, card="04A1B2C3",
+            WaterSession(
+                session="s", point="shower-1", service=WaterUse.SHOWER, card="04A1B2C3",
                 account=account, started="2026-11-25T10:00:00.000+08:00",
                 ended="2026-11-25T10:05:00.000+08:00", volume_ml=5200, seconds=300,
-                amount_fen=fen, end_reason=wire.EndReason.TAP, offline=False),
+                amount_fen=fen, end_reason=EndReason.TAP, offline=False),
             ts="2026-11-25T10:05:00.000+08:00",
         ).seq
 

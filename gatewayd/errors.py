@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gatewayd.config.validate import Problem
-    from gatewayd.contract.wire import ErrorCode
+    from gatewayd.contract.enums import ErrorCode
 
 
 class GatewaydError(Exception):

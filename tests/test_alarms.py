@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.store.db import Store

@@ -27,7 +27,8 @@ from gatewayd.center.reconnect import LinkState
 from gatewayd.center.topics import TopicKind
 from gatewayd.config.load import load_config
 from gatewayd.config.model import Config
-from gatewayd.contract import wire
+from gatewayd.contract.enums import TapReason
+from gatewayd.contract.events import PowerUsage, Tap
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.store import outbox
@@ -60,9 +61,9 @@ def tls_broker(tmp_path: Path) -> Iterator[Broker]:
 
 ROOT = "ecard/v1/b07"
 TS = "2026-11-25T10:00:00.000+08:00"
-TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
-               reason=wire.TapReason.UNKNOWN_CARD)
-USAGE = wire.PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
+TAP = Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=TapReason.UNKNOWN_CARD)
+USAGE = PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
                         meter_wh_to=10, balance_fen=100)
 STATUS_FIELDS = {"clock_synced": True, "cards_version": 3, "accounts_unknown": 0, "rooms": 2,
                  "points": 1, "readers": 1, "faults": {"meters": 0, "readers": 0, "valves": 0}}

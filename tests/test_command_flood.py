@@ -35,9 +35,10 @@ from gatewayd.center.reconnect import reconnect_backoff
 from gatewayd.center.screen import BoundedLog, screen_command
 from gatewayd.config.load import load_config
 from gatewayd.contract import commands as commands_mod
-from gatewayd.contract import wire
 from gatewayd.contract.command_admission import accept_command
 from gatewayd.contract.command_types import CommandRejection
+from gatewayd.contract.enums import TapReason
+from gatewayd.contract.events import Tap
 from gatewayd.contract.signing import sign_command
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
@@ -473,9 +474,9 @@ async def test_after_an_outage_the_backlog_flows_at_the_first_attempt_after_the_
             async with asyncio.timeout(WAIT_S):
                 while gw.link.connected:
                     await asyncio.sleep(0.01)
-            await gw.store.run(lambda txn: txn.event(wire.Tap(
+            await gw.store.run(lambda txn: txn.event(Tap(
                 reader="r1", card="04A1B2C3", point=None, granted=False,
-                reason=wire.TapReason.UNKNOWN_CARD), ts="2026-11-25T10:00:00.000+08:00"))
+                reason=TapReason.UNKNOWN_CARD), ts="2026-11-25T10:00:00.000+08:00"))
             before = gw.link.counters.attempts
             # Enough failed attempts that an uncapped back-off would be waiting 8 s or more.
             async with asyncio.timeout(90):

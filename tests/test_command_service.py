@@ -22,15 +22,13 @@ from hypothesis import strategies as st
 from gatewayd.center.apply import CommandService
 from gatewayd.config.load import load_config
 from gatewayd.config.model import Config
-from gatewayd.contract import wire
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import PowerUsage, breaker_device, meter_device, valve_device
 from gatewayd.contract.signing import sign_command
-from gatewayd.contract.wire import AlarmCode
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water.point import valve_device
 from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
@@ -190,7 +188,7 @@ async def test_sync_subtracts_debits_the_center_has_not_seen(gw: Gateway) -> Non
     def debits(txn: Txn) -> None:
         for fen in (30, 12):
             Ledger.debit(txn, acct, fen)
-            txn.event(wire.PowerUsage(room="102", account=acct, wh=1, amount_fen=fen,
+            txn.event(PowerUsage(room="102", account=acct, wh=1, amount_fen=fen,
                                       meter_wh_from=0, meter_wh_to=1, balance_fen=0),
                       ts="2026-11-25T10:00:00.000+08:00")
         Ledger.debit(txn, acct, 7)

@@ -37,17 +37,9 @@ from gatewayd.contract.command_types import (
     TopicKind,
 )
 from gatewayd.contract.commands import parse_command
+from gatewayd.contract.enums import CardKind, CardStatus, CommandType, ErrorCode, Service, TariffUnit
 from gatewayd.contract.signing import sign_command
-from gatewayd.contract.wire import (
-    CardKind,
-    CardStatus,
-    CommandType,
-    ErrorCode,
-    Service,
-    TariffUnit,
-    parse_rfc3339,
-    rfc3339,
-)
+from gatewayd.contract.wire import parse_rfc3339, rfc3339
 
 BUILDING = "b07"
 TS = "2026-11-23T21:04:05.120+08:00"

@@ -20,7 +20,7 @@ import pytest
 from gatewayd.app import supervisor
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
-from gatewayd.contract import wire
+from gatewayd.contract.events import AccountCredited
 from gatewayd.services.component import Heartbeat
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +252,7 @@ def seed_credits(state: Path, n: int) -> None:
         def job(txn: Txn) -> None:
             for i in range(n):
                 balance = Ledger.credit(txn, "stu-1", 100)
-                txn.event(wire.AccountCredited(account="stu-1", amount_fen=100,
+                txn.event(AccountCredited(account="stu-1", amount_fen=100,
                                                balance_fen=balance, command=f"c-{i}"),
                           ts="2026-11-23T21:04:05.120+08:00")
         store.call(job)

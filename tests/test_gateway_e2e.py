@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gatewayd.contract.wire import decode_event
+from gatewayd.contract.events import decode_event
 from sim.modbus import SimBuilding
 from tests.mqtt_fixtures import Broker, Seen, collecting, mosquitto, retained
 from tests.test_power import ROOT, Daemon

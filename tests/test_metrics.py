@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.config.load import load_config
+from gatewayd.contract.events import breaker_device, meter_device
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
-from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards

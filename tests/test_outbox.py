@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gatewayd.contract import wire
-from gatewayd.contract.wire import Priority
+from gatewayd.contract.enums import Priority, TapReason
+from gatewayd.contract.events import PowerUsage, Tap
 from gatewayd.store import outbox, retention
 from gatewayd.store.db import Store
 from gatewayd.store.outbox import OutMessage
@@ -20,9 +20,9 @@ from gatewayd.store.txn import Txn
 
 TS = "2026-11-25T10:00:00.000+08:00"
 DAY = 86400.0
-TAP = wire.Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
-               reason=wire.TapReason.UNKNOWN_CARD)
-USAGE = wire.PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
+TAP = Tap(reader="r1", card="04A1B2C3", point=None, granted=False,
+               reason=TapReason.UNKNOWN_CARD)
+USAGE = PowerUsage(room="301", account="a", wh=10, amount_fen=1, meter_wh_from=0,
                         meter_wh_to=10, balance_fen=100)
 
 

@@ -23,11 +23,11 @@ from structlog.testing import capture_logs
 
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.config.load import load_config
-from gatewayd.contract.wire import AlarmCode, decode_event
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import breaker_device, decode_event, meter_device
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.store import rooms as rooms_table
 from gatewayd.store.db import Store

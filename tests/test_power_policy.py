@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.config.model import POWER_DEFAULTS, PowerRules
-from gatewayd.contract.wire import CutReason, RestoreReason
+from gatewayd.contract.enums import CutReason, RestoreReason
 from gatewayd.rules import pricing
 from gatewayd.rules.power import (
     BalanceFell,

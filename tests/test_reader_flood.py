@@ -24,14 +24,14 @@ import pytest
 from drivers.cardreader.factory import open_reader
 from drivers.protocols import CardReader, StatusSink, TapSink
 from gatewayd.config.load import load_config
-from gatewayd.contract.wire import AlarmCode, TapReason
+from gatewayd.contract.enums import AlarmCode, TapReason
+from gatewayd.contract.events import valve_device
 from gatewayd.rules.reader_flood import RefusalFolder
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.water.point import valve_device
 from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gatewayd.contract import wire
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import AccountCredited, Alarm, BalanceLow
 from gatewayd.errors import StoreError, StoreLocked
 from gatewayd.store import schema as store_mod
 from gatewayd.store.db import Store
@@ -41,7 +42,7 @@ def credit(account: str, fen: int) -> Callable[[Txn], int]:
         (balance,) = txn.execute(
             "SELECT balance_fen FROM accounts WHERE account = ?", (account,)
         ).fetchone()
-        ev = txn.event(wire.AccountCredited(account=account, amount_fen=fen,
+        ev = txn.event(AccountCredited(account=account, amount_fen=fen,
                                             balance_fen=balance, command="c"),
                        ts="2026-11-25T10:00:00.000+08:00")
         return ev.seq
@@ -84,7 +85,7 @@ async def test_failing_job_rolls_back_alone_and_keeps_no_seq(tmp_path: Path) -> 
     s = Store.open(tmp_path, "b07")
 
     def bad(txn: Txn) -> None:
-        txn.event(wire.BalanceLow(account="x", balance_fen=1), ts="t")
+        txn.event(BalanceLow(account="x", balance_fen=1), ts="t")
         raise ValueError("boom")
 
     try:
@@ -242,7 +243,7 @@ def test_kill_9_mid_stream_loses_no_committed_seq(tmp_path: Path, run: int) -> N
 
 def _alarm(code: str, device: str, active: bool, detail: str | int = "") -> Callable[[Txn], None]:
     def job(txn: Txn) -> None:
-        txn.event(wire.Alarm(code=wire.AlarmCode(code), device=device, detail=detail,
+        txn.event(Alarm(code=AlarmCode(code), device=device, detail=detail,
                              active=active), ts="2026-11-25T10:00:00.000+08:00")
     return job
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gatewayd.contract.wire import AlarmCode, WaterUse
+from gatewayd.contract.enums import AlarmCode, WaterUse
 from gatewayd.rules.water import (
     MAX_FLOW_ML_PER_S,
     SLACK_PULSES,

@@ -17,13 +17,13 @@ import pytest
 
 from drivers.protocols import CardTap
 from gatewayd.config.load import load_config
-from gatewayd.contract.wire import EndReason
+from gatewayd.contract.enums import EndReason
+from gatewayd.contract.events import flow_device, valve_device
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.water.point import flow_device, valve_device
 from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

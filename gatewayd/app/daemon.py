@@ -18,18 +18,17 @@ from gatewayd.app.supervisor import Supervisor
 from gatewayd.center.apply import CommandService
 from gatewayd.center.link import CenterLink
 from gatewayd.config.model import Config, GatewaySection, Reader
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import breaker_device, meter_device, valve_device
 from gatewayd.contract.signing import load_public_key
-from gatewayd.contract.wire import AlarmCode
 from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Component, Heartbeat
 from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
-from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
-from gatewayd.services.water.point import valve_device
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta
 from gatewayd.store.cards import Cards

@@ -42,7 +42,8 @@ from gatewayd.center.screen import BoundedLog, CommandScreen
 from gatewayd.config.model import Config
 from gatewayd.contract.command_admission import accept_command, check_age, valid_window
 from gatewayd.contract.command_types import CommandRejection, ParsedCommand, TopicKind
-from gatewayd.contract.wire import ErrorCode, as_duplicate, encode_result_error
+from gatewayd.contract.enums import ErrorCode
+from gatewayd.contract.wire import as_duplicate, encode_result_error
 from gatewayd.errors import Refused
 from gatewayd.services.clock import Clock
 from gatewayd.services.power.service import PowerService

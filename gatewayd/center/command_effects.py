@@ -19,7 +19,9 @@ from typing import Any, Protocol
 from gatewayd.config.model import Config
 from gatewayd.contract import command_types as ct
 from gatewayd.contract.command_types import ParsedCommand
-from gatewayd.contract.wire import AccountCredited, ErrorCode, encode_result_ok
+from gatewayd.contract.enums import ErrorCode
+from gatewayd.contract.events import AccountCredited
+from gatewayd.contract.wire import encode_result_ok
 from gatewayd.errors import Refused
 from gatewayd.rules.ledger import synced_balance
 from gatewayd.rules.power import RoomState

@@ -33,7 +33,8 @@ from gatewayd.center.screen import BoundedLog
 from gatewayd.center.session import PUBACK_TIMEOUT_S, LinkClient
 from gatewayd.center.topics import TopicKind, Topics
 from gatewayd.contract.command_types import MAX_COMMAND_BYTES
-from gatewayd.contract.wire import ErrorCode, encode_result_error
+from gatewayd.contract.enums import ErrorCode
+from gatewayd.contract.wire import encode_result_error
 
 __all__ = ["CommandHandler", "CommandQueue"]
 

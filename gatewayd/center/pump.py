@@ -31,7 +31,7 @@ import structlog
 from drivers.retry import FailureLog
 from gatewayd.center.session import PUBACK_TIMEOUT_S, LinkClient
 from gatewayd.center.topics import Topics
-from gatewayd.contract.wire import Priority
+from gatewayd.contract.enums import Priority
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store import outbox

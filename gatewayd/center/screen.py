@@ -39,8 +39,8 @@ from gatewayd.contract.command_admission import signature_problem
 from gatewayd.contract.command_fields import CardFormat
 from gatewayd.contract.command_types import MAX_COMMAND_BYTES, CommandRejection, TopicKind
 from gatewayd.contract.commands import parse_command, usable_id
+from gatewayd.contract.enums import ErrorCode
 from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature
-from gatewayd.contract.wire import ErrorCode
 from gatewayd.services.component import Heartbeat
 
 __all__ = ["BoundedLog", "CommandScreen", "screen_command"]

@@ -23,7 +23,8 @@ import structlog
 from drivers.retry import FailureLog
 from gatewayd.center.retention import Retention
 from gatewayd.center.session import PUBACK_TIMEOUT_S, LinkClient
-from gatewayd.contract.wire import Priority, Telemetry, encode_telemetry
+from gatewayd.contract.enums import Priority
+from gatewayd.contract.wire import Telemetry, encode_telemetry
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store import outbox, retention

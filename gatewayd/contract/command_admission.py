@@ -25,8 +25,9 @@ from gatewayd.contract.command_types import (
     UnknownFields,
 )
 from gatewayd.contract.commands import parse_command
+from gatewayd.contract.enums import ErrorCode
 from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature, verify_command
-from gatewayd.contract.wire import ErrorCode, parse_rfc3339
+from gatewayd.contract.wire import parse_rfc3339
 
 __all__ = ["accept_command", "check_age", "signature_problem", "valid_window", "verify_signature"]
 

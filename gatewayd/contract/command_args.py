@@ -84,7 +84,8 @@ from gatewayd.contract.command_types import (
     TariffSet,
     UnknownFields,
 )
-from gatewayd.contract.wire import CardKind, CardStatus, CommandType, Service, TariffUnit, parse_rfc3339
+from gatewayd.contract.enums import CardKind, CardStatus, CommandType, Service, TariffUnit
+from gatewayd.contract.wire import parse_rfc3339
 
 __all__ = ["parse_args"]
 

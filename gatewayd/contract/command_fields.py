@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn, TypeVar
 
 from gatewayd.contract.command_types import MAX_NAME_CHARS, UnknownFields
-from gatewayd.contract.wire import CardKind, CardStatus, Service, TariffUnit
+from gatewayd.contract.enums import CardKind, CardStatus, Service, TariffUnit
 
 __all__ = [
     "MAX_CARD_NUMBER",

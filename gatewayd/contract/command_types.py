@@ -17,15 +17,8 @@ from typing import Any, ClassVar, Final, Literal
 
 import msgspec
 
-from gatewayd.contract.wire import (
-    CardKind,
-    CardStatus,
-    CommandType,
-    ErrorCode,
-    Service,
-    TariffUnit,
-    encode_result_error,
-)
+from gatewayd.contract.enums import CardKind, CardStatus, CommandType, ErrorCode, Service, TariffUnit
+from gatewayd.contract.wire import encode_result_error
 
 __all__ = [
     "BROADCAST_TARGET",

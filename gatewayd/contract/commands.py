@@ -77,8 +77,9 @@ from gatewayd.contract.command_types import (
     TopicKind,
     UnknownFields,
 )
+from gatewayd.contract.enums import CommandType, ErrorCode
 from gatewayd.contract.signing import SIGNATURE_FIELD, canonical_json
-from gatewayd.contract.wire import CommandType, ErrorCode, parse_rfc3339
+from gatewayd.contract.wire import parse_rfc3339
 
 __all__ = ["parse_command", "usable_id"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gatewayd.contract.wire import EventType
+from gatewayd.contract.enums import EventType
 
 #: Event types whose `amount_fen` the account has already paid locally.
 DEBIT_TYPES: tuple[EventType, ...] = (EventType.WATER_SESSION, EventType.POWER_USAGE)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from gatewayd.config.model import PowerRules
-from gatewayd.contract.wire import AlarmCode, CutReason, RestoreReason
+from gatewayd.contract.enums import AlarmCode, CutReason, RestoreReason
 from gatewayd.rules import pricing
 
 # What ends a cut, by the reason it was cut for.

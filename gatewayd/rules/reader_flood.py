@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gatewayd.contract.wire import TapReason
+from gatewayd.contract.enums import TapReason
 
 WINDOW_S = 60.0
 

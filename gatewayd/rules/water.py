@@ -23,7 +23,7 @@ from datetime import date
 from decimal import Decimal
 from fractions import Fraction
 
-from gatewayd.contract.wire import AlarmCode, EndReason, TapReason, WaterUse
+from gatewayd.contract.enums import AlarmCode, EndReason, TapReason, WaterUse
 from gatewayd.rules import pricing
 
 # The most water a point can pass, far above any shower head (6 to 15 L/min)

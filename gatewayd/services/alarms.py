@@ -22,7 +22,8 @@ from typing import Any
 
 import structlog
 
-from gatewayd.contract.wire import Alarm, AlarmCode
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import Alarm
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.store.db import Store

@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from drivers.modbus.bus import ModbusBus
 from gatewayd import __version__
 from gatewayd.config.model import Config
-from gatewayd.contract.wire import CutReason
+from gatewayd.contract.enums import CutReason
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.power.service import PowerService

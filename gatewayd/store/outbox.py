@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gatewayd.contract.wire import Priority
+from gatewayd.contract.enums import Priority
 from gatewayd.store.schema import CLASS_EVENT, CLASS_MONEY, CLASS_RESULT, CLASS_TELEMETRY
 from gatewayd.store.txn import Txn
 

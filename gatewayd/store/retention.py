@@ -43,7 +43,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from gatewayd.contract.wire import Alarm, AlarmCode
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import Alarm
 from gatewayd.store import meta
 from gatewayd.store.outbox import pending
 from gatewayd.store.schema import CLASS_EVENT

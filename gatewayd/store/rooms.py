@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gatewayd.contract.wire import CutReason
+from gatewayd.contract.enums import CutReason
 from gatewayd.rules import pricing
 from gatewayd.rules.power import RoomState
 from gatewayd.store.txn import Txn

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from gatewayd.contract.wire import Priority
+from gatewayd.contract.enums import Priority
 from gatewayd.errors import StoreError
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.contract.wire import EventBody, EventEnvelope, encode_event, event_type_of, priority_of
+from gatewayd.contract.enums import priority_of
+from gatewayd.contract.events import EventBody, EventEnvelope, encode_event, event_type_of
 
 
 @dataclass(frozen=True, slots=True)

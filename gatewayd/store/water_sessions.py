@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gatewayd.contract.wire import WaterUse
+from gatewayd.contract.enums import WaterUse
 from gatewayd.rules import pricing
 from gatewayd.rules.water import Session
 from gatewayd.store.txn import Txn

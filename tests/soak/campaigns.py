@@ -30,15 +30,14 @@ from typing import Any
 from drivers.protocols import CardTap
 from gatewayd.config.load import load_config
 from gatewayd.config.model import Config
+from gatewayd.contract.events import breaker_device, meter_device, valve_device
 from gatewayd.contract.wire import rfc3339
 from gatewayd.rules.water import Card
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.power.room import breaker_device, meter_device
 from gatewayd.services.power.service import PowerService
-from gatewayd.services.water.point import valve_device
 from gatewayd.services.water.service import WaterService
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store

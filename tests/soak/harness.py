@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from pymodbus.pdu import ModbusPDU
 
-from gatewayd.contract import wire
+from gatewayd.contract.events import AccountCredited
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
@@ -316,7 +316,7 @@ def seed(state_dir: Path, credits: dict[str, int], cards: Sequence[Card] = (),
         def job(txn: Txn) -> None:
             for n, (account, fen) in enumerate(sorted(credits.items())):
                 balance = Ledger.credit(txn, account, fen)
-                txn.event(wire.AccountCredited(account=account, amount_fen=fen,
+                txn.event(AccountCredited(account=account, amount_fen=fen,
                                                balance_fen=balance, command=f"{command}-{n}"),
                           ts="2026-11-23T21:04:05.120+08:00")
             for card in cards:

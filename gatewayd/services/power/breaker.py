@@ -24,15 +24,15 @@ import structlog
 
 from drivers.errors import DeviceError, SwitchMismatch
 from drivers.protocols import SwitchBank
-from gatewayd.contract import wire
-from gatewayd.contract.wire import AlarmCode, CutReason
+from gatewayd.contract.enums import AlarmCode, CutReason
+from gatewayd.contract.events import Alarm, breaker_device
 from gatewayd.rules.breaker import Verdict, reconcile
 from gatewayd.rules.power import Outcome
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import START_IO_S
 from gatewayd.services.power.record import Recorder
-from gatewayd.services.power.room import RoomRuntime, breaker_device
+from gatewayd.services.power.room import RoomRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ class Breakers:
         rt.state = replace(rt.state, hold=True, cut_reason=CutReason.REMOTE)
         self.alarms.raise_(AlarmCode.BREAKER_MISMATCH, breaker_device(rt.id), detail)
         await self.recorder.commit(rt, Outcome(rt.state), extra_alarms=[
-            wire.Alarm(code=AlarmCode.BREAKER_MISMATCH, device=breaker_device(rt.id),
+            Alarm(code=AlarmCode.BREAKER_MISMATCH, device=breaker_device(rt.id),
                        detail=detail, active=True)])
 
     async def drive(self, rt: RoomRuntime, want_on: bool | None = None) -> None:

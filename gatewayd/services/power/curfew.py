@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from gatewayd.config.model import Curfew
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
 from gatewayd.rules.curfew import rooms_under_curfew
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock

@@ -26,7 +26,8 @@ import structlog
 
 from drivers.errors import DeviceError
 from drivers.protocols import MeterReading, screened
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import room_device
 from gatewayd.errors import StoreError
 from gatewayd.rules.breaker import Verdict, reconcile
 from gatewayd.rules.power import Context, Cut, Outcome, Reading, step
@@ -35,7 +36,7 @@ from gatewayd.services.clock import Clock
 from gatewayd.services.power.breaker import Breakers
 from gatewayd.services.power.curfew import CurfewWatch
 from gatewayd.services.power.record import Also, Recorder
-from gatewayd.services.power.room import RoomRuntime, room_device
+from gatewayd.services.power.room import RoomRuntime
 from gatewayd.store.ledger import Ledger
 
 log = structlog.get_logger(__name__)

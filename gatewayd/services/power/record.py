@@ -16,7 +16,15 @@ from dataclasses import replace
 
 import structlog
 
-from gatewayd.contract import wire
+from gatewayd.contract.events import (
+    Alarm,
+    BalanceLow,
+    BreakerCut,
+    BreakerRestored,
+    EventBody,
+    PowerUsage,
+    meter_device,
+)
 from gatewayd.rules.power import (
     BalanceFell,
     Charge,
@@ -29,7 +37,7 @@ from gatewayd.rules.power import (
     RoomState,
 )
 from gatewayd.services.clock import Clock
-from gatewayd.services.power.room import RoomRuntime, meter_device
+from gatewayd.services.power.room import RoomRuntime
 from gatewayd.store import rooms as rooms_table
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
@@ -51,20 +59,20 @@ def _charge(txn: Txn, account: str, decisions: Sequence[Decision]) -> tuple[int,
     return current if current is not None else (0, False)
 
 
-def _event(d: Decision, room: str, account: str, balance: int) -> wire.EventBody | None:
+def _event(d: Decision, room: str, account: str, balance: int) -> EventBody | None:
     """The event a decision is recorded as (a charge has none: its report does)."""
     if isinstance(d, Report):
-        return wire.PowerUsage(room=room, account=account, wh=d.wh, amount_fen=d.fen,
+        return PowerUsage(room=room, account=account, wh=d.wh, amount_fen=d.fen,
                                meter_wh_from=d.meter_wh_from, meter_wh_to=d.meter_wh_to,
                                balance_fen=balance)
     if isinstance(d, Cut):
-        return wire.BreakerCut(room=room, reason=d.reason, power_w=d.power_w)
+        return BreakerCut(room=room, reason=d.reason, power_w=d.power_w)
     if isinstance(d, Restore):
-        return wire.BreakerRestored(room=room, reason=d.reason)
+        return BreakerRestored(room=room, reason=d.reason)
     if isinstance(d, BalanceFell):
-        return wire.BalanceLow(account=account, balance_fen=balance)
+        return BalanceLow(account=account, balance_fen=balance)
     if isinstance(d, MeterAlarm):
-        return wire.Alarm(code=d.code, device=meter_device(room), detail=d.detail, active=d.active)
+        return Alarm(code=d.code, device=meter_device(room), detail=d.detail, active=d.active)
     return None
 
 
@@ -89,7 +97,7 @@ class Recorder:
             rt.persisted = rooms_table.change_key(rooms_table.encode(rt.state, now_mono, now_wall))
 
     async def commit(self, rt: RoomRuntime, out: Outcome,
-                     extra_alarms: list[wire.Alarm] | None = None, also: Also | None = None) -> None:
+                     extra_alarms: list[Alarm] | None = None, also: Also | None = None) -> None:
         """Record the outcome's charge, events and room state in one transaction
         (with `also`, e.g. a command's result, in the same one)."""
         now_mono, now_wall = self.clock.mono(), self.clock.wall()
@@ -107,7 +115,7 @@ class Recorder:
 
         def job(txn: Txn) -> tuple[int, bool]:
             for cut, cut_stamp, cut_wall in unrecorded:  # carried out while the disk was full
-                txn.event(wire.BreakerCut(room=room, reason=cut.reason, power_w=cut.power_w),
+                txn.event(BreakerCut(room=room, reason=cut.reason, power_w=cut.power_w),
                           ts=cut_stamp, wall=cut_wall)
             balance, known = _charge(txn, account, out.decisions)
             for d in out.decisions:

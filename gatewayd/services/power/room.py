@@ -25,18 +25,6 @@ BREAKER_RETRY_MIN_S = 2.0
 BREAKER_RETRY_S = 10.0
 
 
-def meter_device(room: str) -> str:
-    return f"meter:{room}"
-
-
-def breaker_device(room: str) -> str:
-    return f"breaker:{room}"
-
-
-def room_device(room: str) -> str:
-    return f"room:{room}"
-
-
 @dataclass
 class RoomRuntime:
     cfg: Room

@@ -22,7 +22,7 @@ import structlog
 
 from drivers.protocols import Meter, MeterReading, Switch, SwitchBank
 from gatewayd.config.model import Config
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
 from gatewayd.rules import pricing
 from gatewayd.rules.breaker import Verdict, reconcile
 from gatewayd.rules.power import Outcome, remote_cut, remote_restore

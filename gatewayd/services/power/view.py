@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import meter_device, room_device
 from gatewayd.rules.power import limit_w
 from gatewayd.services.alarms import Alarms
-from gatewayd.services.power.room import RoomRuntime, meter_device, room_device
+from gatewayd.services.power.room import RoomRuntime
 from gatewayd.store.ledger import Ledger
 
 

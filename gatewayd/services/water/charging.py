@@ -19,11 +19,11 @@ from dataclasses import replace
 
 import structlog
 
-from gatewayd.contract import wire
-from gatewayd.contract.wire import EndReason
+from gatewayd.contract.enums import EndReason
+from gatewayd.contract.events import Alarm, WaterSession, flow_device
 from gatewayd.rules.water import Advance, Billing, FlowAlarm, Limits, Session, advance
 from gatewayd.services.clock import Clock
-from gatewayd.services.water.point import PointRuntime, flow_device
+from gatewayd.services.water.point import PointRuntime
 from gatewayd.store import water_sessions
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
@@ -161,9 +161,9 @@ class Charging:
 
         await self.store.run(job)
 
-    def session_event(self, s: Session, reason: EndReason, ended: str) -> wire.WaterSession:
+    def session_event(self, s: Session, reason: EndReason, ended: str) -> WaterSession:
         """The `water.session` event of a session ending now, with its whole charge."""
-        return wire.WaterSession(
+        return WaterSession(
             session=s.session, point=s.point, service=s.service, card=s.card,
             account=s.account, started=self.clock.stamp(s.started_wall), ended=ended,
             volume_ml=s.volume_ml, seconds=s.seconds, amount_fen=s.charged_fen,
@@ -176,7 +176,7 @@ class Charging:
             return lambda txn: None
         wall = self.clock.wall()
         stamp = self.clock.stamp(wall)
-        body = wire.Alarm(code=alarm.code, device=flow_device(pt.id), detail=alarm.detail,
+        body = Alarm(code=alarm.code, device=flow_device(pt.id), detail=alarm.detail,
                           active=True)
 
         def job(txn: Txn) -> None:
@@ -191,7 +191,7 @@ def _alarm_logged(pt: PointRuntime, alarm: FlowAlarm | None) -> None:
 
 
 def _record_end(txn: Txn, s: Session, *, fen: int, offline_fen: int, day: str,
-               event: wire.WaterSession, stamp: str, wall: float,
+               event: WaterSession, stamp: str, wall: float,
                before: Callable[[Txn], None] | None = None) -> tuple[int, bool] | None:
     """A session's end in the store: its row gone, the rest charged, one
     `water.session`. Once only: an end whose waiter was cancelled (a stop out

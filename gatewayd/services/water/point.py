@@ -29,18 +29,6 @@ VALVE_RETRY_MIN_S = 1.0
 VALVE_RETRY_MAX_S = 10.0
 
 
-def valve_device(point: str) -> str:
-    return f"valve:{point}"
-
-
-def flow_device(point: str) -> str:
-    return f"flow:{point}"
-
-
-def reader_device(reader: str) -> str:
-    return f"reader:{reader}"
-
-
 @dataclass
 class PointRuntime:
     cfg: Point

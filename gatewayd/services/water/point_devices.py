@@ -16,10 +16,11 @@ import random
 import structlog
 
 from drivers.errors import DeviceError
-from gatewayd.contract.wire import AlarmCode
+from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import flow_device, valve_device
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
-from gatewayd.services.water.point import PointRuntime, flow_device, valve_device
+from gatewayd.services.water.point import PointRuntime
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ import contextlib
 
 import structlog
 
-from gatewayd.contract.wire import EndReason
+from gatewayd.contract.enums import EndReason
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
 from gatewayd.services.water.charging import Charging

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from gatewayd.contract.wire import EndReason
+from gatewayd.contract.enums import EndReason
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import START_IO_S
 from gatewayd.services.water.charging import Charging

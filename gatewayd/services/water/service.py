@@ -43,14 +43,15 @@ import structlog
 
 from drivers.protocols import CardReader, CardTap, Counter, Switch
 from gatewayd.config.model import Config
-from gatewayd.contract.wire import AlarmCode, EndReason, TapReason
+from gatewayd.contract.enums import AlarmCode, EndReason, TapReason
+from gatewayd.contract.events import reader_device
 from gatewayd.rules.reader_flood import RefusalFolder
 from gatewayd.rules.water import Limits, billing_for
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
 from gatewayd.services.water.charging import Charging
-from gatewayd.services.water.point import PointRuntime, reader_device
+from gatewayd.services.water.point import PointRuntime
 from gatewayd.services.water.point_devices import PointDevices
 from gatewayd.services.water.point_loop import PointLoop
 from gatewayd.services.water.recovery import Recovery

@@ -22,14 +22,14 @@ import structlog
 
 from drivers.protocols import CardTap
 from gatewayd.config.model import WaterRules
-from gatewayd.contract import wire
-from gatewayd.contract.wire import AlarmCode, EndReason, TapReason, WaterUse
+from gatewayd.contract.enums import AlarmCode, EndReason, TapReason, WaterUse
+from gatewayd.contract.events import Tap, reader_device
 from gatewayd.errors import StoreError
 from gatewayd.rules.reader_flood import Outcome, RefusalFolder
 from gatewayd.rules.water import Session, TapFacts, check_tap
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
-from gatewayd.services.water.point import PointRuntime, reader_device
+from gatewayd.services.water.point import PointRuntime
 from gatewayd.services.water.point_devices import PointDevices
 from gatewayd.services.water.point_loop import PointLoop
 from gatewayd.store import water_sessions
@@ -83,7 +83,7 @@ class TapAnswers:
 
         def job(txn: Txn) -> None:
             water_sessions.insert(txn, session)
-            txn.event(wire.Tap(reader=tap.reader, card=tap.uid, point=pt.id, granted=True,
+            txn.event(Tap(reader=tap.reader, card=tap.uid, point=pt.id, granted=True,
                                reason=TapReason.START), ts=stamp, wall=now_wall)
 
         await self.store.run(job)
@@ -121,7 +121,7 @@ class TapAnswers:
         now_wall = self.clock.wall()
         stamp = self.clock.stamp(now_wall)
         await self.store.run(lambda txn: txn.event(
-            wire.Tap(reader=tap.reader, card=tap.uid, point=point, granted=granted, reason=reason),
+            Tap(reader=tap.reader, card=tap.uid, point=point, granted=granted, reason=reason),
             ts=stamp, wall=now_wall))
 
     async def folded(self, out: Outcome) -> None:
@@ -137,7 +137,7 @@ class TapAnswers:
 
         def job(txn: Txn) -> None:
             for f in out.folds:
-                txn.event(wire.Tap(reader=f.reader, card=f.card, point=f.point, granted=False,
+                txn.event(Tap(reader=f.reader, card=f.card, point=f.point, granted=False,
                                    reason=f.reason, count=f.count), ts=stamp, wall=now_wall)
 
         for f in out.folds:
