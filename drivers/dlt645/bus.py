@@ -44,6 +44,7 @@ from drivers.dlt645.link import Dlt645Link
 from drivers.errors import DeviceError, LinkDown, LinkError, LinkNoisy, LinkTimeout
 from drivers.modbus.health import DeviceHealth, HealthSink
 from drivers.retry import HALF_TO_FULL, Backoff
+from drivers.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -142,9 +143,8 @@ class Dlt645Bus:
         """Stop, close the port; queued requests fail with `LinkDown`."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for error in await cancel_and_wait([task]):
+                log.error("dlt645_worker_failed", bus=self.name, error=repr(error))
         await self._shut_line()
         closed = LinkDown("bus closed")
         while not self._queue.empty():

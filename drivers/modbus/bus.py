@@ -61,6 +61,7 @@ from drivers.modbus.health import DeviceHealth, HealthSink
 from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
 from drivers.retry import Backoff
+from drivers.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -177,11 +178,8 @@ class ModbusBus:
     async def close(self) -> None:
         """Stop the workers and close connections; queued requests fail with `DeviceError`."""
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        for error in await cancel_and_wait(tasks):
+            log.error("modbus_worker_failed", bus=self.name, error=repr(error))
         links = [link for link in self._links if link is not None]
         self._links = [None] * len(self._links)
         for link in links:

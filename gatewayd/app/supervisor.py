@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from drivers.retry import HALF_TO_FULL, Backoff
+from drivers.tasks import cancel_and_wait
 from gatewayd.app.sdnotify import Notifier, watchdog_interval_s
 from gatewayd.services.component import Component, Heartbeat
 
@@ -111,11 +112,7 @@ class Supervisor:
                                 components=sorted(starts[t].name for t in pending))
         finally:
             stop.cancel()
-            for task in starts:
-                task.cancel()
-            for task in starts:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task  # its failure, if any, was raised above
+            await cancel_and_wait(starts)  # a failure among them, if any, was raised above
         if not self._stop.is_set():
             log.info("components_started", seconds=round(time.monotonic() - began, 2))
         return list(self.components)
