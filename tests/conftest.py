@@ -24,7 +24,8 @@ __all__ = ["no_leaked_tasks", "no_leaked_threads", "pcscd", "vpcd_idle"]
 
 # How long a thread or task that is already finishing may take to end (a reader's
 # worker seeing its stop flag, a cancelled task unwinding, a process pool's manager
-# thread noticing its shutdown). Spent only while something is still running.
+# thread noticing its shutdown, asyncio's `asyncio-waitpid-N` thread returning after
+# the child it watched was reaped). Spent only while something is still running.
 LEAK_GRACE_S = 5.0
 
 # Threads that may outlive the test that started them, by name, each with why.
