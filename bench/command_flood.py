@@ -29,19 +29,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import itertools
 import json
 import logging
 import os
-import socket
-import statistics
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,32 +48,30 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import aiomqtt  # noqa: E402
 import structlog  # noqa: E402
+from building import (  # noqa: E402
+    BUILDING,
+    RICH_FEN,
+    STUDENT,
+    gateway_config,
+    locate,
+    rich_rooms,
+    rooms_config,
+    seed_store,
+    serial_shower_config,
+    valves_bus_config,
+    write_config,
+)
+from building_sim import SimProc  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-from daemon_poll import (  # noqa: E402
-    BUILDING,
-    MAX_POWER_W,
-    TRIP_AFTER_S,
-    VALVE_BASE,
-    Daemon,
-    SimProc,
-    account,
-    cpu_seconds,
-    cut_trials,
-    locate,
-    peak_rss_mb,
-    room_id,
-    rooms_config,
-)
-from tap import DEBOUNCE_S, SERIAL_CARDS, STUDENT, serial_taps  # noqa: E402
+from cuts import MAX_POWER_W, TRIP_AFTER_S, cut_trials  # noqa: E402
+from daemon_process import WatchedDaemon  # noqa: E402
+from figures import percentiles  # noqa: E402
+from proc_stats import children, cpu_seconds, peak_rss_mb, rss_mb  # noqa: E402
+from serial_taps import DEBOUNCE_S, SERIAL_CARDS, serial_taps  # noqa: E402
 
 from gatewayd.contract.signing import sign_command  # noqa: E402
-from gatewayd.rules.water import Card  # noqa: E402
 from gatewayd.services.clock import Clock  # noqa: E402
-from gatewayd.store.cards import Cards  # noqa: E402
-from gatewayd.store.db import Store  # noqa: E402
-from gatewayd.store.ledger import Ledger  # noqa: E402
-from gatewayd.store.txn import Txn  # noqa: E402
 from sim.serial_card import PtyPort  # noqa: E402
 from tests.mqtt_fixtures import Broker, free_port  # noqa: E402
 
@@ -148,70 +143,7 @@ class Flood:
         return int(json.loads(line)["sent"]) if line else -1
 
 
-# --- the daemon, its watchdog and its children ------------------------------------------------
-
-
-class WatchedDaemon(Daemon):
-    """The real daemon with a systemd watchdog asked for: WATCHDOG=1 arrivals are kept."""
-
-    def __init__(self, config: Path, workdir: Path) -> None:
-        super().__init__(config, workdir)
-        self.beats: list[float] = []
-        self._sock: socket.socket | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        sock_path = self.workdir / "notify"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(sock_path))
-        sock.setblocking(False)
-        self._sock = sock
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gatewayd.app.cli", "run", "-c", str(self.config),
-                "--log-format", "json", cwd=ROOT, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "NOTIFY_SOCKET": str(sock_path),
-                     "WATCHDOG_USEC": str(WATCHDOG_USEC)},
-            )
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(60):
-            while b"READY=1" not in await loop.sock_recv(sock, 4096):
-                pass
-        self._task = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self._sock, 4096)
-            if b"WATCHDOG=1" in data:
-                self.beats.append(time.monotonic())
-
-    def longest_gap(self, since: float, until: float) -> float:
-        beats = [t for t in self.beats if since <= t <= until]
-        return max((b - a for a, b in itertools.pairwise(beats)), default=float("nan"))
-
-    async def stop(self) -> int | None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._sock is not None:
-            self._sock.close()
-        return await super().stop()
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def rss_mb(pid: int, key: str = "VmRSS:") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+# --- the daemon's memory and metrics ---------------------------------------------------------
 
 
 def memory(pid: int) -> str:
@@ -234,11 +166,10 @@ def dropped_counts(metrics_port: int) -> dict[str, float]:
 # --- setup --------------------------------------------------------------------------------------
 
 
-def write_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_port: int, tty: Path,
-                 broker_port: int, metrics_port: int) -> Path:
-    lines = [
-        "[gateway]", f'building = "{BUILDING}"', f'state_dir = "{workdir / "state"}"',
-        "poll_interval_s = 1.0", f"tap_debounce_s = {DEBOUNCE_S}", 'clock_synced = "yes"', "",
+def daemon_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_port: int, tty: Path,
+                  broker_port: int, metrics_port: int) -> Path:
+    return write_config(workdir, [
+        *gateway_config(workdir, "poll_interval_s = 1.0", f"tap_debounce_s = {DEBOUNCE_S}"),
         "[center]", f'broker = "mqtt://127.0.0.1:{broker_port}"',
         f'command_public_key_file = "{workdir / "center.pub"}"', "",
         "[metrics]", f'listen = "127.0.0.1:{metrics_port}"', "",
@@ -247,37 +178,13 @@ def write_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_p
         "[power]", f"max_power_w = {MAX_POWER_W}", f"trip_after_s = {TRIP_AFTER_S}",
         "reclose_after_s = 600", "",
         *rooms_config(meter_ports, meters, "eastron-sdm120-import"),
-        "[[buses]]", 'name = "valves"', 'type = "tcp"', 'host = "127.0.0.1"',
-        f"port = {valve_port}", "timeout_s = 1.0", "",
-        "[[readers]]", 'id = "r-serial"', 'type = "serial"', f'port = "{tty}"', "",
-        "[[points]]", 'id = "shower-serial"', 'service = "shower"', 'reader = "r-serial"',
-        f'valve = {{ bus = "valves", unit = {VALVE_BASE}, profile = "relay-board", channel = 0 }}', "",
-    ]
-    path = workdir / "gateway.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def seed(state_dir: Path, meters: int) -> None:
-    store = Store.open(state_dir, BUILDING)
-    try:
-        def job(txn: Txn) -> None:
-            for i in range(meters):
-                Ledger.credit(txn, account(room_id(i)), 10**9)
-            Ledger.credit(txn, STUDENT, 10**9)
-            for uid in SERIAL_CARDS:
-                Cards.put(txn, Card(uid, STUDENT, "student", "active", None))
-        store.call(job)
-    finally:
-        store.close()
+        *valves_bus_config(valve_port),
+        *serial_shower_config("r-serial", "shower-serial", tty, 0),
+    ])
 
 
 def summary(samples: Sequence[float]) -> str:
-    v = sorted(x * 1000 for x in samples)
-    if not v:
-        return "no samples"
-    p99 = v[min(len(v) - 1, round(0.99 * (len(v) - 1)))]
-    return f"n={len(v)} p50={statistics.median(v):.1f} ms p99={p99:.1f} ms max={v[-1]:.1f} ms"
+    return percentiles(samples, digits=1)
 
 
 class Center:
@@ -330,15 +237,28 @@ class Center:
 # --- the phases -----------------------------------------------------------------------------------
 
 
-async def phase(name: str, args: argparse.Namespace, daemon: WatchedDaemon, meters: SimProc,
-                valves: SimProc, pty: PtyPort, rooms: list[int], broker_port: int, metrics_port: int,
-                center: Center, flood_mode: str | None) -> None:
-    flood = await Flood.start(broker_port, flood_mode, args.mib, args.rate) if flood_mode else None
+@dataclass
+class Rig:
+    """What every phase drives: the daemon, the simulators, the serial reader's pty, the center."""
+
+    args: argparse.Namespace
+    daemon: WatchedDaemon
+    meters: SimProc
+    valves: SimProc
+    pty: PtyPort
+    broker_port: int
+    metrics_port: int
+    center: Center
+
+
+async def phase(name: str, rig: Rig, rooms: list[int], flood_mode: str | None) -> None:
+    args, daemon = rig.args, rig.daemon
+    flood = await Flood.start(rig.broker_port, flood_mode, args.mib, args.rate) if flood_mode else None
     t0, cpu0 = time.monotonic(), cpu_seconds(daemon.pid)
-    before = dropped_counts(metrics_port)
+    before = dropped_counts(rig.metrics_port)
     taps, (_, overload) = await asyncio.gather(
-        serial_taps(valves, pty, int(args.seconds * 3)),
-        cut_trials(meters, [], rooms))
+        serial_taps(rig.valves, rig.pty, int(args.seconds * 3)),
+        cut_trials(rig.meters, [], rooms))
     while time.monotonic() - t0 < args.seconds:
         await asyncio.sleep(0.5)
     t1, cpu1 = time.monotonic(), cpu_seconds(daemon.pid)
@@ -357,17 +277,69 @@ async def phase(name: str, args: argparse.Namespace, daemon: WatchedDaemon, mete
     print(f"  daemon CPU              {cpu1 - cpu0:.1f} s in {t1 - t0:.0f} s")
     print(f"  memory                  {memory(daemon.pid)}")
     if flood:
-        answered = [await center.round_trip("ping"),
-                    await center.round_trip("account.credit", {"account": STUDENT, "amount_fen": 100})]
-        after = dropped_counts(metrics_port)
-        print(f"  after the flood: signed ping answered in {answered[0] * 1000:.0f} ms, "
-              f"account.credit in {answered[1] * 1000:.0f} ms")
-        print("  dropped unread (metrics): " + ", ".join(
-            f"{k} {after.get(k, 0) - before.get(k, 0):.0f}" for k in sorted(after)))
-        print(f"  memory after answering  {memory(daemon.pid)}")
+        await after_flood(rig, before)
 
 
-async def main(argv: Sequence[str] | None = None) -> None:
+async def after_flood(rig: Rig, before: dict[str, float]) -> None:
+    """How soon signed commands are answered after the flood, and what it dropped."""
+    answered = [await rig.center.round_trip("ping"),
+                await rig.center.round_trip("account.credit", {"account": STUDENT, "amount_fen": 100})]
+    after = dropped_counts(rig.metrics_port)
+    print(f"  after the flood: signed ping answered in {answered[0] * 1000:.0f} ms, "
+          f"account.credit in {answered[1] * 1000:.0f} ms")
+    print("  dropped unread (metrics): " + ", ".join(
+        f"{k} {after.get(k, 0) - before.get(k, 0):.0f}" for k in sorted(after)))
+    print(f"  memory after answering  {memory(rig.daemon.pid)}")
+
+
+def phase_modes(args: argparse.Namespace) -> list[str | None]:
+    """None (no flood) first, then each flood asked for."""
+    return [None, *(["unsigned", "bogus-sig"] if args.flood == "both" else [args.flood])]
+
+
+async def run_daemon(args: argparse.Namespace, workdir: Path, key: Ed25519PrivateKey, meters: SimProc,
+                     valves: SimProc, broker_port: int, cut_rooms: list[int]) -> None:
+    """Start the daemon, run every phase against it, and stop it."""
+    pty = PtyPort(workdir / "ttyRDM")
+    metrics_port = free_port()
+    try:
+        config = daemon_config(workdir, meters.ports, args.meters, valves.ports[0], pty.path,
+                               broker_port, metrics_port)
+        seed_store(workdir / "state", {**rich_rooms(args.meters), STUDENT: RICH_FEN}, SERIAL_CARDS)
+        daemon = WatchedDaemon(config, workdir, WATCHDOG_USEC)
+        async with daemon.running():
+            await asyncio.sleep(3.0)  # every bus connected, every room read, the link up
+            print(f"  at start: {memory(daemon.pid)}")
+            async with Center(broker_port, key) as center:
+                print(f"  signed ping round trip before any flood: "
+                      f"{await center.round_trip('ping') * 1000:.1f} ms")
+                rig = Rig(args, daemon, meters, valves, pty, broker_port, metrics_port, center)
+                for k, mode in enumerate(phase_modes(args)):
+                    rooms = cut_rooms[k * args.cuts:(k + 1) * args.cuts]
+                    await phase("no flood" if mode is None else f"flood: {mode}", rig, rooms, mode)
+    finally:
+        pty.close()
+
+
+async def run_broker(args: argparse.Namespace, meters: SimProc, valves: SimProc,
+                     cut_rooms: list[int]) -> None:
+    """The center's key and a private mosquitto in a scratch directory, then the daemon."""
+    key = Ed25519PrivateKey.generate()
+    with tempfile.TemporaryDirectory(prefix="bench-command-flood-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "center.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (workdir / "mosquitto").mkdir()
+        # set_tcp_nodelay as README recommends: a command round trip is not 40 ms of Nagle.
+        broker = Broker(workdir / "mosquitto", free_port(), extra=["set_tcp_nodelay true"])
+        broker.start()
+        try:
+            await run_daemon(args, workdir, key, meters, valves, broker.port, cut_rooms)
+        finally:
+            broker.stop()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=45.0, help="per phase")
     parser.add_argument("--flood", default="both", choices=["unsigned", "bogus-sig", "both"])
@@ -377,66 +349,26 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cuts", type=int, default=4, help="overload cuts per phase")
     parser.add_argument("--flood-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.flood_child:
         await flood_child(args.port, args.flood, args.mib, args.rate)
         return
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    modes = ["unsigned", "bogus-sig"] if args.flood == "both" else [args.flood]
-    phases: list[str | None] = [None, *modes]
     print(f"command_flood: {os.cpu_count()} CPUs; {args.meters} rooms polled every 1 s; "
           f"{args.seconds:g} s a phase")
-    key = Ed25519PrivateKey.generate()
-    cut_rooms = list(range(min(args.meters, args.cuts * len(phases))))
+    cut_rooms = list(range(min(args.meters, args.cuts * len(phase_modes(args)))))
     meters = await SimProc.start(args.meters)
     valves = await SimProc.start(0, valves=1)
-    daemon: WatchedDaemon | None = None
     try:
         for i in cut_rooms:
             e, unit = locate(i)
             await meters.call("load", ep=e, unit=unit, w=0, kwh=0.0)
         await meters.call("watch", meters=[list(locate(i)) for i in cut_rooms])
-        with tempfile.TemporaryDirectory(prefix="bench-command-flood-") as tmp:
-            workdir = Path(tmp)
-            (workdir / "center.pub").write_bytes(key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            (workdir / "mosquitto").mkdir()
-            # set_tcp_nodelay as README recommends: a command round trip is not 40 ms of Nagle.
-            broker = Broker(workdir / "mosquitto", free_port(), extra=["set_tcp_nodelay true"])
-            broker.start()
-            try:
-                pty = PtyPort(workdir / "ttyRDM")
-                metrics_port = free_port()
-                try:
-                    config = write_config(workdir, meters.ports, args.meters, valves.ports[0], pty.path,
-                                          broker.port, metrics_port)
-                    seed(workdir / "state", args.meters)
-                    daemon = WatchedDaemon(config, workdir)
-                    await daemon.start()
-                    await asyncio.sleep(3.0)  # every bus connected, every room read, the link up
-                    print(f"  at start: {memory(daemon.pid)}")
-                    async with Center(broker.port, key) as center:
-                        print(f"  signed ping round trip before any flood: "
-                              f"{await center.round_trip('ping') * 1000:.1f} ms")
-                        for k, mode in enumerate(phases):
-                            rooms = cut_rooms[k * args.cuts:(k + 1) * args.cuts]
-                            await phase("no flood" if mode is None else f"flood: {mode}", args, daemon,
-                                        meters, valves, pty, rooms, broker.port, metrics_port, center,
-                                        mode)
-                    code = await daemon.stop()
-                    daemon = None
-                    if code != 0:
-                        print(f"daemon exited with {code}")
-                except BaseException:
-                    if daemon is not None:
-                        print(daemon.tail(6000), file=sys.stderr)
-                    raise
-                finally:
-                    if daemon is not None:
-                        await daemon.stop()
-                    pty.close()
-            finally:
-                broker.stop()
+        await run_broker(args, meters, valves, cut_rooms)
     finally:
         await valves.stop()
         await meters.stop()

@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.errors import DeviceError  # noqa: E402
-from drivers.modbus import ModbusBus  # noqa: E402
+from drivers.modbus import ModbusBus, ModbusMeter  # noqa: E402
 from drivers.modbus.frames.adu import frame_gap_s  # noqa: E402
 from drivers.profile import SHIPPED_DIR, load_profile  # noqa: E402
 from drivers.serial_line import character_time_s  # noqa: E402
@@ -61,69 +62,60 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def bench_tcp(args: argparse.Namespace) -> None:
-    proc, info = start_sim(["--meters", str(args.meters), "--per-endpoint", "50"])
-    try:
-        ports = info["ports"]
-        assert isinstance(ports, list)
-        profile = load_profile(args.profile, [SHIPPED_DIR])
-        buses = [ModbusBus.tcp(f"floor{i}", "127.0.0.1", int(p), timeout_s=1.0, retries=1,
-                               max_in_flight=args.in_flight)
-                 for i, p in enumerate(ports)]
-        meters = []
-        for i in range(args.meters):
-            bus = buses[i // 50]
-            meters.append(bus.meter(f"m{i}", i % 50 + 1, profile))
-        for bus in buses:
-            await bus.start()
-        # Warm up: connect every bus and read every meter once.
-        await asyncio.gather(*(m.read() for m in meters))
-        latencies: list[float] = []
-        errors = 0
-        reads = 0
+@dataclass
+class TcpRun:
+    """What polling every meter on schedule gave: latencies from schedule, worst per tick."""
+
+    interval: float
+    t0: float
+    end: float
+    latencies: list[float] = field(default_factory=list)
+    cycle_done: dict[int, float] = field(default_factory=dict)
+    reads: int = 0
+    errors: int = 0
+
+    async def poll(self, meter: ModbusMeter) -> None:
+        """Read `meter` at each tick until the end, as the daemon's poll loop does."""
         loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.5
-        end = t0 + args.seconds
-        cycle_done: dict[int, float] = {}
+        tick = 0
+        while True:
+            due = self.t0 + tick * self.interval
+            if due >= self.end:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                await meter.read()
+                self.reads += 1
+            except DeviceError:
+                self.errors += 1
+            done = loop.time()
+            self.latencies.append(done - due)
+            self.cycle_done[tick] = max(self.cycle_done.get(tick, 0.0), done - due)
+            tick += max(1, round(meter.health.poll_delay(self.interval) / self.interval))
 
-        async def poll(meter: object) -> None:
-            nonlocal errors, reads
-            assert hasattr(meter, "read") and hasattr(meter, "health")
-            tick = 0
-            while True:
-                due = t0 + tick * args.interval
-                if due >= end:
-                    return
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                try:
-                    await meter.read()
-                    reads += 1
-                except DeviceError:
-                    errors += 1
-                done = loop.time()
-                latencies.append(done - due)
-                cycle_done[tick] = max(cycle_done.get(tick, 0.0), done - due)
-                tick += max(1, round(meter.health.poll_delay(args.interval) / args.interval))
 
-        gc.collect()
-        requests0 = sum(b.stats.requests for b in buses)
-        cpu0 = time.process_time()
-        wall0 = time.monotonic()
-        await asyncio.gather(*(poll(m) for m in meters))
-        cpu = time.process_time() - cpu0
-        wall = time.monotonic() - wall0
-        requests = sum(b.stats.requests for b in buses) - requests0
-        for bus in buses:
-            await bus.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+async def open_tcp_meters(args: argparse.Namespace, ports: list[int],
+                          ) -> tuple[list[ModbusBus], list[ModbusMeter]]:
+    """A bus per endpoint, 50 meters on each, started and read once (every bus connected)."""
+    profile = load_profile(args.profile, [SHIPPED_DIR])
+    buses = [ModbusBus.tcp(f"floor{i}", "127.0.0.1", p, timeout_s=1.0, retries=1,
+                           max_in_flight=args.in_flight)
+             for i, p in enumerate(ports)]
+    meters = [buses[i // 50].meter(f"m{i}", i % 50 + 1, profile) for i in range(args.meters)]
+    for bus in buses:
+        await bus.start()
+    await asyncio.gather(*(m.read() for m in meters))
+    return buses, meters
+
+
+def print_tcp(args: argparse.Namespace, run: TcpRun, buses: int, requests: int, cpu: float,
+              wall: float) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cycles = list(cycle_done.values())
-    print(f"meters: {args.meters} on {len(buses)} TCP endpoints, interval {args.interval} s, "
+    latencies, cycles = run.latencies, list(run.cycle_done.values())
+    print(f"meters: {args.meters} on {buses} TCP endpoints, interval {args.interval} s, "
           f"{args.seconds} s, max_in_flight {args.in_flight}")
-    print(f"reads: {reads} ok, {errors} failed; requests per meter per cycle: "
-          f"{requests / max(1, reads + errors):.2f}")
+    print(f"reads: {run.reads} ok, {run.errors} failed; requests per meter per cycle: "
+          f"{requests / max(1, run.reads + run.errors):.2f}")
     print(f"CPU: {cpu:.2f} s in {wall:.1f} s wall = {100 * cpu / wall:.1f} % of one core "
           f"({cpu / wall * 60:.2f} CPU s per 60 s; {1e6 * cpu / max(1, requests):.0f} us/request)")
     print(f"peak RSS: {rss_mb:.1f} MB")
@@ -132,6 +124,30 @@ async def bench_tcp(args: argparse.Namespace) -> None:
           f"max {1000 * max(latencies, default=0):.1f} ms")
     print(f"cycle time (last meter of a tick): p50 {1000 * pct(cycles, 0.5):.1f} ms, "
           f"p95 {1000 * pct(cycles, 0.95):.1f} ms, max {1000 * max(cycles, default=0):.1f} ms")
+
+
+async def bench_tcp(args: argparse.Namespace) -> None:
+    proc, info = start_sim(["--meters", str(args.meters), "--per-endpoint", "50"])
+    try:
+        ports = info["ports"]
+        assert isinstance(ports, list)
+        buses, meters = await open_tcp_meters(args, ports)
+        t0 = asyncio.get_running_loop().time() + 0.5
+        run = TcpRun(args.interval, t0, t0 + args.seconds)
+        gc.collect()
+        requests0 = sum(b.stats.requests for b in buses)
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        await asyncio.gather(*(run.poll(m) for m in meters))
+        cpu = time.process_time() - cpu0
+        wall = time.monotonic() - wall0
+        requests = sum(b.stats.requests for b in buses) - requests0
+        for bus in buses:
+            await bus.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print_tcp(args, run, len(buses), requests, cpu, wall)
 
 
 async def bench_rtu(args: argparse.Namespace) -> None:

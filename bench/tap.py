@@ -3,8 +3,8 @@
 The real daemon (`python -m gatewayd.app.cli run`) serves two water points while
 it polls `--meters` rooms (poll_interval_s = 1) in the background:
 
-- the rooms: a simulated building in a separate process (bench/daemon_poll.py's
-  simulator: 50 meters and their breaker boards per Modbus TCP endpoint);
+- the rooms: a simulated building in a separate process (bench/building_sim.py:
+  50 meters and their breaker boards per Modbus TCP endpoint);
 - the valves: a relay board on another Modbus TCP endpoint in a third process,
   which stamps `time.monotonic()` when a write-coil request arrives (same
   machine, same monotonic clock as this process);
@@ -30,12 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.util
 import logging
 import os
-import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -47,79 +43,45 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import structlog  # noqa: E402
-from daemon_poll import (  # noqa: E402
-    BUILDING,
+from building import (  # noqa: E402
+    RICH_FEN,
+    STUDENT,
     VALVE_BASE,
-    Daemon,
-    SimProc,
-    account,
-    cpu_seconds,
-    peak_rss_mb,
-    room_id,
+    gateway_config,
+    rich_rooms,
     rooms_config,
+    seed_store,
+    serial_shower_config,
+    valves_bus_config,
+    write_config,
 )
+from building_sim import SimProc  # noqa: E402
+from daemon_process import Daemon  # noqa: E402
+from figures import summary  # noqa: E402
+from proc_stats import cpu_seconds, peak_rss_mb  # noqa: E402
+from serial_taps import DEBOUNCE_S, SERIAL_CARDS, TAP_TIMEOUT_S, serial_taps  # noqa: E402
 
-from gatewayd.rules.water import Card  # noqa: E402
-from gatewayd.store.cards import Cards  # noqa: E402
-from gatewayd.store.db import Store  # noqa: E402
-from gatewayd.store.ledger import Ledger  # noqa: E402
-from gatewayd.store.txn import Txn  # noqa: E402
-from sim.serial_card import PtyPort, frame  # noqa: E402
+from sim.serial_card import PtyPort  # noqa: E402
 from sim.vcard import VirtualCard  # noqa: E402
+from tests.cardreader_fixtures import Pcscd, _free_port_pair, pcscd_unavailable  # noqa: E402
 
-DEBOUNCE_S = 0.05
-SERIAL_CARDS = [f"04A1B2C3{i:02X}" for i in range(16)]
 PCSC_CARD_PREFIX = "04A1B2C3D4E5"
-STUDENT = "stu-1"
 # pcscd notices vpcd's card gone within one presence poll (~400 ms); the
 # same card taps again only DEBOUNCE_S after that.
 PCSC_LIFT_S = 0.9
-# Safety nets against a hung bench, not measurements.
-TAP_TIMEOUT_S = 10.0
-PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
-PCSCD_PIDFILE = Path("/run/pcscd/pcscd.pid")
-VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+# Every bus connected, every room polled once.
+SETTLE_S = 2.0
 
 
-def summary(name: str, samples: Sequence[float]) -> str:
-    v = sorted(x * 1000 for x in samples)
-    if not v:
-        return f"{name}: no samples"
-    p99 = v[min(len(v) - 1, round(0.99 * (len(v) - 1)))]
-    return (f"{name}: n={len(v)} p50={statistics.median(v):.2f} ms p99={p99:.2f} ms "
-            f"max={v[-1]:.2f} ms")
-
-
-def pcsc_unavailable() -> str | None:
-    """Why PC/SC cannot be benched here, or None."""
-    if shutil.which("pcscd") is None or not VPCD_DRIVER.exists():
-        return "pcscd or vsmartcard-vpcd is not installed"
-    if importlib.util.find_spec("smartcard") is None:
-        return "pyscard is not installed (pip install '.[pcsc]')"
-    if shutil.which("ss") is None:
-        return "ss (iproute2) is needed to see vpcd listening"
-    try:
-        # pcscd ends its pid file with a NUL byte.
-        pid = int(PCSCD_PIDFILE.read_text().strip("\x00 \n"))
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return f"another pcscd (pid {pid}) owns {PCSCD_SOCKET}; only one can run"
-
-
-def write_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_port: int,
-                 tty: Path, pcsc: bool) -> Path:
+def daemon_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_port: int,
+                  tty: Path, pcsc: bool) -> Path:
     lines = [
-        "[gateway]", f'building = "{BUILDING}"', f'state_dir = "{workdir / "state"}"',
-        "poll_interval_s = 1.0", f"tap_debounce_s = {DEBOUNCE_S}", 'clock_synced = "yes"', "",
+        *gateway_config(workdir, "poll_interval_s = 1.0", f"tap_debounce_s = {DEBOUNCE_S}"),
         "[tariffs]", 'power = { price = "0.56", unit = "kWh" }',
         'shower = { price = "0.06", unit = "min" }', "",
         *rooms_config(meter_ports, meters, "eastron-sdm120"),
-        "[[buses]]", 'name = "valves"', 'type = "tcp"', 'host = "127.0.0.1"',
-        f"port = {valve_port}", "timeout_s = 1.0", "",
-        "[[readers]]", 'id = "r-serial"', 'type = "serial"', f'port = "{tty}"', "",
-        "[[points]]", 'id = "shower-serial"', 'service = "shower"', 'reader = "r-serial"',
-        f'valve = {{ bus = "valves", unit = {VALVE_BASE}, profile = "relay-board", channel = 0 }}', "",
+        *valves_bus_config(valve_port),
+        *serial_shower_config("r-serial", "shower-serial", tty, 0),
     ]
     if pcsc:
         lines += [
@@ -128,56 +90,7 @@ def write_config(workdir: Path, meter_ports: Sequence[int], meters: int, valve_p
             f'valve = {{ bus = "valves", unit = {VALVE_BASE}, profile = "relay-board", '
             "channel = 1 }", "",
         ]
-    path = workdir / "gateway.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def seed(state_dir: Path, meters: int, pcsc_cards: Sequence[str]) -> None:
-    store = Store.open(state_dir, BUILDING)
-    try:
-        def job(txn: Txn) -> None:
-            for i in range(meters):
-                Ledger.credit(txn, account(room_id(i)), 10**9)
-            Ledger.credit(txn, STUDENT, 10**9)
-            for uid in [*SERIAL_CARDS, *pcsc_cards]:
-                Cards.put(txn, Card(uid, STUDENT, "student", "active", None))
-        store.call(job)
-    finally:
-        store.close()
-
-
-async def serial_taps(valves: SimProc, pty: PtyPort, taps: int) -> list[float]:
-    # The reader opens its pty after READY, and pyserial flushes what came
-    # before: tap until the valve answers once, then close it.
-    uid = SERIAL_CARDS[0]
-    async with asyncio.timeout(30):
-        while True:
-            before = time.monotonic()
-            pty.write(frame(uid, "rdm6300"))
-            with contextlib.suppress(TimeoutError):
-                await valves.write_to(0, VALVE_BASE, 0, True, after=before, timeout=0.5)
-                break
-    await asyncio.sleep(DEBOUNCE_S * 2)
-    before = time.monotonic()
-    pty.write(frame(uid, "rdm6300"))
-    await valves.write_to(0, VALVE_BASE, 0, False, after=before, timeout=TAP_TIMEOUT_S)
-
-    samples: list[float] = []
-    for i in range(taps):
-        uid = SERIAL_CARDS[(i + 1) % len(SERIAL_CARDS)]
-        data = frame(uid, "rdm6300")
-        await asyncio.sleep(DEBOUNCE_S * 2)
-        before = time.monotonic()
-        pty.write(data)  # returns once the last byte is in the pty
-        last_byte = time.monotonic()
-        opened = await valves.write_to(0, VALVE_BASE, 0, True, after=before, timeout=TAP_TIMEOUT_S)
-        samples.append(opened.t - last_byte)
-        await asyncio.sleep(DEBOUNCE_S * 2)
-        before = time.monotonic()
-        pty.write(data)
-        await valves.write_to(0, VALVE_BASE, 0, False, after=before, timeout=TAP_TIMEOUT_S)
-    return samples
+    return write_config(workdir, lines)
 
 
 async def pcsc_taps(valves: SimProc, port: int, taps: int) -> list[float]:
@@ -200,6 +113,57 @@ async def pcsc_taps(valves: SimProc, port: int, taps: int) -> list[float]:
     return samples
 
 
+def start_pcscd(workdir: Path, pcsc_taps: int) -> tuple[Pcscd | None, str | None]:
+    """A private pcscd with vpcd, or None and why not."""
+    why = pcscd_unavailable() if pcsc_taps else "not asked for (--pcsc-taps 0)"
+    if why is not None:
+        return None, why
+    pcscd = Pcscd(workdir, _free_port_pair())
+    try:
+        pcscd.start()
+    except RuntimeError as e:
+        return None, f"pcscd did not start: {e}"
+    return pcscd, None
+
+
+async def measure(args: argparse.Namespace, daemon: Daemon, valves: SimProc, pty: PtyPort,
+                  pcscd: Pcscd | None, why_no_pcsc: str | None) -> None:
+    """Print the serial taps, with the daemon's CPU meanwhile, then the PC/SC ones."""
+    cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+    serial = await serial_taps(valves, pty, args.taps)
+    cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+    print(summary("serial rdm6300, last byte on the pty -> valve coil write at the "
+                  "simulator", serial))
+    print(f"  daemon CPU meanwhile: {cpu1 - cpu0:.1f} s in {t1 - t0:.1f} s; "
+          f"peak RSS {peak_rss_mb(daemon.pid):.1f} MiB")
+    if pcscd is not None:
+        pcsc = await pcsc_taps(valves, pcscd.port, min(args.pcsc_taps, 256))
+        print(summary("pcsc vpcd, card placed -> valve coil write at the simulator", pcsc))
+    else:
+        print(f"pcsc: skipped: {why_no_pcsc}")
+
+
+async def run_daemon(args: argparse.Namespace, workdir: Path, meters: SimProc | None,
+                     valves: SimProc) -> None:
+    """Start pcscd (if it can run) and the daemon, tap, and stop them."""
+    pcscd, why_no_pcsc = start_pcscd(workdir, args.pcsc_taps)
+    pcsc_cards = [f"{PCSC_CARD_PREFIX}{i:02X}" for i in range(min(args.pcsc_taps, 256))]
+    pty = PtyPort(workdir / "ttyRDM")
+    try:
+        config = daemon_config(workdir, meters.ports if meters else [], args.meters,
+                               valves.ports[0], pty.path, pcscd is not None)
+        seed_store(workdir / "state", {**rich_rooms(args.meters), STUDENT: RICH_FEN},
+                   [*SERIAL_CARDS, *(pcsc_cards if pcscd else [])])
+        daemon = Daemon(config, workdir)
+        async with daemon.running():
+            await asyncio.sleep(SETTLE_S)
+            await measure(args, daemon, valves, pty, pcscd, why_no_pcsc)
+    finally:
+        pty.close()
+        if pcscd is not None:
+            pcscd.stop()
+
+
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--taps", type=int, default=1000, help="serial (RDM6300) samples")
@@ -207,59 +171,12 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pcsc-taps", type=int, default=30, help="PC/SC samples (0: none)")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-
-    why_no_pcsc = pcsc_unavailable() if args.pcsc_taps else "not asked for (--pcsc-taps 0)"
-    pcsc_cards = [f"{PCSC_CARD_PREFIX}{i:02X}" for i in range(min(args.pcsc_taps, 256))]
     print(f"tap: {os.cpu_count()} CPUs; {args.meters} rooms polled every 1 s meanwhile")
     meters = await SimProc.start(args.meters) if args.meters else None
     valves = await SimProc.start(0, valves=2)
-    daemon: Daemon | None = None
-    pcscd = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp:
-            workdir = Path(tmp)
-            if why_no_pcsc is None:
-                from tests.cardreader_fixtures import Pcscd, _free_port_pair
-
-                pcscd = Pcscd(workdir, _free_port_pair())
-                try:
-                    pcscd.start()
-                except RuntimeError as e:
-                    why_no_pcsc, pcscd = f"pcscd did not start: {e}", None
-            pty = PtyPort(workdir / "ttyRDM")
-            try:
-                config = write_config(workdir, meters.ports if meters else [], args.meters,
-                                      valves.ports[0], pty.path, pcscd is not None)
-                seed(workdir / "state", args.meters, pcsc_cards if pcscd else [])
-                daemon = Daemon(config, workdir)
-                await daemon.start()
-                await asyncio.sleep(2.0)  # every bus connected, every room polled once
-                cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
-                serial = await serial_taps(valves, pty, args.taps)
-                cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
-                print(summary("serial rdm6300, last byte on the pty -> valve coil write at the "
-                              "simulator", serial))
-                print(f"  daemon CPU meanwhile: {cpu1 - cpu0:.1f} s in {t1 - t0:.1f} s; "
-                      f"peak RSS {peak_rss_mb(daemon.pid):.1f} MiB")
-                if pcscd is not None:
-                    pcsc = await pcsc_taps(valves, pcscd.port, min(args.pcsc_taps, 256))
-                    print(summary("pcsc vpcd, card placed -> valve coil write at the simulator", pcsc))
-                else:
-                    print(f"pcsc: skipped: {why_no_pcsc}")
-                code = await daemon.stop()
-                daemon = None
-                if code != 0:
-                    print(f"daemon exited with {code}")
-            except BaseException:
-                if daemon is not None:
-                    print(daemon.tail(6000), file=sys.stderr)
-                raise
-            finally:
-                if daemon is not None:
-                    await daemon.stop()
-                pty.close()
-                if pcscd is not None:
-                    pcscd.stop()
+            await run_daemon(args, Path(tmp), meters, valves)
     finally:
         await valves.stop()
         if meters is not None:

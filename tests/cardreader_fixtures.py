@@ -1,5 +1,5 @@
 """Fixtures for the card reader tests: a pty serial port, a private pcscd with vpcd,
-a recorder for what a reader reports, and leak checks.
+a recorder for what a reader reports.
 
 pcscd always serves `/run/pcscd/pcscd.comm` (1.9.9 has no option to move it;
 only the client library honours PCSCLITE_CSOCK_NAME), so one pcscd is
@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -87,29 +86,6 @@ async def running(reader: CardReader, recorder: Recorder) -> AsyncIterator[async
             async with asyncio.timeout(WAIT_S):
                 await task
         assert task.cancelled()
-
-
-@pytest.fixture
-def no_leaked_threads() -> Iterator[None]:
-    """Fail the test if it leaves threads running (a reader's worker, say)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + WAIT_S
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    for thread in leaked:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    leaked = [t for t in leaked if t.is_alive()]
-    assert not leaked, f"threads left running: {leaked}"
-
-
-@pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail the test if it leaves asyncio tasks pending."""
-    yield
-    await asyncio.sleep(0)
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    assert not pending, f"tasks left pending: {pending}"
 
 
 @pytest.fixture

@@ -16,12 +16,8 @@ from tests.cardreader_fixtures import (
     WAIT_S,
     Pcscd,
     Recorder,
-    no_leaked_tasks,
-    no_leaked_threads,
     running,
 )
-
-__all__ = ["no_leaked_tasks", "no_leaked_threads"]  # fixtures used by name
 
 pytestmark = [pytest.mark.pcsc,
               pytest.mark.usefixtures("vpcd_idle", "no_leaked_threads", "no_leaked_tasks")]

@@ -19,13 +19,11 @@ from sim.serial_card import PtyPort, SerialCardProtocol, frame
 from tests.cardreader_fixtures import (
     WAIT_S,
     Recorder,
-    no_leaked_tasks,
-    no_leaked_threads,
     pty_port,
     running,
 )
 
-__all__ = ["no_leaked_tasks", "no_leaked_threads", "pty_port"]  # fixtures used by name
+__all__ = ["pty_port"]  # fixtures used by name
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads", "no_leaked_tasks")
 
