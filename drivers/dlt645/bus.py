@@ -42,7 +42,7 @@ from drivers.dlt645.devices import Dlt645Meter, Dlt645Relay, FieldSpec
 from drivers.dlt645.frames import Answer, Request, address_bytes
 from drivers.dlt645.link import Dlt645Link
 from drivers.errors import DeviceError, LinkDown, LinkError, LinkNoisy, LinkTimeout
-from drivers.modbus.health import DeviceHealth, HealthSink
+from drivers.health import DeviceHealth, HealthSink
 from drivers.retry import HALF_TO_FULL, Backoff
 
 log = structlog.get_logger(__name__)
@@ -172,7 +172,8 @@ class Dlt645Bus:
         address_bytes(address)   # ValueError unless 12 digits
         if name in self.health:
             raise ValueError(f"device {name!r} already on bus {self.name}")
-        h = DeviceHealth(device=name, bus=self.name, unit=address, on_change=self.on_health)
+        h = DeviceHealth(device=name, bus=self.name, unit=address, on_change=self.on_health,
+                         protocol="dlt645")
         self.health[name] = h
         return h
 

@@ -38,7 +38,7 @@ from drivers.dlt645.frames import (
 )
 from drivers.errors import DeviceError, FrameError, RelayRefused, SwitchMismatch
 from drivers.meter_reading import judged_reading
-from drivers.modbus.health import DeviceHealth
+from drivers.health import DeviceHealth
 from drivers.protocols import MeterReading
 
 if TYPE_CHECKING:

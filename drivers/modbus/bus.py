@@ -57,7 +57,7 @@ from drivers.modbus.frames.pdu import (
     decode_response,
 )
 from drivers.modbus.frames.reply import check_write_reply, read_coils_reply, read_registers_reply
-from drivers.modbus.health import DeviceHealth, HealthSink
+from drivers.health import DeviceHealth, HealthSink
 from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
 from drivers.retry import Backoff

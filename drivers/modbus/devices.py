@@ -22,7 +22,7 @@ from drivers.modbus.frames.pdu import (
     WriteRegister,
     WriteRegisters,
 )
-from drivers.modbus.health import DeviceHealth
+from drivers.health import DeviceHealth
 from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, value_step
 from drivers.profile import Field, Kind, Profile
 from drivers.protocols import MeterReading

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from drivers.modbus.bus import ModbusBus
 from drivers.modbus.devices import ModbusSwitch
-from drivers.modbus.health import HealthSink
+from drivers.health import HealthSink
 from drivers.protocols import Counter, Meter, Switch, SwitchBank
 from gatewayd.config.model import Bus, Config, DeviceRef
 
