@@ -39,7 +39,7 @@ import structlog
 
 from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.devices import Dlt645Meter, Dlt645Relay, FieldSpec
-from drivers.dlt645.frames import Answer, Request, address_bytes
+from drivers.dlt645.frames import RELAY_CLOSE, RELAY_TRIP, Answer, Request, address_bytes
 from drivers.dlt645.link import Dlt645Link
 from drivers.errors import DeviceError, LinkDown, LinkError, LinkNoisy, LinkTimeout
 from drivers.health import DeviceHealth, HealthSink
@@ -184,10 +184,11 @@ class Dlt645Bus:
                            energy_every=self.energy_every, stagger=self._meters - 1)
 
     def relay(self, name: str, address: str, credentials: Credentials, state: FieldSpec, *,
-              tz: dt.tzinfo) -> Dlt645Relay:
-        """A `drivers.protocols.Switch`: the relay of the meter at `address` (`on`: closed)."""
+              tz: dt.tzinfo, control: tuple[int, int] = (RELAY_TRIP, RELAY_CLOSE)) -> Dlt645Relay:
+        """A `drivers.protocols.Switch`: the relay of the meter at `address` (`on`: closed);
+        `control` the N1 codes (off, on) of its profile."""
         return Dlt645Relay(self, name, address, credentials, state, tz=tz,
-                           health=self._health(name, address))
+                           health=self._health(name, address), control=control)
 
     # ----------------------------------------------------------- transactions
 
