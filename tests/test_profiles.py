@@ -9,8 +9,8 @@ import pytest
 from drivers.errors import ProfileError
 from drivers.profile import SHIPPED_DIR, ProfileProblem, available_profiles, load_profile, parse_profile
 
-SHIPPED = ["chint-ddsu666", "dlt645-2007", "dlt645-2007-relay", "eastron-sdm120", "eastron-sdm120-import", "pulse-counter", "relay-board",
-           "relay-board-holding"]
+SHIPPED = ["chint-ddsu666", "dlt645-2007", "dlt645-2007-relay", "eastron-sdm120",
+           "eastron-sdm120-import", "pulse-counter", "relay-board", "relay-board-holding"]
 
 
 def problems(text: str) -> list[tuple[str, str]]:

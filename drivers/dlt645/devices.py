@@ -37,8 +37,8 @@ from drivers.dlt645.frames import (
     binary_value,
 )
 from drivers.errors import DeviceError, FrameError, RelayRefused, SwitchMismatch
-from drivers.meter_reading import judged_reading
 from drivers.health import DeviceHealth
+from drivers.meter_reading import judged_reading
 from drivers.protocols import MeterReading
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from drivers.dlt645.devices import FieldSpec
 from drivers.dlt645.frames import RELAY_ACTIONS
@@ -37,7 +37,7 @@ def _show(value: object) -> str:
     return "a table" if isinstance(value, dict) else str(value)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
