@@ -201,3 +201,11 @@ def test_an_unreadable_password_file_is_an_error(tmp_path: Path) -> None:
     (problem,) = problems(path)
     assert problem.startswith("rooms[0].breaker.password_file: cannot read ")
     assert problem.endswith("Permission denied")
+
+
+def test_a_password_file_must_hold_a_password_line(tmp_path: Path) -> None:
+    path = config(tmp_path, room("401", "000000001234"))
+    (tmp_path / "pw").write_text("02:12345:00000001\n")
+    (problem,) = problems(path)
+    assert problem == f"rooms[0].breaker.password_file: {tmp_path / 'pw'}: the password is 6 hex digits"
+    assert "12345" not in problem.replace(str(tmp_path), "")

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from drivers.dlt645.credentials import read_credentials
 from drivers.errors import ProfileError
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from gatewayd.config.files import Files
@@ -199,7 +200,14 @@ class Wiring:
                          pattern_text="the meter's 12-digit address (\"000000001234\")")
         if kind != "switch":
             return address, None   # a password_file here is reported by `device`
-        return address, self.files.file(t, "password_file", required=True)
+        before = len(self.problems)
+        path = self.files.file(t, "password_file", required=True)
+        if path is not None and self.files.check_files and len(self.problems) == before:
+            try:
+                read_credentials(path)   # its messages never show the password
+            except (OSError, ValueError) as e:
+                t.problem("password_file", str(e))
+        return address, path
 
     def use(self, place: str, who: str, kind: DeviceKind, ref: DeviceRef) -> None:
         """Record that `who` (at `place`) uses the device `ref` as a `kind`."""
