@@ -4,9 +4,10 @@ Contract:
 - Every room has its own poll loop; a meter or breaker that fails affects
   only its room. A room on a slow bus (`wire_paced`: DL/T 645) reads its
   meter again as soon as the last reading is handled: its bus serves the
-  meters in turn, so the wire sets the pace (one reading a round). A meter that keeps failing is polled less often
-  (its `health.poll_delay`) and raises `meter_offline`; the room's timers
-  (curfew, reclose, lockout) keep running without it.
+  meters in turn, so the wire sets the pace (one reading a round). A meter
+  that keeps failing is polled less often (its `health.poll_delay`) and
+  raises `meter_offline`; the room's timers (curfew, reclose, lockout) keep
+  running without it.
 - An overload timer that runs out between two polls gets a reading of its
   own at that moment (`_trip_read_at`), so the cut does not wait for the poll.
 - A decision's events, the charge and the room's state commit in one store
