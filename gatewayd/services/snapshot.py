@@ -148,6 +148,7 @@ class Snapshot:
             v = bus_view(name, bus)
             out.append({"bus": name, "protocol": v.protocol, "connected": v.connected,
                         "devices": len(v.health),
+                        "meters": sum(1 for d in v.health if d.startswith("meter:")),
                         "offline": sum(1 for h in v.health.values() if not h.online),
                         "round_s": None if v.round_s is None else round(v.round_s, 2),
                         "rounds": v.rounds})

@@ -112,7 +112,7 @@ def _bus_lines(buses: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"bus {b['bus']} (DL/T 645): round "
             + ("- (no round yet)" if round_s is None else f"{round_s:.1f} s")
-            + f", {b.get('rounds', 0)} rounds, {b.get('devices', 0)} devices, "
+            + f", {b.get('rounds', 0)} rounds, {b.get('meters', 0)} meters, "
             f"{b.get('offline', 0)} offline{'' if b.get('connected') else ', port NOT open'}")
     return lines
 
