@@ -22,8 +22,9 @@ import pytest
 from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.frames import address_bytes
 from sim.dlt645 import SimDltLine, SimDltMeter
-from tests.mqtt_fixtures import Broker
+from tests.mqtt_fixtures import Broker, free_port
 from tests.test_gateway_e2e import broker, gatewayd
+from tests.test_metrics import scrape
 from tests.test_power import Daemon, db, events, seed, until
 
 __all__ = ["broker"]  # a fixture used by name
@@ -47,7 +48,7 @@ async def line() -> AsyncIterator[SimDltLine]:
         await sim.stop()
 
 
-def write_config(tmp: Path, broker: Broker, line: SimDltLine) -> Path:
+def write_config(tmp: Path, broker: Broker, line: SimDltLine, metrics_port: int) -> Path:
     (tmp / "meter.password").write_text("02:123456:00000001\n")
     (tmp / "meter.password").chmod(0o640)
     rooms = "".join(f"""
@@ -73,6 +74,9 @@ clock_synced = "yes"
 [center]
 broker = "{broker.url}"
 command_public_key_file = "{tmp / 'center.pub'}"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 
 [tariffs]
 power = {{ price = "10", unit = "kWh" }}
@@ -148,16 +152,24 @@ async def test_a_dlt645_floor_under_the_daemon(tmp_path: Path, broker: Broker,
     meters["403"].silent = True
     meters["405"].foreign = ADDRESS["402"]   # its answers carry 402's address
     meters["405"].physics.power_w = 999.0
-    daemon = Daemon(write_config(tmp_path, broker, line))
+    port = free_port()
+    config = write_config(tmp_path, broker, line, port)
+    daemon = Daemon(config)
     await daemon.start()
     try:
         await _prepaid_cut_and_credit(tmp_path, broker, line)
         await _overload_trips_and_recloses(tmp_path, line)
         await _faulty_meters(tmp_path, line)
+        # The round time, where staff look: the metrics and `gatewayd status`.
+        metrics = await scrape(port)
+        round_s = metrics[("gatewayd_bus_round_seconds", (("bus", "dlt"),))]
+        assert 0.05 < round_s < 5.0
+        assert metrics[("gatewayd_bus_foreign_frames_total", (("bus", "dlt"),))] > 0
+        _, out, err = await gatewayd("status", "-c", str(config))
+        assert "bus dlt (DL/T 645): round " in out and " 5 meters, " in out, out + err
     finally:
         code = await daemon.stop()
     assert code == 0, daemon.output.decode()[-3000:]
-    assert json.loads((tmp_path / "state" / "status.json").read_text())["buses"][0]["rounds"] > 0
 
 
 async def _prepaid_cut_and_credit(tmp: Path, broker: Broker, line: SimDltLine) -> None:

@@ -79,8 +79,7 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
         f"faults: meters {faults.get('meters', 0)}, readers {faults.get('readers', 0)}, "
         f"valves {faults.get('valves', 0)}",
     ]
-    for a in doc.get("alarms", []):
-        lines.append(f"  ALARM {a['code']} {a['device']}: {a['detail']}")
+    lines += [f"  ALARM {a['code']} {a['device']}: {a['detail']}" for a in doc.get("alarms", [])]
     lines += _bus_lines(doc.get("buses", []))
     lines.append("")
     lines.append(_table(
