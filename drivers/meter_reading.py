@@ -22,7 +22,7 @@ from drivers.errors import DeviceError
 from drivers.protocols import MeterReading, energy_fault, power_fault, screened
 
 if TYPE_CHECKING:
-    from drivers.modbus.health import DeviceHealth
+    from drivers.health import DeviceHealth
 
 
 def judged_reading(device: str, values: Mapping[str, float], health: DeviceHealth,

@@ -5,6 +5,8 @@ Contract: `load_profile` returns a fully validated, frozen `Profile`, or raises
 the file (`fields.energy_wh.type`). The format is documented in
 spec/config.md "Device profiles"; this module adds one optional top-level key,
 `max_read_registers` (1..125, default 125), for devices that refuse long reads.
+A profile with `protocol = "dlt645-2007"` ("Meters and relays on DL/T 645-2007")
+has DL/T 645 fields instead, checked by `drivers.dlt645.profile` into `specs`.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from drivers.dlt645.devices import FieldSpec
+from drivers.dlt645.profile import read_dlt645
 from drivers.errors import ProfileError
 
 Kind = Literal["meter", "switch", "counter"]
 Table = Literal["holding", "input", "coil"]
 ValueType = Literal["u16", "i16", "u32", "i32", "f32", "bool"]
 WordOrder = Literal["big", "little"]
+Protocol = Literal["modbus", "dlt645-2007"]
 
 SHIPPED_DIR: Final = Path(__file__).resolve().parent / "profiles"
 
 KINDS: Final[tuple[Kind, ...]] = ("meter", "switch", "counter")
+PROTOCOLS: Final[tuple[Protocol, ...]] = ("modbus", "dlt645-2007")
 TABLES: Final[tuple[Table, ...]] = ("holding", "input", "coil")
 TYPES: Final[tuple[ValueType, ...]] = ("u16", "i16", "u32", "i32", "f32", "bool")
 WORD_ORDERS: Final[tuple[WordOrder, ...]] = ("big", "little")
@@ -49,7 +55,10 @@ OPTIONAL_FIELDS: Final[Mapping[Kind, tuple[str, ...]]] = {
     "switch": (),
     "counter": (),
 }
+# The top-level keys of each protocol's profiles (a Modbus profile may also say
+# `protocol = "modbus"`, the default).
 TOP_KEYS: Final = ("kind", "model", "fields", "max_read_registers")
+DLT645_TOP_KEYS: Final = ("kind", "protocol", "model", "fields", "control")
 FIELD_KEYS: Final = ("table", "address", "type", "word_order", "scale", "stride", "on", "off")
 MAX_READ_REGISTERS: Final = 125
 
@@ -80,7 +89,8 @@ class Field:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A validated device profile. `fields` maps field name to `Field`."""
+    """A validated device profile. `fields` maps field name to `Field` (Modbus);
+    a DL/T 645 profile has `specs` instead, and a relay its `control` (off, on)."""
 
     name: str
     kind: Kind
@@ -88,6 +98,13 @@ class Profile:
     fields: Mapping[str, Field]
     source: str
     max_read_registers: int = MAX_READ_REGISTERS
+    protocol: Protocol = "modbus"
+    specs: Mapping[str, FieldSpec] = field(default_factory=dict)
+    control: tuple[int, int] | None = None
+
+    def has(self, name: str) -> bool:
+        """Whether the device gives the field `name`, whatever its protocol."""
+        return name in self.fields or name in self.specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +205,14 @@ class _Checker:
         self.problems.append(ProfileProblem(self.source, place, message))
 
     def profile(self, name: str, doc: dict[str, Any]) -> Profile | None:
+        protocol = doc.get("protocol", "modbus")
+        if protocol not in PROTOCOLS:
+            self.fail("protocol", f"expected one of {', '.join(PROTOCOLS)}, got {_show(protocol)}")
+            protocol = "modbus"
+        top = TOP_KEYS if protocol == "modbus" else DLT645_TOP_KEYS
         for key in doc:
-            if key not in TOP_KEYS:
-                self.fail(key, f"unknown key; expected one of {', '.join(TOP_KEYS)}")
+            if key not in top and key != "protocol":
+                self.fail(key, f"unknown key; expected one of {', '.join(top)}")
 
         kind = doc.get("kind")
         if kind is None:
@@ -210,35 +232,45 @@ class _Checker:
                       f"expected an integer from 1 to {MAX_READ_REGISTERS}, got {_show(max_read)}")
             max_read = MAX_READ_REGISTERS
 
-        raw_fields = doc.get("fields")
-        fields: dict[str, Field] = {}
-        if raw_fields is None:
-            self.fail("fields", "missing; expected a table of fields")
-        elif not isinstance(raw_fields, dict):
-            self.fail("fields", f"expected a table of fields, got {_show(raw_fields)}")
-        else:
-            for fname, spec in raw_fields.items():
-                f = self.field(cast(Kind | None, kind), fname, spec, max_read)
-                if f is not None:
-                    fields[fname] = f
-            if kind is not None:
-                for required in REQUIRED_FIELDS[kind]:
-                    if required not in raw_fields:
-                        self.fail(f"fields.{required}", f"missing; a {kind} needs "
-                                  + " and ".join(REQUIRED_FIELDS[kind]))
+        fields, specs, control = self.fields(cast(Kind | None, kind), protocol, doc, max_read)
         if self.problems or kind is None:
             return None
         return Profile(name=name, kind=kind, model=model, fields=fields, source=self.source,
-                       max_read_registers=max_read)
+                       max_read_registers=max_read, protocol=protocol, specs=specs,
+                       control=control)
+
+    def fields(self, kind: Kind | None, protocol: Protocol, doc: dict[str, Any], max_read: int
+               ) -> tuple[dict[str, Field], dict[str, FieldSpec], tuple[int, int] | None]:
+        """`[fields]` (and a DL/T relay's `[control]`): Modbus fields, or DL/T 645 specs."""
+        raw_fields = doc.get("fields")
+        fields: dict[str, Field] = {}
+        dlt: dict[str, Any] = {}
+        if raw_fields is None:
+            self.fail("fields", "missing; expected a table of fields")
+            return fields, {}, None
+        if not isinstance(raw_fields, dict):
+            self.fail("fields", f"expected a table of fields, got {_show(raw_fields)}")
+            return fields, {}, None
+        for fname, spec in raw_fields.items():
+            if kind is not None and fname not in REQUIRED_FIELDS[kind] + OPTIONAL_FIELDS[kind]:
+                self.fail(f"fields.{fname}", f"unknown field for a {kind}; expected one of "
+                          f"{', '.join(REQUIRED_FIELDS[kind] + OPTIONAL_FIELDS[kind])}")
+            elif protocol != "modbus":
+                dlt[fname] = spec
+            elif (f := self.field(kind, fname, spec, max_read)) is not None:
+                fields[fname] = f
+        if kind is not None:
+            for required in REQUIRED_FIELDS[kind]:
+                if required not in raw_fields:
+                    self.fail(f"fields.{required}", f"missing; a {kind} needs "
+                              + " and ".join(REQUIRED_FIELDS[kind]))
+        if protocol == "modbus" or kind is None:
+            return fields, {}, None
+        specs, control = read_dlt645(kind, dlt, doc.get("control"), self.fail)
+        return fields, specs, control
 
     def field(self, kind: Kind | None, fname: str, spec: object, max_read: int) -> Field | None:
         place = f"fields.{fname}"
-        if kind is not None:
-            allowed = REQUIRED_FIELDS[kind] + OPTIONAL_FIELDS[kind]
-            if fname not in allowed:
-                self.fail(place, f"unknown field for a {kind}; expected one of "
-                          f"{', '.join(allowed)}")
-                return None
         if not isinstance(spec, dict):
             self.fail(place, f"expected an inline table, got {_show(spec)}")
             return None

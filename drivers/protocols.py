@@ -93,8 +93,8 @@ def screened(reading: MeterReading) -> MeterReading:
 
 
 class Health(Protocol):
-    """A device's failure bookkeeping as a service sees it (a Modbus device's
-    `drivers.modbus.health.DeviceHealth`): whether it is online, how soon to
+    """A device's failure bookkeeping as a service sees it (a Modbus or DL/T 645
+    device's `drivers.health.DeviceHealth`): whether it is online, how soon to
     poll it again, and a failure the service found that the driver did not."""
 
     @property

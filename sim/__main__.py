@@ -1,4 +1,4 @@
-"""`python -m sim --dir DIR [--rooms N] [--script]`: serve a simulated building
+"""`python -m sim --dir DIR [--rooms N] [--dlt-rooms N] [--script]`: serve a simulated building
 (see sim.building), write DIR/gateway.toml, seed the store, print one JSON line and
 run until SIGTERM; with `--script` the day plays against it."""
 
@@ -25,7 +25,7 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     workdir: Path = args.dir
-    sim = SimulatedBuilding(workdir, rooms=args.rooms, building=args.building,
+    sim = SimulatedBuilding(workdir, rooms=args.rooms, dlt_rooms=args.dlt_rooms, building=args.building,
                             state_dir=args.state_dir)
     await sim.start()
     try:
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sim",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dir", required=True, help="where the config, ptys and state go")
-    parser.add_argument("--rooms", type=int, default=12)
+    parser.add_argument("--rooms", type=int, default=12, help="rooms on the Modbus floors")
+    parser.add_argument("--dlt-rooms", type=int, default=4, help="rooms on the DL/T 645 floor")
     parser.add_argument("--building", default="demo")
     parser.add_argument("--state-dir", help="the daemon's state_dir (default DIR/state)")
     parser.add_argument("--speed", type=float, default=60.0, help="day time per wall-clock second")

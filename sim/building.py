@@ -10,7 +10,10 @@ gateway) with
   unit 220, flow counters at units 230, 231, ... (8 channels each, 10 mL a
   pulse) whose count rises only while the valve is open, at the rate the
   script sets;
-- one RDM6300 serial card reader per point on a pseudo-terminal (`PtyPort`).
+- one RDM6300 serial card reader per point on a pseudo-terminal (`PtyPort`);
+
+and, with `dlt_rooms`, one more floor of DL/T 645-2007 meters with their relays
+inside, on an RS-485 line simulated on a pty (`sim.dlt645_floor`).
 
 `start()` serves it and switches every breaker on, as an electrician leaves
 a building; `write_config()` writes the daemon's config for it;
@@ -41,11 +44,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
+from gatewayd.config.gateway import system_timezone
 from gatewayd.rules.water import Card
 from gatewayd.store.cards import Cards
 from gatewayd.store.db import Store
 from gatewayd.store.ledger import Ledger
+from sim.dlt645_floor import DltFloor, SimDltRoom
 from sim.modbus_endpoint import SimEndpoint
 from sim.modbus_units import COILS, SimCounter, SimMeter
 from sim.serial_card import PtyPort, frame
@@ -102,6 +108,10 @@ class SimRoom:
     @property
     def breaker_on(self) -> bool:
         return self.endpoint.switch_on(self.breaker_unit, self.breaker_channel)
+
+    def set_fault(self, fault: Literal["silent", "exception", "garbage"] | None) -> None:
+        """Make the meter stop answering (`silent`), misbehave, or heal (None)."""
+        self.endpoint.set_fault(self.unit, fault)
 
     async def breaker_becomes(self, on: bool) -> None:
         """Return once the gateway has switched the breaker to `on`."""
@@ -174,6 +184,7 @@ class SimulatedBuilding:
         drinking_per_floor: int = 1,
         state_dir: Path | None = None,
         seed: int = 1,
+        dlt_rooms: int = 0,
     ) -> None:
         if rooms < 1:
             raise ValueError("a building needs at least one room")
@@ -186,7 +197,9 @@ class SimulatedBuilding:
         self.state_dir = state_dir or workdir / "state"
         self.rng = random.Random(seed)
         self.floors: list[Floor] = []
-        self.rooms: dict[str, SimRoom] = {}
+        self.rooms: dict[str, SimRoom | SimDltRoom] = {}
+        self.dlt_rooms = dlt_rooms
+        self.dlt_floor: DltFloor | None = None
         self.points: dict[str, SimPoint] = {}
         self.people: list[Person] = []
         self.lost: Person
@@ -241,11 +254,21 @@ class SimulatedBuilding:
                 floor.port = await endpoint.start_tcp("127.0.0.1", 0)
                 for room in floor.rooms:
                     await endpoint.set_coil(room.breaker_unit, room.breaker_channel, True)
+            if self.dlt_rooms:
+                await self._start_dlt_floor(n_floors + 1)
         except BaseException:
             await self.stop()
             raise
         self._make_people()
         self.started = True
+
+    async def _start_dlt_floor(self, number: int) -> None:
+        """The DL/T 645 floor: its meters keep the building's clock (relay deadlines)."""
+        self.dlt_floor = DltFloor(number, ZoneInfo(system_timezone()))
+        for i in range(self.dlt_rooms):
+            room = self.dlt_floor.add_room(self.building, i, self.rng.uniform(300.0, 3000.0))
+            self.rooms[room.id] = room
+        await self.dlt_floor.start()
 
     def _make_people(self) -> None:
         """Two students a room (at least eight people). The last one's card was
@@ -272,6 +295,8 @@ class SimulatedBuilding:
             await floor.endpoint.stop()
             for point in floor.points:
                 point.pty.close()
+        if self.dlt_floor is not None:
+            await self.dlt_floor.stop()
 
     # --- for the daemon ------------------------------------------------------------
 
@@ -334,8 +359,7 @@ class SimulatedBuilding:
 
     def meter_fault(self, room: str, fault: Literal["silent", "exception", "garbage"] | None) -> None:
         """Make a room's meter stop answering (`silent`), misbehave, or heal (None)."""
-        r = self.rooms[room]
-        r.endpoint.set_fault(r.unit, fault)
+        self.rooms[room].set_fault(fault)
 
     async def tap(self, point: str, card: str) -> None:
         """A card held on a point's reader for a moment."""

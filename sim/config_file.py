@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sim.building import ML_PER_PULSE, PRICE_DRINKING, PRICE_POWER, PRICE_SHOWER, VALVE_UNIT
+from sim.dlt645_floor import BAUDRATE, PROFILE, RELAY_PROFILE, password_line
 
 if TYPE_CHECKING:
     from sim.building import SimulatedBuilding
@@ -94,7 +95,7 @@ def _devices(sim: SimulatedBuilding) -> list[str]:
     for floor in sim.floors:
         lines += ["[[buses]]", f'name = "floor{floor.number}"', 'type = "tcp"',
                   'host = "127.0.0.1"', f"port = {floor.port}", "timeout_s = 0.5", ""]
-    for room in sim.rooms.values():
+    for room in (r for floor in sim.floors for r in floor.rooms):
         bus = f"floor{room.floor}"
         lines += [
             "[[rooms]]",
@@ -105,6 +106,7 @@ def _devices(sim: SimulatedBuilding) -> list[str]:
             "resistive_cutoff = true",
             "",
         ]
+    lines += _dlt645_floor(sim)
     for point in sim.points.values():
         lines += ["[[readers]]", f'id = "{point.reader}"', 'type = "serial"',
                   f'port = "{point.pty.path}"', 'protocol = "rdm6300"', ""]
@@ -120,6 +122,32 @@ def _devices(sim: SimulatedBuilding) -> list[str]:
             f'flow = {{ bus = "{bus}", unit = {point.counter_unit}, profile = "pulse-counter", '
             f"channel = {point.counter_channel}, ml_per_pulse = {ML_PER_PULSE} }}",
             'kinds = ["student", "teacher", "family"]',
+            "",
+        ]
+    return lines
+
+
+def _dlt645_floor(sim: SimulatedBuilding) -> list[str]:
+    """The DL/T 645 floor's bus and rooms; the relays' password_file beside the config."""
+    floor = sim.dlt_floor
+    if floor is None:
+        return []
+    password = sim.workdir / "meter.password"
+    password.write_text(password_line() + "\n")
+    password.chmod(0o640)   # a secret
+    lines = ["[[buses]]", f'name = "{floor.bus}"', 'type = "rtu"', 'protocol = "dlt645"',
+             f'port = "{floor.line.client_port}"', f"baudrate = {BAUDRATE}",
+             f'parity = "{floor.parity}"', "timeout_s = 0.5", ""]
+    for room in floor.rooms:
+        lines += [
+            "[[rooms]]",
+            f'id = "{room.id}"',
+            f'meter = {{ bus = "{floor.bus}", address = "{room.address}", profile = "{PROFILE}" }}',
+            "[rooms.breaker]",
+            f'bus = "{floor.bus}"',
+            f'address = "{room.address}"',
+            f'profile = "{RELAY_PROFILE}"',
+            f'password_file = "{password}"',
             "",
         ]
     return lines

@@ -17,7 +17,7 @@ from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.devices import FOLLOW_READS, Dlt645Meter, Dlt645Relay, FieldSpec
 from drivers.dlt645.frames import RELAY_CLOSE, RELAY_TRIP, STATUS_WORD_3
 from drivers.errors import DeviceError, RelayRefused, SwitchMismatch
-from drivers.modbus.health import OFFLINE_AFTER
+from drivers.health import OFFLINE_AFTER
 from sim.dlt645 import DEFAULT_CREDENTIALS, SimDltLine, SimDltMeter, pty_parity
 
 # The shipped profiles' fields (config.md "Meters and relays on DL/T 645-2007").

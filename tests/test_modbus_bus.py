@@ -8,8 +8,8 @@ import math
 import pytest
 
 from drivers.errors import DeviceError, SwitchMismatch
+from drivers.health import OFFLINE_AFTER
 from drivers.modbus import ModbusBus
-from drivers.modbus.health import OFFLINE_AFTER
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from sim.modbus import SimBuilding
 from sim.modbus_rtu import SimRtu

@@ -9,8 +9,8 @@ import pytest
 from drivers.errors import ProfileError
 from drivers.profile import SHIPPED_DIR, ProfileProblem, available_profiles, load_profile, parse_profile
 
-SHIPPED = ["chint-ddsu666", "eastron-sdm120", "eastron-sdm120-import", "pulse-counter", "relay-board",
-           "relay-board-holding"]
+SHIPPED = ["chint-ddsu666", "dlt645-2007", "dlt645-2007-relay", "eastron-sdm120",
+           "eastron-sdm120-import", "pulse-counter", "relay-board", "relay-board-holding"]
 
 
 def problems(text: str) -> list[tuple[str, str]]:
@@ -172,3 +172,60 @@ def test_holding_switch_and_word_order() -> None:
     f = p.fields["state"]
     assert (f.type, f.word_order, f.on, f.off, f.stride, f.width) == ("i32", "little", -1, 0, 4, 2)
     assert f.at_channel(2) == 12
+
+
+def test_dlt645_shipped_profiles_build_field_specs() -> None:
+    meter = load_profile("dlt645-2007", [SHIPPED_DIR])
+    assert (meter.protocol, meter.kind, meter.fields, meter.control) == ("dlt645-2007", "meter", {}, None)
+    power = meter.specs["power_w"]
+    assert (power.di, power.length, power.decimals, power.signed, power.scale) == (
+        0x02030000, 3, 4, True, 1000.0)
+    assert meter.specs["energy_wh"].value(bytes.fromhex("56341200")) == pytest.approx(123456.0 * 10)
+    assert meter.has("pf") and not meter.has("count")
+    relay = load_profile("dlt645-2007-relay", [SHIPPED_DIR])
+    state = relay.specs["state"]
+    assert (state.di, state.length, state.bit, state.on) == (0x04000503, 2, 4, 0)
+    assert relay.control == (0x1A, 0x1C)
+
+
+DLT = 'protocol = "dlt645-2007"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f'kind = "meter"\n{DLT}max_read_registers = 2\n[fields]\n'
+         'energy_wh = { di = "00010000", length = 4 }\npower_w = { di = "0203", length = 9 }\n',
+         [("max_read_registers", "unknown key; expected one of kind, protocol, model, fields, control"),
+          ("fields.power_w.di", 'expected 8 hex digits such as "02030000", got "0203"'),
+          ("fields.power_w.length", "expected an integer from 1 to 8 (bytes), got 9")]),
+        (f'kind = "meter"\n{DLT}[fields]\nenergy_wh = {{ length = 4, decimals = 9, bit = 1 }}\n'
+         'power_w = { di = "02030000", length = 3, signed = 1, scale = 0, table = "input" }\n',
+         [("fields.energy_wh.di", 'missing; expected 8 hex digits ("00010000")'),
+          ("fields.energy_wh.bit", "only a switch's state is a bit of a status word"),
+          ("fields.energy_wh.decimals", "expected an integer from 0 to 8, got 9"),
+          ("fields.power_w.table", "unknown key; expected one of di, length, decimals, signed, "
+                                   "scale, bit, on"),
+          ("fields.power_w.signed", "expected true or false, got 1"),
+          ("fields.power_w.scale", "expected a non-zero number, got 0")]),
+        (f'kind = "switch"\n{DLT}[fields]\nstate = {{ di = "04000503", length = 2, bit = 16 }}\n',
+         [("fields.state.bit", "expected the bit of the status word, 0 to 15, got 16"),
+          ("fields.state.on", "expected 0 or 1, the bit's value when the relay is on (closed), "
+                              "got nothing"),
+          ("control", 'missing; expected a table: off = "1A", on = "1C"')]),
+        (f'kind = "switch"\n{DLT}[fields]\n'
+         'state = { di = "04000503", length = 2, bit = 4, on = 0, decimals = 1 }\n'
+         '[control]\noff = "1A"\non = "1B"\n',
+         [("fields.state.decimals", "a switch's state is a bit of a status word (binary, not BCD)"),
+          ("control.on", '"1A" (trip) or "1C" (close now), got "1B"')]),
+        (f'kind = "meter"\n{DLT}[fields]\nenergy_wh = {{ di = "00010000", length = 4 }}\n'
+         'power_w = { di = "02030000", length = 3 }\n[control]\noff = "1A"\n',
+         [("control", "only a switch (a relay) has control codes")]),
+        ('kind = "switch"\nprotocol = "dlt645"\n[fields]\nstate = { table = "coil", address = 0 }\n',
+         [("protocol", 'expected one of modbus, dlt645-2007, got "dlt645"')]),
+        ('kind = "switch"\n[fields]\nstate = { table = "coil", address = 0 }\n[control]\noff = "1A"\n',
+         [("control", "unknown key; expected one of kind, model, fields, max_read_registers")]),
+    ],
+)
+def test_dlt645_profile_messages(text: str, expected: list[tuple[str, str]]) -> None:
+    assert problems(text) == expected

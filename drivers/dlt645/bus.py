@@ -39,10 +39,10 @@ import structlog
 
 from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.devices import Dlt645Meter, Dlt645Relay, FieldSpec
-from drivers.dlt645.frames import Answer, Request, address_bytes
+from drivers.dlt645.frames import RELAY_CLOSE, RELAY_TRIP, Answer, Request, address_bytes
 from drivers.dlt645.link import Dlt645Link
 from drivers.errors import DeviceError, LinkDown, LinkError, LinkNoisy, LinkTimeout
-from drivers.modbus.health import DeviceHealth, HealthSink
+from drivers.health import DeviceHealth, HealthSink
 from drivers.retry import HALF_TO_FULL, Backoff
 from drivers.tasks import cancel_and_wait
 
@@ -172,7 +172,8 @@ class Dlt645Bus:
         address_bytes(address)   # ValueError unless 12 digits
         if name in self.health:
             raise ValueError(f"device {name!r} already on bus {self.name}")
-        h = DeviceHealth(device=name, bus=self.name, unit=address, on_change=self.on_health)
+        h = DeviceHealth(device=name, bus=self.name, unit=address, on_change=self.on_health,
+                         protocol="dlt645")
         self.health[name] = h
         return h
 
@@ -183,10 +184,11 @@ class Dlt645Bus:
                            energy_every=self.energy_every, stagger=self._meters - 1)
 
     def relay(self, name: str, address: str, credentials: Credentials, state: FieldSpec, *,
-              tz: dt.tzinfo) -> Dlt645Relay:
-        """A `drivers.protocols.Switch`: the relay of the meter at `address` (`on`: closed)."""
+              tz: dt.tzinfo, control: tuple[int, int] = (RELAY_TRIP, RELAY_CLOSE)) -> Dlt645Relay:
+        """A `drivers.protocols.Switch`: the relay of the meter at `address` (`on`: closed);
+        `control` the N1 codes (off, on) of its profile."""
         return Dlt645Relay(self, name, address, credentials, state, tz=tz,
-                           health=self._health(name, address))
+                           health=self._health(name, address), control=control)
 
     # ----------------------------------------------------------- transactions
 

@@ -37,8 +37,8 @@ from drivers.dlt645.frames import (
     binary_value,
 )
 from drivers.errors import DeviceError, FrameError, RelayRefused, SwitchMismatch
+from drivers.health import DeviceHealth
 from drivers.meter_reading import judged_reading
-from drivers.modbus.health import DeviceHealth
 from drivers.protocols import MeterReading
 
 if TYPE_CHECKING:
@@ -151,7 +151,8 @@ class Dlt645Relay:
     """The relay inside a DL/T 645 meter; `on` means closed (the room is supplied)."""
 
     def __init__(self, bus: Dlt645Bus, name: str, address: str, credentials: Credentials,
-                 state: FieldSpec, *, tz: dt.tzinfo, health: DeviceHealth) -> None:
+                 state: FieldSpec, *, tz: dt.tzinfo, health: DeviceHealth,
+                 control: tuple[int, int] = (RELAY_TRIP, RELAY_CLOSE)) -> None:
         if state.bit is None:
             raise ValueError("a relay's state is a bit of a status word (status word 3, bit 4)")
         self.name = name
@@ -161,13 +162,14 @@ class Dlt645Relay:
         self._credentials = credentials
         self._state = state
         self._tz = tz
+        self._off, self._on = control   # N1 of the profile's [control]: off (trip), on (close)
 
     def command(self, on: bool, now: dt.datetime | None = None) -> RelayCommand:
         """The relay command for `on`, its deadline `DEADLINE_AHEAD` after `now` (meter clock)."""
         when = (now or dt.datetime.now(self._tz)).astimezone(self._tz) + DEADLINE_AHEAD
         c = self._credentials
         return RelayCommand(self.address, c.level, c.password, c.operator,
-                            RELAY_CLOSE if on else RELAY_TRIP,
+                            self._on if on else self._off,
                             when.replace(tzinfo=None, microsecond=0))
 
     async def _read_state(self, command: bool) -> bool:

@@ -46,6 +46,7 @@ from drivers.errors import (
     LinkTimeout,
     ModbusExceptionError,
 )
+from drivers.health import DeviceHealth, HealthSink
 from drivers.modbus.devices import ModbusCounter, ModbusMeter, ModbusSwitch, ModbusSwitchBank
 from drivers.modbus.faults import BusOutages, describe_failure, request_backoff, worth_retrying
 from drivers.modbus.frames.pdu import (
@@ -57,7 +58,6 @@ from drivers.modbus.frames.pdu import (
     decode_response,
 )
 from drivers.modbus.frames.reply import check_write_reply, read_coils_reply, read_registers_reply
-from drivers.modbus.health import DeviceHealth, HealthSink
 from drivers.modbus.link import Link, RtuLink, TcpLink
 from drivers.profile import Profile
 from drivers.retry import Backoff

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from drivers.errors import DeviceError, SwitchMismatch
+from drivers.health import DeviceHealth
 from drivers.meter_reading import judged_reading
 from drivers.modbus.frames.pdu import (
     READ_COILS,
@@ -22,7 +23,6 @@ from drivers.modbus.frames.pdu import (
     WriteRegister,
     WriteRegisters,
 )
-from drivers.modbus.health import DeviceHealth
 from drivers.modbus.plan import Slot, decode_value, encode_value, plan_reads, value_step
 from drivers.profile import Field, Kind, Profile
 from drivers.protocols import MeterReading

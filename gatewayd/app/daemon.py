@@ -207,7 +207,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     )
     await apply_saved_tariffs(store, power, water)
     snapshot = Snapshot(config, store, clock, ledger=ledger, cards=cards, alarms=alarms,
-                        power=power, water=water)
+                        power=power, water=water, buses=hardware.buses)
     if config.center is not None:
         commands = CommandService(
             config, store, clock, ledger=ledger, cards=cards, power=power, water=water,

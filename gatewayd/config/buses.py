@@ -7,31 +7,43 @@ shared: a serial port (a bus or a reader), a bus address (one physical
 device), a breaker or valve coil, a meter, a flow counter channel; `check()`
 reports what two users claim. Per-bus keys are read in `_bus`, per-device
 keys in `Wiring.device`.
+
+A bus speaks one protocol: Modbus (devices at a `unit`) or, on RTU, DL/T
+645-2007 (devices at their 12-digit `address`; a relay with its
+`password_file`, a secret). A device's profile speaks its bus's protocol.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from drivers.dlt645.credentials import read_credentials
 from drivers.errors import ProfileError
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
+from gatewayd.config.files import Files
 from gatewayd.config.model import ID_RE, ID_TEXT, Bus, DeviceRef
 from gatewayd.config.validate import Problem, Table, claim, show
 
 __all__ = ["DeviceKind", "Wiring"]
 
 DeviceKind = Literal["meter", "switch", "counter"]
+# Which profiles each bus protocol takes (`Profile.protocol`), and how messages name them.
+PROFILE_PROTOCOL = {"modbus": "modbus", "dlt645": "dlt645-2007"}
+PROTOCOL_NAME = {"modbus": "Modbus", "dlt645": "DL/T 645", "dlt645-2007": "DL/T 645-2007"}
+ADDRESS_RE = re.compile(r"[0-9]{12}")
 
 
 class Wiring:
     """Every bus, device and serial port of one config file, and who uses each."""
 
-    def __init__(self, problems: list[Problem], profiles_dir: Path) -> None:
+    def __init__(self, problems: list[Problem], profiles_dir: Path, files: Files) -> None:
         self.problems = problems
+        self.files = files  # resolves and checks a DL/T relay's password_file
         self.profile_dirs = [profiles_dir, SHIPPED_DIR]
         self.profiles: dict[str, Profile] = {}
         self.bad_profiles: dict[str, str] = {}
@@ -49,7 +61,8 @@ class Wiring:
             name = t.text("name", "", required=True, pattern=ID_RE, pattern_text=ID_TEXT)
             bus = self._bus(t, name)
             if bus is None:
-                t.done(allowed_extra=("port", "host", "baudrate", "parity", "stopbits"))
+                t.done(allowed_extra=("port", "host", "baudrate", "parity", "stopbits",
+                                      "protocol"))
                 continue
             if t.unique("name", name, buses, "bus"):
                 buses[name] = bus
@@ -59,17 +72,23 @@ class Wiring:
     def _bus(self, t: Table, name: str) -> Bus | None:
         """One bus's keys; None when its `type` is wrong (a problem recorded)."""
         kind = t.text("type", "", required=True, choices=("rtu", "tcp"))
-        timeout = t.number("timeout_s", 0.3 if kind == "rtu" else 1.0, above=0)
+        protocol = t.text("protocol", "modbus", choices=("modbus", "dlt645"))
+        if protocol == "dlt645" and kind == "tcp":
+            t.problem("protocol", 'a DL/T 645 bus is a serial line: type = "rtu"')
+        dlt = protocol == "dlt645"
+        # DL/T 645 (config.md): 2400 baud 8E1, and the driver's 0.5 s for a slow line.
+        timeout = t.number("timeout_s", 0.5 if dlt else 0.3 if kind == "rtu" else 1.0, above=0)
         retries = t.integer("retries", 1, minimum=0, maximum=10)
         gap = t.number("gap_s", 0.0, minimum=0, maximum=10)
         bus = Bus(name=name, type="tcp" if kind == "tcp" else "rtu", timeout_s=timeout,
-                  retries=retries, gap_s=gap)
+                  retries=retries, gap_s=gap, protocol="dlt645" if dlt else "modbus")
         if kind == "rtu":
             return replace(
                 bus,
                 port=self.serial_port(t, f"bus {show(name)}"),
-                baudrate=t.integer("baudrate", 9600, minimum=300, maximum=921600),
-                parity=t.text("parity", "N", choices=("N", "E", "O")),  # type: ignore[arg-type]
+                baudrate=t.integer("baudrate", 2400 if dlt else 9600, minimum=300, maximum=921600),
+                parity=t.text("parity", "E" if dlt else "N",  # type: ignore[arg-type]
+                              choices=("N", "E", "O")),
                 stopbits=t.integer("stopbits", 1, minimum=1, maximum=2),
             )
         if kind == "tcp":
@@ -87,8 +106,9 @@ class Wiring:
             t.problem("port", f"port {show(port)} is already used by {owner}")
         return port
 
-    def profile(self, t: Table, name: str, kind: str) -> Profile | None:
-        """Load a profile once; its problems are reported at its first use only."""
+    def profile(self, t: Table, name: str, kind: str, bus: Bus | None = None) -> Profile | None:
+        """Load a profile once; its problems are reported at its first use only. On
+        `bus`, the profile must speak the bus's protocol."""
         if name in self.bad_profiles:
             t.problem("profile", self.bad_profiles[name])
             return None
@@ -110,6 +130,10 @@ class Wiring:
             self.profiles[name] = profile
         if profile.kind != kind:
             t.problem("profile", f"profile {show(name)} is a {profile.kind}, expected a {kind}")
+            return None
+        if bus is not None and profile.protocol != PROFILE_PROTOCOL[bus.protocol]:
+            t.problem("profile", f"profile {show(name)} speaks {PROTOCOL_NAME[profile.protocol]}, "
+                      f"bus {show(bus.name)} speaks {PROTOCOL_NAME[bus.protocol]}")
             return None
         return profile
 
@@ -133,26 +157,57 @@ class Wiring:
         bus = buses.get(bus_name)
         if bus_name and bus is None:
             t.problem("bus", f"no bus named {show(bus_name)}")
-        max_unit = 247 if bus is None or bus.type == "rtu" else 255
-        unit = t.integer("unit", 1, required=True, minimum=0 if bus and bus.type == "tcp" else 1,
-                     maximum=max_unit)
+        dlt = bus is not None and bus.protocol == "dlt645"
+        unit, address, password_file = (0, *self._dlt645_keys(t, kind)) if dlt else (
+            self._unit(t, bus), "", None)
         profile_name = t.text("profile", "", required=True)
-        profile = self.profile(t, profile_name, kind) if profile_name else None
-        ch = t.integer("channel", 0, minimum=0, maximum=1999) if channel else 0
-        invert = t.flag("invert", False) if kind == "switch" else False
+        profile = self.profile(t, profile_name, kind, bus) if profile_name else None
+        # A DL/T 645 relay is one per meter: no channels, and its profile says what is on.
+        ch = t.integer("channel", 0, minimum=0, maximum=1999) if channel and not dlt else 0
+        invert = t.flag("invert", False) if kind == "switch" and not dlt else False
         ml = Decimal(0)
         if flow:
             before = len(self.problems)
             ml = t.decimal("ml_per_pulse", required=True, allow_number=True)
             if ml <= 0 and t.has("ml_per_pulse") and len(self.problems) == before:
                 t.problem("ml_per_pulse", "expected a positive number of mL per pulse")
-        t.done()
+        if dlt and kind != "switch" and t.has("password_file"):
+            t.problem("password_file", "only a relay has one (the password of its control)")
+        wrong = [k for k in (("unit", "channel", "invert") if dlt else ("address", "password_file"))
+                 if t.has(k)]
+        for k in wrong:
+            t.problem(k, f"a device on DL/T 645 bus {show(bus_name)} has an address, not a unit, "
+                      "channel or invert" if dlt else
+                      'only a device on a DL/T 645 bus (protocol = "dlt645") has one; a Modbus '
+                      "device has a unit")
+        t.done(allowed_extra=[*wrong, "password_file"] if dlt else wrong)
         if len(self.problems) > before or profile is None:
             # A value reported wrong was replaced by a fallback (unit 1, channel 0):
             # a device made of it would be found "already used" by another, an
             # error that is not there. It takes no part in the shared-use checks.
             return None
-        return DeviceRef(bus_name, unit, profile, ch, invert, ml)
+        return DeviceRef(bus_name, unit, profile, ch, invert, ml, address, password_file)
+
+    def _unit(self, t: Table, bus: Bus | None) -> int:
+        """A Modbus device's unit."""
+        max_unit = 247 if bus is None or bus.type == "rtu" else 255
+        return t.integer("unit", 1, required=True, minimum=0 if bus and bus.type == "tcp" else 1,
+                         maximum=max_unit)
+
+    def _dlt645_keys(self, t: Table, kind: str) -> tuple[str, Path | None]:
+        """A DL/T 645 device's address and, for a relay, its password_file (required)."""
+        address = t.text("address", "", required=True, pattern=ADDRESS_RE,
+                         pattern_text="the meter's 12-digit address (\"000000001234\")")
+        if kind != "switch":
+            return address, None   # a password_file here is reported by `device`
+        before = len(self.problems)
+        path = self.files.file(t, "password_file", required=True)
+        if path is not None and self.files.check_files and len(self.problems) == before:
+            try:
+                read_credentials(path)   # its messages never show the password
+            except (OSError, ValueError) as e:
+                t.problem("password_file", str(e))
+        return address, path
 
     def use(self, place: str, who: str, kind: DeviceKind, ref: DeviceRef) -> None:
         """Record that `who` (at `place`) uses the device `ref` as a `kind`."""
@@ -170,11 +225,11 @@ class Wiring:
         self._check_addresses()
         self._check_shared(self.users["switch"], "state", "switch")
         self._check_shared(self.users["counter"], "count", "flow counter")
-        meters: dict[tuple[str, int], str] = {}
+        meters: dict[tuple[str, int | str], str] = {}
         for place, who, ref in self.users["meter"]:
-            if owner := claim(meters, (ref.bus, ref.unit), who):
+            if owner := claim(meters, (ref.bus, ref.at), who):
                 self.problems.append(
-                    Problem(place, f"the same meter (bus {show(ref.bus)}, unit {ref.unit}) "
+                    Problem(place, f"the same meter (bus {show(ref.bus)}, {ref.where}) "
                             f"is already used by {owner}")
                 )
 
@@ -188,26 +243,33 @@ class Wiring:
         per kind: anything else is two devices answering to one address, whose
         answers would be taken for each other's. Meters sharing an address are
         reported by the meter check (`check`), not again here.
+
+        On a DL/T 645 bus the address is the meter's: the meter and its own
+        relay share it, and nothing else does (one relay per meter).
         """
-        at: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+        at: dict[tuple[str, int | str], dict[str, tuple[str, str]]] = {}
         for place, who, kind, ref in self.device_uses:
-            seen = at.setdefault((ref.bus, ref.unit), {})
-            address = f"bus {show(ref.bus)}, unit {ref.unit}"
+            seen = at.setdefault((ref.bus, ref.at), {})
+            address = f"bus {show(ref.bus)}, {ref.where}"
+            shared = {"meter", "switch"} if ref.address else {"switch", "counter"}
             if kind in seen:
                 owner, profile = seen[kind]
-                if kind != "meter" and profile != ref.profile.name:
+                if kind == "switch" and ref.address:
+                    self.problems.append(Problem(place, (
+                        f"{address} is already {owner}'s relay: a meter has one relay")))
+                elif kind != "meter" and profile != ref.profile.name:
                     self.problems.append(Problem(place, (
                         f"{address} is already {owner}'s {kind} with profile {show(profile)}: "
                         f"one device cannot also be a {kind} with profile "
                         f"{show(ref.profile.name)}")))
                 continue
-            clash = [k for k in seen if {k, kind} != {"switch", "counter"}]
+            clash = [k for k in seen if {k, kind} != shared]
             if clash:
                 owner, profile = seen[clash[0]]
                 self.problems.append(Problem(place, (
                     f"{address} is already {owner}'s {clash[0]} (profile {show(profile)}): "
                     f"a {kind} (profile {show(ref.profile.name)}) cannot have the same address; "
-                    "two devices on one bus need two units")))
+                    f"two devices on one bus need two {'addresses' if ref.address else 'units'}")))
                 continue
             seen[kind] = (who, ref.profile.name)
 

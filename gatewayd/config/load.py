@@ -70,7 +70,7 @@ def _read(path: Path, root: Table, files: Files, warnings: list[Problem]) -> Con
     """Every table, in the order of config.md; None when a problem was found."""
     gateway = read_gateway(root.table("gateway", required=True) or Table({}, "gateway", root.problems),
                            files)
-    wiring = Wiring(root.problems, gateway.profiles_dir)
+    wiring = Wiring(root.problems, gateway.profiles_dir, files)
     center_t = root.table("center")
     center = read_center(center_t, gateway.building, files) if center_t else None
     tariffs = read_tariffs(root.table("tariffs"))

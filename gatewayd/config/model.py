@@ -151,6 +151,7 @@ class Bus:
     timeout_s: float
     retries: int
     gap_s: float = 0.0  # least quiet time after an answer or timeout (RTU: at least 3.5 chars)
+    protocol: Literal["modbus", "dlt645"] = "modbus"  # dlt645: DL/T 645-2007, on rtu only
     # rtu
     port: str = ""
     baudrate: int = 9600
@@ -163,7 +164,8 @@ class Bus:
 
 @dataclass(frozen=True, slots=True)
 class DeviceRef:
-    """A device on a bus: `bus`, Modbus `unit`, `profile` (loaded), channel."""
+    """A device on a bus: `bus`, Modbus `unit` or DL/T 645 `address`, `profile`
+    (loaded), channel; a DL/T 645 relay's `password_file`."""
 
     bus: str
     unit: int
@@ -171,6 +173,18 @@ class DeviceRef:
     channel: int = 0
     invert: bool = False
     ml_per_pulse: Decimal = Decimal(0)
+    address: str = ""  # DL/T 645: the meter's 12 digits (then `unit` is 0)
+    password_file: Path | None = None
+
+    @property
+    def at(self) -> int | str:
+        """Where it answers on its bus: the DL/T 645 address, or the Modbus unit."""
+        return self.address or self.unit
+
+    @property
+    def where(self) -> str:
+        """`at` as messages name it: `unit 3`, `address "000000001234"`."""
+        return f'address "{self.address}"' if self.address else f"unit {self.unit}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ def read_rooms(
             wiring.use(t.at("breaker"), f"room {show(rid)}", "switch", breaker)
         rules = read_power_rules(t, power)
         resistive = t.flag("resistive_cutoff", False)
-        if resistive and meter is not None and "pf" not in meter.profile.fields:
+        if resistive and meter is not None and not meter.profile.has("pf"):
             t.problem(
                 "resistive_cutoff",
                 f"meter profile {show(meter.profile.name)} has no pf field, "

@@ -36,12 +36,12 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from drivers.modbus.bus import ModbusBus
 from gatewayd import __version__
 from gatewayd.config.model import Config
 from gatewayd.contract.enums import CutReason
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.component import Heartbeat
+from gatewayd.services.hardware import AnyBus, bus_view
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
@@ -73,7 +73,7 @@ class MetricsEndpoint:
         self,
         config: Config,
         store: Store,
-        buses: Mapping[str, ModbusBus],
+        buses: Mapping[str, AnyBus],
         *,
         power: PowerService,
         water: WaterService,
@@ -275,20 +275,30 @@ class _Collector:
                                      "Failed operations of the device (after the bus' retries)",
                                      labels=["bus", "device"])
         stats = {k: CounterMetricFamily(f"gatewayd_bus_{k}", help_, labels=["bus"]) for k, help_ in (
-            ("requests", "Modbus requests sent, retries included"),
-            ("failures", "Modbus requests failed (timeout, exception, garbage, link down)"),
-            ("timeouts", "Modbus requests unanswered"),
-            ("reconnects", "Connections reopened after a loss"),
-            ("noise_faults", "RTU: the line did not fall quiet before a request (noise)"),
-            ("dropped_bytes", "RTU: bytes with no request waiting (late answers, noise), dropped"),
+            ("requests", "Requests sent, retries included"),
+            ("failures", "Requests failed (timeout, exception, garbage, link down)"),
+            ("timeouts", "Requests unanswered"),
+            ("reconnects", "Connections (or serial ports) reopened after a loss"),
+            ("noise_faults", "Serial line: the line did not fall quiet before a request (noise)"),
+            ("dropped_bytes", "Serial line: bytes with no request waiting (late answers, noise), "
+                              "dropped"),
+            ("bad_frames", "DL/T 645: frames with a bad checksum, dropped"),
+            ("foreign_frames", "DL/T 645: frames from another address or not answering the "
+                               "request, dropped"),
         )}
-        for name, bus in sorted(m.buses.items()):
-            connected.add_metric([name], int(bus.connected))
-            for key, family in stats.items():
-                family.add_metric([name], getattr(bus.stats, key))
+        round_s = GaugeMetricFamily(
+            "gatewayd_bus_round_seconds", "DL/T 645: how long the last round took (every meter "
+            "of the bus read once; absent before the first round)", labels=["bus"])
+        for view in (bus_view(name, bus) for name, bus in sorted(m.buses.items())):
+            name = view.name
+            connected.add_metric([name], int(view.connected))
+            for key, value in view.counters.items():
+                stats[key].add_metric([name], value)
+            if view.round_s is not None:
+                round_s.add_metric([name], view.round_s)
             ages = []
             down = 0
-            for device, h in sorted(bus.health.items()):
+            for device, h in sorted(view.health.items()):
                 online.add_metric([name, device], int(h.online))
                 errors.add_metric([name, device], h.failures_total)
                 down += not h.online
@@ -297,7 +307,7 @@ class _Collector:
             offline.add_metric([name], down)
             if ages:
                 cycle.add_metric([name], max(ages))
-        yield from (cycle, connected, offline, online, errors, *stats.values())
+        yield from (cycle, round_s, connected, offline, online, errors, *stats.values())
 
     def _rooms_and_points(self) -> Iterator[Metric]:
         m = self.m

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gatewayd.errors import StoreError
 from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Heartbeat
+from gatewayd.services.hardware import AnyBus, bus_view
 from gatewayd.services.power.room import RoomRuntime
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water.point import PointRuntime
@@ -59,8 +60,10 @@ class Snapshot:
         alarms: Alarms,
         power: PowerService,
         water: WaterService,
+        buses: Mapping[str, AnyBus] | None = None,
     ) -> None:
         self.config = config
+        self.buses = buses or {}
         self.store = store
         self.clock = clock
         self.ledger = ledger
@@ -135,7 +138,21 @@ class Snapshot:
             "points": [self.water.describe(pt) for pt in self.water.points.values()],
             "store": {"next_seq": self.store.next_seq, "store_id": self.store.store_id},
             "taps": self.water.taps,
+            "buses": self.bus_lines(),
         }
+
+    def bus_lines(self) -> list[dict[str, Any]]:
+        """Each bus: protocol, port open, devices offline and (DL/T 645) the round time."""
+        out = []
+        for name, bus in sorted(self.buses.items()):
+            v = bus_view(name, bus)
+            out.append({"bus": name, "protocol": v.protocol, "connected": v.connected,
+                        "devices": len(v.health),
+                        "meters": sum(1 for d in v.health if d.startswith("meter:")),
+                        "offline": sum(1 for h in v.health.values() if not h.online),
+                        "round_s": None if v.round_s is None else round(v.round_s, 2),
+                        "rounds": v.rounds})
+        return out
 
     # --- component --------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 What runs: `sim.building` (Modbus TCP floors with meters behind
 breakers, showers and drinking water with valves and flow counters, serial
-card readers on ptys), the real daemon as a subprocess (`gatewayd run`, its
+card readers on ptys, and one floor of DL/T 645-2007 meters with their relays
+on a simulated RS-485 line at 2400 baud), the real daemon as a subprocess (`gatewayd run`, its
 JSON log in DIR/daemon.log) with its real drivers, store and rules, and, as
 the campus center, a private mosquitto when it is installed (or `--broker`).
 A scripted day, compressed `--speed` times, plays against it.
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from gatewayd.config.model import BROKER_RE
 from gatewayd.tools.demo_processes import DaemonProcess, Mosquitto, _answers, free_port
 from gatewayd.tools.demo_store import EventTail, Ledgers, all_events, read_json, read_ledgers, summarize
-from gatewayd.tools.demo_view import LiveView, PlainView, View
+from gatewayd.tools.demo_view import LiveView, PlainView, View, buses_line
 
 if TYPE_CHECKING:
     # Imported when the demo runs: `gatewayd run` and `check-config` stay light.
@@ -48,7 +49,10 @@ def add_subcommand(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo", help="run a simulated building and the real daemon against it",
         description="A simulated dorm building on 127.0.0.1 with the real daemon against it.")
-    p.add_argument("--rooms", type=int, default=12, help="rooms in the building (default 12)")
+    p.add_argument("--rooms", type=int, default=12,
+                   help="rooms on the Modbus floors (default 12)")
+    p.add_argument("--dlt-rooms", type=int, default=4,
+                   help="rooms on the DL/T 645 floor, meters with their relays (default 4; 0: none)")
     p.add_argument("--speed", type=float, default=60.0,
                    help="how many times faster the day runs than the clock (default 60: a "
                         "minute a second); prices are scaled alike")
@@ -68,9 +72,10 @@ def add_subcommand(subparsers: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     finite = math.isfinite(args.speed) and (args.duration is None or math.isfinite(args.duration))
-    if (not finite or args.rooms < 1 or args.speed <= 0
+    if (not finite or args.rooms < 1 or args.speed <= 0 or not 0 <= args.dlt_rooms <= 99
             or (args.duration is not None and args.duration <= 0)):
-        print("gatewayd demo: --rooms, --speed and --duration must be numbers above 0",
+        print("gatewayd demo: --rooms, --speed and --duration must be numbers above 0 "
+              "(--dlt-rooms 0 to 99)",
               file=sys.stderr)
         return 2
     if args.broker is not None and not BROKER_RE.fullmatch(args.broker):
@@ -127,7 +132,7 @@ class Demo:
         seq = (doc.get("store") or {}).get("next_seq", 1) - 1
         return (f"gatewayd demo · building {doc.get('building', '?')} · {day} (x{self.args.speed:g}) · "
                 f"daemon pid {self.daemon.pid if self.daemon else '-'} · last seq {seq}\n"
-                f"center: {center}")
+                f"center: {center}\nbuses: {buses_line(doc.get('buses') or [])}")
 
     def request_stop(self, why: str) -> None:
         if not self.stop.is_set():
@@ -143,7 +148,7 @@ class Demo:
             loop.add_signal_handler(sig, self.request_stop, "interrupted")
         args = self.args
         out = sys.stdout
-        sim = SimulatedBuilding(self.workdir, rooms=args.rooms)
+        sim = SimulatedBuilding(self.workdir, rooms=args.rooms, dlt_rooms=args.dlt_rooms)
         tasks: list[asyncio.Task[Any]] = []
         code = 1
         view: View | None = None

@@ -72,6 +72,19 @@ class PlainView(View):
                     f"{sum(r.get('power_w') or 0 for r in rooms):.0f} W in all")
 
 
+def buses_line(buses: list[dict[str, Any]]) -> str:
+    """Each bus, its protocol and (DL/T 645) the round: how fast its meters are read."""
+    parts = []
+    for b in buses:
+        if b.get("protocol") == "dlt645":
+            round_s = b.get("round_s")
+            parts.append(f"{b['bus']} DL/T 645, {b.get('meters', 0)} meters, round "
+                         + ("-" if round_s is None else f"{round_s:.1f} s"))
+        else:
+            parts.append(f"{b['bus']} Modbus")
+    return ", ".join(parts) or "-"
+
+
 class LiveView(View):
     """A live rich view: rooms, water points, the story and recent events."""
 

@@ -79,8 +79,8 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
         f"faults: meters {faults.get('meters', 0)}, readers {faults.get('readers', 0)}, "
         f"valves {faults.get('valves', 0)}",
     ]
-    for a in doc.get("alarms", []):
-        lines.append(f"  ALARM {a['code']} {a['device']}: {a['detail']}")
+    lines += [f"  ALARM {a['code']} {a['device']}: {a['detail']}" for a in doc.get("alarms", [])]
+    lines += _bus_lines(doc.get("buses", []))
     lines.append("")
     lines.append(_table(
         ["room", "balance", "power W", "breaker", "cut", "meter"],
@@ -98,6 +98,22 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
          for p in doc.get("points", [])]))
     out.write("\n".join(lines) + "\n")
     return 0 if pid else 3
+
+
+def _bus_lines(buses: list[dict[str, Any]]) -> list[str]:
+    """A line per DL/T 645 bus: its round time, how long every meter waits for its
+    next reading (the overload detection time); Modbus buses are polled per room."""
+    lines = []
+    for b in buses:
+        if b.get("protocol") != "dlt645":
+            continue
+        round_s = b.get("round_s")
+        lines.append(
+            f"bus {b['bus']} (DL/T 645): round "
+            + ("- (no round yet)" if round_s is None else f"{round_s:.1f} s")
+            + f", {b.get('rounds', 0)} rounds, {b.get('meters', 0)} meters, "
+            f"{b.get('offline', 0)} offline{'' if b.get('connected') else ', port NOT open'}")
+    return lines
 
 
 def _fen(fen: int) -> str:

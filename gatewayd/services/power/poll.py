@@ -2,9 +2,12 @@
 
 Contract:
 - Every room has its own poll loop; a meter or breaker that fails affects
-  only its room. A meter that keeps failing is polled less often
-  (its `health.poll_delay`) and raises `meter_offline`; the room's timers
-  (curfew, reclose, lockout) keep running without it.
+  only its room. A room on a slow bus (`wire_paced`: DL/T 645) reads its
+  meter again as soon as the last reading is handled: its bus serves the
+  meters in turn, so the wire sets the pace (one reading a round). A meter
+  that keeps failing is polled less often (its `health.poll_delay`) and
+  raises `meter_offline`; the room's timers (curfew, reclose, lockout) keep
+  running without it.
 - An overload timer that runs out between two polls gets a reading of its
   own at that moment (`_trip_read_at`), so the cut does not wait for the poll.
 - A decision's events, the charge and the room's state commit in one store
@@ -54,7 +57,8 @@ class RoomRunner:
     evaluations and decisions that the start and the commands ask for."""
 
     def __init__(self, *, ledger: Ledger, alarms: Alarms, clock: Clock, curfew: CurfewWatch,
-                 recorder: Recorder, breakers: Breakers, rate: Fraction, poll_s: float) -> None:
+                 recorder: Recorder, breakers: Breakers, rate: Fraction, poll_s: float,
+                 wire_paced: frozenset[str] = frozenset()) -> None:
         self.ledger = ledger
         self.alarms = alarms
         self.clock = clock
@@ -63,6 +67,7 @@ class RoomRunner:
         self.breakers = breakers
         self.rate = rate   # fen per Wh
         self.poll_s = poll_s
+        self.wire_paced = wire_paced   # rooms read back to back, paced by their bus
 
     def context(self, rt: RoomRuntime, now: float) -> Context:
         account = rt.cfg.account
@@ -93,6 +98,8 @@ class RoomRunner:
             trip_read = self._trip_read_at(rt)
             if trip_read is not None and trip_read < wake_at:
                 wake_at = rt.next_read = trip_read
+            if rt.id in self.wire_paced:
+                wake_at = min(wake_at, max(rt.next_read, now))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wake_at - now, 0.0)):
                     await rt.wake.wait()
@@ -110,11 +117,12 @@ class RoomRunner:
             reading = None
             if health is not None:
                 health.failed(f"{type(e).__name__}: {e}")
-        delay = self.poll_s
+        delay = 0.0 if rt.id in self.wire_paced else self.poll_s
         if health is not None and (reading is None or reading.power_w is None):
             # Backed off while offline; a meter that answers with a usable
             # power (its energy register bad) keeps its poll: overload
-            # protection runs on it.
+            # protection runs on it. A wire-paced meter that fails waits a
+            # poll too: its bus may fail at once (a port in back-off).
             delay = health.poll_delay(self.poll_s)
         rt.next_read = now + delay - 0.01
         return reading

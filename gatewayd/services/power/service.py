@@ -41,6 +41,14 @@ from gatewayd.store.ledger import Ledger
 log = structlog.get_logger(__name__)
 
 
+def wire_paced_rooms(config: Config) -> frozenset[str]:
+    """The rooms whose meter is on a DL/T 645 bus: read back to back, their bus
+    sets the pace (docs/decisions.md "DL/T 645-2007")."""
+    return frozenset(r.id for r in config.rooms
+                     if (bus := config.buses.get(r.meter.bus)) is not None
+                     and bus.protocol == "dlt645")
+
+
 class PowerService:
     """The `power` component: every room's meter, rules and breaker."""
 
@@ -77,6 +85,7 @@ class PowerService:
         self.runner = RoomRunner(
             ledger=ledger, alarms=alarms, clock=clock, curfew=self.curfew,
             recorder=self.recorder, breakers=self.breakers, poll_s=self.poll_s,
+            wire_paced=wire_paced_rooms(config),
             rate=pricing.fen_per_quantity(config.tariffs.power.price, config.tariffs.power.unit))
 
     # --- lifecycle ----------------------------------------------------------------

@@ -4,6 +4,8 @@ Contract: a device is online until `OFFLINE_AFTER` operations in a row have fail
 and online again at its first success. `poll_delay(base_s)` is `base_s` while online
 and grows (doubling, capped at `OFFLINE_POLL_MAX_S`) while offline, so a dead device
 costs its bus at most one timeout per that period instead of one per poll.
+Shared by every bus protocol; its log events are named for the device's
+protocol (`modbus_device_failed`, `dlt645_device_offline`, ...).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DeviceHealth:
     bus: str
     unit: int | str   # a Modbus unit id, or a DL/T 645 meter's address
     on_change: HealthSink | None = None
+    protocol: str = "modbus"   # names the log events: `{protocol}_device_failed`, ...
     online: bool = True
     consecutive_failures: int = 0
     last_error: str = ""
@@ -46,13 +49,17 @@ class DeviceHealth:
     failures_total: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
+    def _names(self) -> dict[str, object]:
+        """What each log line says of the device."""
+        return {"device": self.device, "bus": self.bus, "unit": self.unit}
+
     def succeeded(self, now: float) -> None:
         """Record a successful operation."""
         self.last_ok_mono = now
         if self.consecutive_failures == 0:
             return
         was_online = self.online
-        log.info("modbus_device_recovered", device=self.device, bus=self.bus, unit=self.unit,
+        log.info(f"{self.protocol}_device_recovered", **self._names(),
                  after_failures=self.consecutive_failures)
         self.consecutive_failures = 0
         self.last_error = ""
@@ -66,14 +73,13 @@ class DeviceHealth:
         self.failures_total += 1
         self.last_error = error
         if self.consecutive_failures == 1:
-            log.warning("modbus_device_failed", device=self.device, bus=self.bus, unit=self.unit,
-                        error=error)
+            log.warning(f"{self.protocol}_device_failed", **self._names(), error=error)
         else:
-            log.debug("modbus_device_failed", device=self.device, bus=self.bus, unit=self.unit,
-                      error=error, attempt=self.consecutive_failures)
+            log.debug(f"{self.protocol}_device_failed", **self._names(), error=error,
+                      attempt=self.consecutive_failures)
         if self.online and self.consecutive_failures >= OFFLINE_AFTER:
             self.online = False
-            log.warning("modbus_device_offline", device=self.device, bus=self.bus, unit=self.unit,
+            log.warning(f"{self.protocol}_device_offline", **self._names(),
                         failures=self.consecutive_failures, error=error)
             if self.on_change is not None:
                 self.on_change(self.device, False, error)
