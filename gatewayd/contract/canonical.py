@@ -29,7 +29,7 @@ outside it can be signed nor verified; ``commands`` refuses it
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from gatewayd.contract.command_fields import MAX_INT, describe
@@ -69,31 +69,23 @@ def check_canonical(command: Mapping[str, Any]) -> None:
     stack: list[tuple[Any, str]] = [(command, "")]
     while stack:
         container, path = stack.pop()
+        pairs: Iterable[tuple[Any, Any]]
         if type(container) is dict or isinstance(container, Mapping):
             if not _ascii_keys(container):
                 _bad_key(path, list(container))
-            joined = f"{path}." if path else ""
-            for key, value in container.items():
-                kind = type(value)
-                if kind is str or kind is bool or value is None:
-                    continue
-                if kind is int and -MAX_INT <= value <= MAX_INT:
-                    continue
-                if kind is dict or kind is list:
-                    stack.append((value, f"{joined}{key}"))
-                    continue
-                _other(value, f"{joined}{key}", stack)
+            pairs, before, after = container.items(), (f"{path}." if path else ""), ""
         else:
-            for index, value in enumerate(container):
-                kind = type(value)
-                if kind is str or kind is bool or value is None:
-                    continue
-                if kind is int and -MAX_INT <= value <= MAX_INT:
-                    continue
-                if kind is dict or kind is list:
-                    stack.append((value, f"{path}[{index}]"))
-                    continue
-                _other(value, f"{path}[{index}]", stack)
+            pairs, before, after = enumerate(container), f"{path}[", "]"
+        for key, value in pairs:
+            kind = type(value)
+            if kind is str or kind is bool or value is None:
+                continue
+            if kind is int and -MAX_INT <= value <= MAX_INT:
+                continue
+            if kind is dict or kind is list:
+                stack.append((value, f"{before}{key}{after}"))
+                continue
+            _other(value, f"{before}{key}{after}", stack)
 
 
 def _ascii_keys(obj: Mapping[Any, Any]) -> bool:
