@@ -7,6 +7,7 @@ from gatewayd). It imports nothing of the project at run time, so every layer ca
     GatewaydError
     ├── ConfigError       the config file cannot be used (`path`, `problems`, `warnings`)
     ├── KeyFileError      a key file is missing or wrong (`path`, `reason`)
+    ├── CanonicalFormError a command has no canonical form (`path`, `reason`); a ValueError
     ├── Refused           a command that cannot be applied (`code`, `message`)
     ├── LinkConfigError   a local setting the center link cannot use (`reason`)
     └── StoreError        the store cannot be used
@@ -55,6 +56,17 @@ class KeyFileError(GatewaydError):
     ``str()`` names the file and the problem, ready for an operator:
     ``/etc/gatewayd/center.pub: not an Ed25519 public key (found RSA)``.
     """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class CanonicalFormError(GatewaydError, ValueError):
+    """A command has no canonical form, so it can be neither signed nor verified:
+    a non-integer number, an integer beyond +-(2**53 - 1), or a non-ASCII key.
+    `path` names the value JSON-path style (`args.max_power_w`); `reason` says why."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")

@@ -308,13 +308,14 @@ class SimulatedBuilding:
         broker: str | None = None,
         metrics_port: int | None = None,
         poll_interval_s: float = 0.5,
+        center_public_key: Path | None = None,
     ) -> Path:
         """Write the daemon's config for this building; returns its path (see
         `sim.config_file.write_config`)."""
         from sim.config_file import write_config
 
         return write_config(self, path, speed=speed, broker=broker, metrics_port=metrics_port,
-                            poll_interval_s=poll_interval_s)
+                            poll_interval_s=poll_interval_s, center_public_key=center_public_key)
 
     def balances(self) -> dict[str, int]:
         """What `seed_store` credits, in fen: rooms 30 to 80 yuan, students 50 yuan;

@@ -1,5 +1,5 @@
 """The campus center as the demo needs it: counts what the gateway publishes,
-sends signed-or-lab top-ups on its command topic."""
+sends top-ups on its command topic, signed when it holds the center's key."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gatewayd.contract.signing import sign_command
+
 
 class CenterStub:
     """The campus center's side of the MQTT link, for the demo: sends commands
-    (unsigned: the demo's gateway accepts them, `insecure_unsigned_commands`),
-    counts the events and results the gateway publishes."""
+    (signed with `key`; without one unsigned, for a gateway that runs
+    `insecure_unsigned_commands`), counts the events and results the gateway
+    publishes."""
 
     def __init__(self, broker: str, building: str, prefix: str = "ecard/v1",
-                 on_message: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_message: Callable[[str, dict[str, Any]], None] | None = None,
+                 key: Ed25519PrivateKey | None = None) -> None:
         url = urlsplit(broker)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (8883 if url.scheme == "mqtts" else 1883)
@@ -27,6 +33,7 @@ class CenterStub:
         self.building = building
         self.root = f"{prefix}/{building}"
         self.on_message = on_message
+        self.key = key
         self.events = 0
         self.last_seq = 0
         self.results: dict[str, dict[str, Any]] = {}
@@ -51,6 +58,8 @@ class CenterStub:
         cmd = {"id": command_id, "to": self.building, "type": "account.credit",
                "ts": datetime.now(UTC).astimezone().isoformat(timespec="milliseconds"),
                "args": {"account": account, "amount_fen": amount_fen}}
+        if self.key is not None:
+            cmd = sign_command(cmd, self.key)
         self._outgoing.put_nowait((f"{self.root}/cmd", json.dumps(cmd).encode()))
         return command_id
 

@@ -40,13 +40,14 @@ RULES = [
 
 def write_config(sim: SimulatedBuilding, path: Path | None = None, *, speed: float = 1.0,
                  broker: str | None = None, metrics_port: int | None = None,
-                 poll_interval_s: float = 0.5) -> Path:
+                 poll_interval_s: float = 0.5, center_public_key: Path | None = None) -> Path:
     """Write the daemon's config for `sim`; returns its path.
 
     Prices are the campus prices times `speed`: with the day running
     `speed` times faster than the wall clock, a shower or an evening of
     lights costs what it would in a real day. With `broker`, a `[center]`
-    that accepts unsigned commands (a lab setting, warned at every start).
+    that verifies commands with `center_public_key`, or without one accepts
+    unsigned commands (a lab setting, warned at every start).
     """
     assert sim.started, "start() first: the config names the ports"
     path = path or sim.workdir / "gateway.toml"
@@ -70,7 +71,8 @@ def write_config(sim: SimulatedBuilding, path: Path | None = None, *, speed: flo
         lines += [
             "[center]",
             f'broker = "{broker}"',
-            "insecure_unsigned_commands = true   # lab only: the demo's center does not sign",
+            f'command_public_key_file = "{center_public_key}"' if center_public_key else
+            "insecure_unsigned_commands = true   # lab only: this center does not sign",
             "telemetry_interval_s = 10",
             "",
         ]

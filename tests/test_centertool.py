@@ -207,6 +207,15 @@ async def test_send_with_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:
     assert code == 2 and "not-a-key.pem" in err
 
 
+async def test_send_refuses_to_sign_a_number_that_is_not_an_integer(keys: tuple[Path, Path]) -> None:
+    """Issue 17: a command carries integers only; send says so rather than sign it."""
+    code, _, err = await gatewayd("send", "--key", str(keys[0]), "--broker", "mqtt://127.0.0.1:1",
+                                  "--building", "b07", "room.limit", "room=101", "max_power_w:=1500.0")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == ("gatewayd send: cannot sign: args.max_power_w: 1500.0 is not an integer; "
+                           "a command carries integers only (prices are decimal strings)")
+
+
 # --- tail ------------------------------------------------------------------------------
 
 

@@ -357,3 +357,55 @@ async def test_a_flipped_bit_in_a_relay_boards_answer_does_nothing(gw: Gateway) 
     assert rt.breaker_on is True and rt.state.hold is False and rt.state.cut_reason is None
     assert not gw.power.alarms.is_active(AlarmCode.BREAKER_MISMATCH, "breaker:101")
     assert await coil(gw, 0) is True
+
+
+MAX_BALANCE = 2**53 - 1
+
+
+async def test_the_money_bound_keeps_every_amount_and_balance_exact_in_a_double(gw: Gateway) -> None:
+    """Issue 17: amount_fen = 2**53 - 1 was accepted, and the balance event then
+    carried 9007199254740993, which no IEEE double (no JavaScript center) holds."""
+    too_big = await gw.send("account.credit", {"account": "a", "amount_fen": 2**53 - 1})
+    assert too_big["error"] == {"code": "bad_request", "message": (
+        "args.amount_fen: expected at most 1000000000000 (ten billion yuan), got 9007199254740991")}
+    top = await gw.send("account.credit", {"account": "a", "amount_fen": 10**12})
+    assert top["result"]["balance_fen"] == 10**12
+    # A balance at the bound may be reached, never passed: the credit is a conflict,
+    # recorded (a repeat is a duplicate) and nothing is written.
+    sync = {"account": "a", "balance_fen": MAX_BALANCE - 10**12 + 1, "through_seq": 0}
+    assert (await gw.send("account.sync", sync))["result"]["balance_fen"] == MAX_BALANCE - 10**12 + 1
+    events = len(await gw.events())
+    past = await gw.send("account.credit", {"account": "a", "amount_fen": 10**12}, cid="past")
+    assert past["error"] == {"code": "conflict", "message": (
+        "the balance of a would be 9007199254740992 fen, beyond +-9007199254740991, "
+        "the money bound (exact in an IEEE double)")}
+    again = await gw.send("account.credit", {"account": "a", "amount_fen": 10**12}, cid="past")
+    assert again == {**past, "duplicate": True}
+    assert gw.ledger.balance("a") == MAX_BALANCE - 10**12 + 1
+    assert len(await gw.events()) == events
+    at_bound = await gw.send("account.credit", {"account": "a", "amount_fen": 10**12 - 1})
+    assert at_bound["result"]["balance_fen"] == MAX_BALANCE
+    (*_, last) = await gw.events("account.credited")
+    assert last["balance_fen"] == MAX_BALANCE and float(MAX_BALANCE) == MAX_BALANCE
+    # A sync whose arithmetic would leave the bound is refused alike.
+    def debit(txn: Txn) -> None:
+        Ledger.debit(txn, "b", 5)
+        txn.event(PowerUsage(room="101", account="b", wh=1, amount_fen=5, meter_wh_from=0,
+                             meter_wh_to=1, balance_fen=-5), ts="2026-11-25T10:00:00.000+08:00")
+    await gw.store.run(debit)
+    low = await gw.send("account.sync", {"account": "b", "balance_fen": -MAX_BALANCE, "through_seq": 0})
+    assert low["error"]["code"] == "conflict" and "-9007199254740996 fen" in low["error"]["message"]
+    assert await gw.store.read(lambda t: Ledger.read(t, "b")) == (-5, False)  # unchanged
+
+
+async def test_resend_beyond_the_last_seq_serves_an_empty_range(gw: Gateway) -> None:
+    """Issue 17: not a to_seq below from_seq, but to_seq null: no seq in range yet."""
+    empty = await gw.send("events.resend", {"from_seq": 1})
+    assert empty["result"] == {"from_seq": 1, "to_seq": None, "queued": 0}
+    await gw.send("account.credit", {"account": "x", "amount_fen": 1})
+    await gw.send("account.credit", {"account": "x", "amount_fen": 2})
+    for args in ({"from_seq": 3}, {"from_seq": 900, "to_seq": 950}):
+        assert (await gw.send("events.resend", args))["result"] == {
+            "from_seq": args["from_seq"], "to_seq": None, "queued": 0}
+    served = await gw.send("events.resend", {"from_seq": 2, "to_seq": 950})
+    assert served["result"] == {"from_seq": 2, "to_seq": 2, "queued": 1}

@@ -75,6 +75,13 @@ def parse(obj: Any, topic_kind: TopicKind = "building", **kw: Any) -> ParsedComm
     return parse_command(data, topic_kind=topic_kind, building=BUILDING, **kw)
 
 
+# Issue 17: a command carries integers within +-(2**53 - 1) only, anywhere; other
+# numbers are refused before the schema looks (the canonical form has none).
+NOT_AN_INTEGER = "is not an integer; a command carries integers only (prices are decimal strings)"
+BEYOND_2_53 = ("is not an integer from -9007199254740991 to 9007199254740991; "
+               "a command carries no larger number")
+
+
 def result_json(outcome: ParsedCommand | CommandRejection) -> Any:
     """What the center reads on {root}/cmd/result for a rejection."""
     assert isinstance(outcome, CommandRejection), outcome
@@ -188,7 +195,6 @@ VALID: list[tuple[str, Any, CommandArgs]] = [
     ("room.cut", {"room": "301", "hold": None}, RoomCut(room="301", hold=False)),
     ("room.restore", {"room": "301"}, RoomRestore(room="301")),
     ("room.limit", {"room": "301", "max_power_w": 100}, RoomLimit(room="301", max_power_w=100)),
-    ("room.limit", {"room": "301", "max_power_w": 2000.0}, RoomLimit(room="301", max_power_w=2000)),
     ("events.resend", {"from_seq": 1}, EventsResend(from_seq=1)),
     ("events.resend", {"from_seq": 0}, EventsResend(from_seq=0)),
     ("events.resend", {"from_seq": 5, "to_seq": 5}, EventsResend(from_seq=5, to_seq=5)),
@@ -347,6 +353,38 @@ REJECTED: list[tuple[str, bytes | dict[str, Any], dict[str, Any]]] = [
         b'{"id":"c-1","x":' + b"[" * 32 + b"]" * 32 + b"}",
         error("c-1", "bad_json", "nesting deeper than 32 levels"),
     ),
+    # Step 3, issue 17: no canonical form (a non-integer number, an integer beyond
+    # +-(2**53 - 1), a non-ASCII key), anywhere: bad_request, before the signature.
+    (
+        "max_power_w 1500.0",
+        command("room.limit", {"room": "301", "max_power_w": 1500.0}),
+        error("c-1", "bad_request", f"args.max_power_w: 1500.0 {NOT_AN_INTEGER}"),
+    ),
+    (
+        "float in an unknown top-level field",
+        command("ping", trace=1.25),
+        error("c-1", "bad_request", f"trace: 1.25 {NOT_AN_INTEGER}"),
+    ),
+    (
+        "float in an unknown args field",
+        command("card.block", {"card": "04A1", "weight": {"g": [1, 2e3]}}),
+        error("c-1", "bad_request", f"args.weight.g[1]: 2000.0 {NOT_AN_INTEGER}"),
+    ),
+    (
+        "integer beyond 2**53 in an unknown field",
+        command("ping", n=-(2**53)),
+        error("c-1", "bad_request", f"n: -9007199254740992 {BEYOND_2_53}"),
+    ),
+    (
+        "non-ASCII key at the top level",
+        command("ping", 备注="x"),
+        error("c-1", "bad_request", 'the command: key "备注" is not ASCII; keys are ASCII only'),
+    ),
+    (
+        "non-ASCII key in args",
+        command("ping", {"é": 1}),
+        error("c-1", "bad_request", 'args: key "é" is not ASCII; keys are ASCII only'),
+    ),
     # Step 4: to.
     (
         "to missing",
@@ -447,7 +485,7 @@ SCHEMA_ERRORS: list[tuple[str, Any, str]] = [
     (
         "account.credit",
         {"account": "a", "amount_fen": 5.0},
-        "args.amount_fen: expected an integer > 0, got 5.0",
+        f"args.amount_fen: 5.0 {NOT_AN_INTEGER}",
     ),
     (
         "account.credit",
@@ -462,22 +500,22 @@ SCHEMA_ERRORS: list[tuple[str, Any, str]] = [
     (
         "account.credit",
         {"account": "a", "amount_fen": 2**53},
-        "args.amount_fen: expected an integer > 0, got 9007199254740992",
+        f"args.amount_fen: 9007199254740992 {BEYOND_2_53}",
     ),
     (
         "account.credit",
         {"account": "a", "amount_fen": 10**30},
-        "args.amount_fen: expected an integer > 0, got an integer of 31 digits",
+        f"args.amount_fen: an integer of 31 digits {BEYOND_2_53}",
     ),
     (
         "account.sync",
         {"account": "a", "balance_fen": 1.5, "through_seq": 0},
-        "args.balance_fen: expected an integer, got 1.5",
+        f"args.balance_fen: 1.5 {NOT_AN_INTEGER}",
     ),
     (
         "account.sync",
         {"account": "a", "balance_fen": -(2**53), "through_seq": 0},
-        "args.balance_fen: expected an integer, got -9007199254740992",
+        f"args.balance_fen: -9007199254740992 {BEYOND_2_53}",
     ),
     (
         "account.sync",
@@ -543,7 +581,7 @@ SCHEMA_ERRORS: list[tuple[str, Any, str]] = [
         {"service": "gas", "price": "1", "unit": "L"},
         'args.service: expected one of "power", "shower", "drinking", got "gas"',
     ),
-    ("tariff.set", POWER | {"price": 0.56}, f"args.price: expected {PRICE}, got 0.56"),
+    ("tariff.set", POWER | {"price": 0.56}, f"args.price: 0.56 {NOT_AN_INTEGER}"),
     ("tariff.set", POWER | {"price": "1e3"}, f'args.price: expected {PRICE}, got "1e3"'),
     ("tariff.set", POWER | {"price": "-0.5"}, f'args.price: expected {PRICE}, got "-0.5"'),
     ("tariff.set", POWER | {"price": "0.1234567"}, f'args.price: expected {PRICE}, got "0.1234567"'),
@@ -588,7 +626,7 @@ SCHEMA_ERRORS: list[tuple[str, Any, str]] = [
     (
         "room.limit",
         {"room": "301", "max_power_w": 1500.5},
-        "args.max_power_w: expected an integer >= 100, got 1500.5",
+        f"args.max_power_w: 1500.5 {NOT_AN_INTEGER}",
     ),
     (
         "room.limit",
@@ -901,6 +939,17 @@ def test_the_signature_is_checked_before_the_schema() -> None:
     signed_bad = sign_command(unsigned_bad, KEY)
     assert result_json(accept(signed_bad))["error"] == {
         "code": "bad_request", "message": "args.amount_fen: expected an integer > 0, got 0"}
+
+
+def test_a_command_without_a_canonical_form_is_a_bad_request_signed_or_not() -> None:
+    """Issue 17: nothing can sign it, so the answer is the number, not the signature."""
+    unsigned = command("room.limit", {"room": "301", "max_power_w": 1500.0})
+    expected = error("c-1", "bad_request", f"args.max_power_w: 1500.0 {NOT_AN_INTEGER}")
+    assert result_json(accept(unsigned)) == expected
+    # A center that signed the JCS form (1500) and sent 1500.0 gets the same answer.
+    jcs_signed = sign_command(unsigned | {"args": {"room": "301", "max_power_w": 1500}}, KEY)
+    assert result_json(accept(jcs_signed | {"args": unsigned["args"]})) == expected
+    assert result_json(accept(unsigned, public_key=None, insecure_unsigned=True)) == expected
 
 
 @pytest.mark.parametrize(

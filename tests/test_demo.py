@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from gatewayd.contract.signing import generate_keypair, load_public_key, sign_command, verify_command
+from gatewayd.errors import KeyFileError
+from gatewayd.tools.demo_keys import demo_keys, signing_note
 from sim.building import BREAKER_BASE, COUNTER_BASE, VALVE_UNIT, SimulatedBuilding
 from sim.modbus_units import REG_POWER, REG_TOTAL_KWH
 
@@ -33,6 +37,16 @@ def test_demo_runs_to_its_end_and_its_summary_matches_the_store(tmp_path: Path) 
     # With --dir the files stay: the daemon's JSON log shows a clean stop.
     log = (tmp_path / "demo" / "daemon.log").read_text()
     assert '"event": "stopped"' in log
+    # Issue 17: the demo's gateway enforces signatures with the pair in --dir, and says so.
+    keys = tmp_path / "demo"
+    if "private mosquitto" in out:
+        assert (f"commands are signed: the gateway verifies them with {keys / 'center.pub'}; "
+                f"the demo's center signs with {keys / 'center.key'}") in out
+        assert f"gatewayd send --key {keys / 'center.key'} --broker mqtt://" in out
+    assert (keys / "center.key").stat().st_mode & 0o077 == 0
+    config = (keys / "gateway.toml").read_text()
+    assert f'command_public_key_file = "{keys / "center.pub"}"' in config
+    assert "insecure_unsigned_commands" not in config and "insecure_unsigned_commands" not in log
 
 
 async def _f32(client: AsyncModbusTcpClient, unit: int, address: int) -> float:
@@ -96,3 +110,23 @@ def test_summary_check_leaves_out_accounts_the_center_synced() -> None:
                for line in out.lines)
     wrong = Ledgers({"a": 90, "b": 7000}, {}, 1, frozenset({"b"}))
     assert not summarize([credit], before, wrong, 1.0, "day 1").matches
+
+
+def test_demo_keys_are_made_once_in_the_dir_or_taken_from_the_center(tmp_path: Path) -> None:
+    """Issue 17: the demo's gateway enforces signatures (gatewayd.tools.demo_keys)."""
+    made = demo_keys(tmp_path, None)
+    assert (made.public_path, made.private_path) == (tmp_path / "center.pub", tmp_path / "center.key")
+    assert made.private_key is not None
+    assert verify_command(sign_command({"id": "x"}, made.private_key), load_public_key(made.public_path))
+    again = demo_keys(tmp_path, None)  # a second run with the same --dir keeps the pair
+    assert again.public_path.read_bytes() == made.public_path.read_bytes()
+    note = signing_note(made, "mqtt://127.0.0.1:1883", "demo")
+    assert note.endswith(f"gatewayd send --key {tmp_path / 'center.key'} --broker "
+                         "mqtt://127.0.0.1:1883 --building demo ping")
+    theirs = tmp_path / "theirs.pub"
+    theirs.write_bytes(generate_keypair().public_pem)
+    given = demo_keys(tmp_path / "other", theirs)
+    assert (given.public_path, given.private_path, given.private_key) == (theirs, None, None)
+    assert "sign yours with your center's private key" in signing_note(given, None, "demo")
+    with pytest.raises(KeyFileError, match="holds a private key"):
+        demo_keys(tmp_path, tmp_path / "center.key")

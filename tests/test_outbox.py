@@ -231,6 +231,10 @@ def test_resend_requeues_kept_events_and_names_the_missing(store: Store) -> None
     store.call(lambda t: t.execute("DELETE FROM events WHERE seq >= 7"))
     r = store.call(lambda txn: outbox.resend(txn, 7, 8))
     assert (r.queued, r.missing) == (0, ((7, 8),))
+    # Issue 17: beyond the last seq, an empty range (to_seq None), never to_seq < from_seq.
+    for lo, hi in ((9, None), (9, 20), (100, 101)):
+        r = store.call(partial(outbox.resend, from_seq=lo, to_seq=hi))
+        assert (r.from_seq, r.to_seq, r.queued, r.missing) == (lo, None, 0, ())
 
 
 def alarm_events(store: Store) -> list[dict[str, Any]]:

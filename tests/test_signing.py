@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatewayd.contract.canonical import canonical_json
 from gatewayd.contract.signing import (
     PRIVATE_KEY_REFUSED,
-    canonical_json,
     decode_signature,
     generate_keypair,
     load_private_key,
@@ -26,7 +26,7 @@ from gatewayd.contract.signing import (
     signature_of,
     verify_command,
 )
-from gatewayd.errors import KeyFileError
+from gatewayd.errors import CanonicalFormError, KeyFileError
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()
@@ -37,6 +37,9 @@ COMMAND: dict[str, Any] = {
     "ts": "2026-11-23T21:04:05.120+08:00",
     "args": {"amount_fen": 500, "account": "张三"},
 }
+
+
+NOT_AN_INTEGER = "is not an integer; a command carries integers only (prices are decimal strings)"
 
 
 def spec_canonical(obj: dict[str, Any]) -> bytes:
@@ -63,19 +66,52 @@ def test_canonical_json_is_the_exact_bytes_the_center_signs() -> None:
         ({"s": 'é\u2028\t"\\/'}, '{"s":"é\u2028\\t\\"\\\\/"}'.encode()),
         ({"emoji": "🏠", "cjk": "宿舍"}, '{"cjk":"宿舍","emoji":"🏠"}'.encode()),
         ({"n": "\x00\x1f"}, b'{"n":"\\u0000\\u001f"}'),
-        # Floats are written as Python writes them; see the module doc.
-        ({"f": 1e16, "g": -0.0, "h": 5.0, "i": 0.1}, b'{"f":1e+16,"g":-0.0,"h":5.0,"i":0.1}'),
         # Keys sort by code point, so upper case before lower case.
-        ({"b": 1, "B": 2, "é": 3, "a": {"z": 1, "y": 2}}, '{"B":2,"a":{"y":2,"z":1},"b":1,"é":3}'.encode()),
+        ({"b": 1, "B": 2, "a": {"z": 1, "y": 2}}, b'{"B":2,"a":{"y":2,"z":1},"b":1}'),
     ],
 )
 def test_canonical_json_cases(obj: dict[str, Any], expected: bytes) -> None:
     assert canonical_json(obj) == expected == spec_canonical(obj)
 
 
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        # Issue 17: floats are no longer written as Python writes them: a command
+        # carries integers only, and JCS would write these differently.
+        ({"f": 1e16}, f"f: 1e+16 {NOT_AN_INTEGER}"),
+        ({"g": -0.0}, f"g: -0.0 {NOT_AN_INTEGER}"),
+        ({"args": {"h": [1, 5.0]}}, f"args.h[1]: 5.0 {NOT_AN_INTEGER}"),
+        ({"i": 0.1}, f"i: 0.1 {NOT_AN_INTEGER}"),
+        ({"n": 2**53}, "n: 9007199254740992 is not an integer from -9007199254740991 to "
+                       "9007199254740991; a command carries no larger number"),
+        ({"n": [-(2**53)]}, "n[0]: -9007199254740992 is not an integer from -9007199254740991 "
+                            "to 9007199254740991; a command carries no larger number"),
+        # Keys are ASCII, so that code point and UTF-16 order agree.
+        ({"b": 1, "é": 3}, 'the command: key "é" is not ASCII; keys are ASCII only'),
+        ({"a": {"z": [{"🏠": 1}]}}, 'a.z[0]: key "🏠" is not ASCII; keys are ASCII only'),
+    ],
+)
+def test_values_outside_the_canonical_domain_have_no_canonical_form(
+        obj: dict[str, Any], message: str) -> None:
+    with pytest.raises(CanonicalFormError) as caught:
+        canonical_json(obj)
+    assert str(caught.value) == message
+    with pytest.raises(CanonicalFormError):
+        sign_command(obj, KEY)  # nothing outside the domain can be signed
+
+
+def test_integers_at_the_bound_are_canonical() -> None:
+    obj = {"hi": 2**53 - 1, "lo": -(2**53 - 1), "t": True}
+    assert canonical_json(obj) == b'{"hi":9007199254740991,"lo":-9007199254740991,"t":true}'
+
+
 def test_canonical_form_of_a_parsed_payload_ignores_wire_formatting() -> None:
-    wire = b'{ "type" : "ping",\n  "id":"c-1", "sig":"x", "note": "\\u5f20\\u4e09", "n": 1.50 }'
-    assert canonical_json(json.loads(wire)) == '{"id":"c-1","n":1.5,"note":"张三","type":"ping"}'.encode()
+    wire = b'{ "type" : "ping",\n  "id":"c-1", "sig":"x", "note": "\\u5f20\\u4e09", "n": -0 }'
+    assert canonical_json(json.loads(wire)) == '{"id":"c-1","n":0,"note":"张三","type":"ping"}'.encode()
+    # Issue 17: a number written with a fraction has no canonical form any more.
+    with pytest.raises(CanonicalFormError, match=r"n: 1\.5 is not an integer"):
+        canonical_json(json.loads(wire.replace(b"-0", b"1.50")))
 
 
 def test_sign_and_verify_round_trip() -> None:
@@ -149,15 +185,17 @@ def test_commands_that_cannot_be_canonicalised_do_not_verify() -> None:
     assert not verify_command({"x": object(), "sig": "A" * 86 + "=="}, PUBLIC)
 
 
+# The canonical domain (issue 17): integers within +-(2**53 - 1), ASCII keys.
+ascii_keys = st.text(st.characters(max_codepoint=127), max_size=8)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ascii_keys, inner, max_size=4),
     max_leaves=20,
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+@given(st.dictionaries(ascii_keys, json_values, max_size=6))
 def test_any_json_object_survives_the_wire(obj: dict[str, Any]) -> None:
     """Signed, sent with arbitrary formatting, parsed back: still verifies."""
     signed = sign_command(obj, KEY)
@@ -261,3 +299,22 @@ def test_private_key_file_errors(tmp_path: Path) -> None:
         with pytest.raises(KeyFileError) as caught:
             load_private_key(path, password=password)
         assert str(caught.value) == f"{path}: {reason}"
+
+
+def test_openssh_keys_are_refused_with_the_form_expected(tmp_path: Path) -> None:
+    """Keys are PEM: SubjectPublicKeyInfo and PKCS#8; OpenSSH's forms are named as such."""
+    key = Ed25519PrivateKey.generate()
+    ssh_public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    ssh_private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    with pytest.raises(KeyFileError) as caught:
+        load_public_key(write(tmp_path / "id_ed25519.pub", ssh_public + b" me@host\n"))
+    assert caught.value.reason.startswith(
+        "an OpenSSH public key; expected PEM SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----)")
+    with pytest.raises(KeyFileError) as caught:
+        load_private_key(write(tmp_path / "id_ed25519", ssh_private))
+    assert caught.value.reason.startswith(
+        "an OpenSSH private key; expected PEM PKCS#8 (-----BEGIN PRIVATE KEY-----)")
+    with pytest.raises(KeyFileError, match="holds a private key"):
+        load_public_key(tmp_path / "id_ed25519")

@@ -23,7 +23,7 @@ from gatewayd.contract.enums import ErrorCode
 from gatewayd.contract.events import AccountCredited
 from gatewayd.contract.wire import encode_result_ok
 from gatewayd.errors import Refused
-from gatewayd.rules.ledger import synced_balance
+from gatewayd.rules.ledger import balance_problem, synced_balance
 from gatewayd.rules.power import RoomState
 from gatewayd.rules.water import Card
 from gatewayd.services.clock import Clock
@@ -86,6 +86,10 @@ async def _credit(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountCredit) 
     stamp = ctx.clock.stamp(stamp_wall)
 
     def job(txn: Txn) -> int:
+        before = Ledger.read(txn, a.account)
+        problem = balance_problem(a.account, (before[0] if before else 0) + a.amount_fen)
+        if problem:
+            raise Refused(ErrorCode.CONFLICT, problem)
         balance = Ledger.credit(txn, a.account, a.amount_fen)
         txn.event(AccountCredited(account=a.account, amount_fen=a.amount_fen,
                                   balance_fen=balance, command=cmd.id),
@@ -112,6 +116,9 @@ async def _sync(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountSync) -> N
                           f"seq {last}")
         unreported = Ledger.unreported(txn, a.account, a.through_seq, rooms)
         balance = synced_balance(a.balance_fen, unreported)
+        problem = balance_problem(a.account, balance)
+        if problem:
+            raise Refused(ErrorCode.CONFLICT, problem)
         Ledger.set_balance(txn, a.account, balance)
         result = {"account": a.account, "balance_fen": balance,
                   "unreported_fen": unreported.total_fen}

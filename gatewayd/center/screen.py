@@ -35,12 +35,11 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gatewayd.contract.command_admission import signature_problem
+from gatewayd.contract.command_admission import sig_field_problem, signature_problem
 from gatewayd.contract.command_fields import CardFormat
 from gatewayd.contract.command_types import MAX_COMMAND_BYTES, CommandRejection, TopicKind
 from gatewayd.contract.commands import parse_command, usable_id
 from gatewayd.contract.enums import ErrorCode
-from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature
 from gatewayd.services.component import Heartbeat
 
 __all__ = ["BoundedLog", "CommandScreen", "screen_command"]
@@ -78,20 +77,9 @@ def _cheap_refusal(payload: bytes, public_key: Ed25519PublicKey | None,
     cid = usable_id(head.id)
     if cid is None:
         return None
-    # The rule of `command_admission.signature_problem`, but for the final verification
-    # (which needs the whole command parsed and re-serialised).
-    sig = head.sig
-    if insecure_unsigned and (sig is None or public_key is None):
-        return None
-    if public_key is None:
-        message = "no command public key is configured, so no command can be verified"
-    elif sig is None:
-        message = f"{SIGNATURE_FIELD}: missing; commands must be signed"
-    elif decode_signature(sig) is None:
-        message = f"{SIGNATURE_FIELD}: expected the standard base64 of a 64-byte Ed25519 signature"
-    else:
-        return None
-    return CommandRejection(cid, ErrorCode.BAD_SIGNATURE, message)
+    # The final verification needs the whole command parsed and re-serialised.
+    message = sig_field_problem(head.sig, public_key, insecure_unsigned)
+    return None if message is None else CommandRejection(cid, ErrorCode.BAD_SIGNATURE, message)
 
 
 def screen_command(
@@ -118,7 +106,8 @@ def screen_command(
     # `parse_command` never raises: whatever the payload, the outcome is a value.
     checked = parse_command(
         payload, topic_kind=topic_kind, building=building, max_bytes=max_bytes,
-        signature=lambda raw, cid: signature_problem(raw, cid, key, insecure_unsigned),
+        signature=lambda raw, cid, canonical: signature_problem(
+            raw, cid, key, insecure_unsigned, canonical),
         card_format=card_format)
     return checked if isinstance(checked, CommandRejection) else None
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gatewayd.contract.canonical import SIGNATURE_FIELD
 from gatewayd.contract.command_fields import CardFormat, describe
 from gatewayd.contract.command_types import (
     MAX_COMMAND_BYTES,
@@ -26,10 +27,17 @@ from gatewayd.contract.command_types import (
 )
 from gatewayd.contract.commands import parse_command
 from gatewayd.contract.enums import ErrorCode
-from gatewayd.contract.signing import SIGNATURE_FIELD, decode_signature, verify_command
+from gatewayd.contract.signing import decode_signature, verify_canonical, verify_command
 from gatewayd.contract.wire import parse_rfc3339
 
-__all__ = ["accept_command", "check_age", "signature_problem", "valid_window", "verify_signature"]
+__all__ = [
+    "accept_command",
+    "check_age",
+    "sig_field_problem",
+    "signature_problem",
+    "valid_window",
+    "verify_signature",
+]
 
 
 def verify_signature(raw_obj: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
@@ -145,8 +153,8 @@ def accept_command(
         max_bytes: see ``parse_command``.
         card_format: see ``parse_command``.
     """
-    def signature(raw: dict[str, Any], command_id: str) -> CommandRejection | None:
-        return signature_problem(raw, command_id, public_key, insecure_unsigned)
+    def signature(raw: dict[str, Any], command_id: str, canonical: bytes) -> CommandRejection | None:
+        return signature_problem(raw, command_id, public_key, insecure_unsigned, canonical)
 
     parsed = parse_command(
         payload,
@@ -167,21 +175,44 @@ def accept_command(
 
 
 def signature_problem(
-    raw: dict[str, Any], command_id: str, public_key: Ed25519PublicKey | None,
-    insecure_unsigned: bool,
+    raw: Mapping[str, Any], command_id: str, public_key: Ed25519PublicKey | None,
+    insecure_unsigned: bool, canonical: bytes | None = None,
 ) -> CommandRejection | None:
-    """Check 4: the ``bad_signature`` rejection of the decoded command ``raw``, or None."""
+    """Check 4: the ``bad_signature`` rejection of the decoded command ``raw``, or None.
+
+    ``canonical`` is ``raw``'s canonical form when the caller has it (the
+    parser does): it is not computed again.
+    """
     sig = raw.get(SIGNATURE_FIELD)
+    refused = sig_field_problem(sig, public_key, insecure_unsigned)
+    if refused is not None:
+        return CommandRejection(command_id, ErrorCode.BAD_SIGNATURE, refused)
+    if public_key is None or sig is None:
+        return None  # insecure_unsigned: nothing to verify
+    valid = (verify_signature(raw, public_key) if canonical is None
+             else verify_canonical(canonical, sig, public_key))
+    if not valid:
+        return CommandRejection(command_id, ErrorCode.BAD_SIGNATURE,
+                                "sig: does not verify with the center's public key")
+    return None
+
+
+def sig_field_problem(
+    sig: Any, public_key: Ed25519PublicKey | None, insecure_unsigned: bool,
+) -> str | None:
+    """What check 4 can tell from the ``sig`` value alone (no key, no ``sig``, a
+    malformed one), as the ``bad_signature`` message; None when only the
+    verification itself can tell (or nothing is to be verified, in a lab).
+
+    Shared by ``signature_problem`` and the flood screen, which looks at
+    ``sig`` before it parses a whole payload.
+    """
     if insecure_unsigned and (sig is None or public_key is None):
         return None
     if public_key is None:
-        message = "no command public key is configured, so no command can be verified"
-    elif sig is None:
-        message = "sig: missing; commands must be signed"
-    elif decode_signature(sig) is None:
-        message = "sig: expected the standard base64 of a 64-byte Ed25519 signature"
-    elif not verify_signature(raw, public_key):
-        message = "sig: does not verify with the center's public key"
-    else:
-        return None
-    return CommandRejection(command_id, ErrorCode.BAD_SIGNATURE, message)
+        return "no command public key is configured, so no command can be verified"
+    if sig is None:
+        return f"{SIGNATURE_FIELD}: missing; commands must be signed"
+    if decode_signature(sig) is None:
+        return f"{SIGNATURE_FIELD}: expected the standard base64 of a 64-byte Ed25519 signature"
+    return None

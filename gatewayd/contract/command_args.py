@@ -12,7 +12,14 @@ Schema choices, where the contract leaves room:
 - Integers are JSON integers: ``true``, ``1.0`` and ``"1"`` are refused
   (``bool`` is an ``int`` in Python, so every check is ``type(x) is int``).
   All integers must lie within +-(2**53 - 1), the range every JSON peer
-  (and SQLite) represents exactly.
+  (and SQLite) represents exactly. A command carries no other number at all,
+  anywhere (``canonical``, checked before the signature): the schema never
+  sees a float.
+- Money: ``amount_fen`` is at most ``MAX_AMOUNT_FEN`` (10**12 fen, ten
+  billion yuan) and ``balance_fen`` within +-``MAX_BALANCE_FEN``
+  (2**53 - 1), so that every amount and balance stays exact in an IEEE
+  double; a credit that would carry a balance past it is ``conflict``
+  (``command_effects``).
 - Optional fields (``expires``, ``to_seq``, ``hold``, the ``state.get``
   selectors) may be absent or ``null``; both mean "not given". ``args`` may
   be absent or ``null`` only for ``ping`` and ``state.get``.
@@ -53,7 +60,6 @@ from decimal import Decimal
 from typing import Any, Final
 
 from gatewayd.contract.command_fields import (
-    MAX_INT,
     MISSING,
     CardFormat,
     Fields,
@@ -67,6 +73,7 @@ from gatewayd.contract.command_fields import (
     read_name,
 )
 from gatewayd.contract.command_types import (
+    MAX_AMOUNT_FEN,
     MAX_PRICE_YUAN,
     AccountCredit,
     AccountSync,
@@ -96,10 +103,11 @@ _PRICE_RE: Final = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,6})?", re.ASCI
 
 
 def _account_credit(f: Fields) -> AccountCredit:
-    return AccountCredit(
-        account=read_name(f.path("account"), f.get("account")),
-        amount_fen=read_int(f.path("amount_fen"), f.get("amount_fen"), "an integer > 0", 1),
-    )
+    account = read_name(f.path("account"), f.get("account"))
+    amount = read_int(f.path("amount_fen"), f.get("amount_fen"), "an integer > 0", 1)
+    if amount > MAX_AMOUNT_FEN:
+        fail(f.path("amount_fen"), f"at most {MAX_AMOUNT_FEN} (ten billion yuan)", amount)
+    return AccountCredit(account=account, amount_fen=amount)
 
 
 def _account_sync(f: Fields) -> AccountSync:
@@ -173,14 +181,11 @@ def _room_restore(f: Fields) -> RoomRestore:
 
 
 def _room_limit(f: Fields) -> RoomLimit:
-    raw = f.get("max_power_w")
-    if type(raw) is float and raw.is_integer() and abs(raw) <= MAX_INT:
-        raw = int(raw)  # 2000.0 from a JSON encoder that writes every number as a float
     return RoomLimit(
         room=read_name(f.path("room"), f.get("room")),
         max_power_w=read_int(
             f.path("max_power_w"),
-            raw,
+            f.get("max_power_w"),
             f"an integer >= {_MIN_POWER_LIMIT_W}",
             _MIN_POWER_LIMIT_W,
         ),

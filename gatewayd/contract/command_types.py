@@ -22,6 +22,8 @@ from gatewayd.contract.wire import encode_result_error
 
 __all__ = [
     "BROADCAST_TARGET",
+    "MAX_AMOUNT_FEN",
+    "MAX_BALANCE_FEN",
     "MAX_COMMAND_BYTES",
     "MAX_DEPTH",
     "MAX_EXPIRES_S",
@@ -62,6 +64,13 @@ MAX_DEPTH: Final = 32
 MAX_ID_CHARS: Final = 64
 MAX_NAME_CHARS: Final = 128
 MAX_PRICE_YUAN: Final = Decimal(100)
+#: The money bound (docs/decisions.md "Money stays exact in a double"): the
+#: largest ``amount_fen`` one ``account.credit`` carries, 10**12 fen (ten
+#: billion yuan), and the largest balance in either sign, 2**53 - 1 (the
+#: integers an IEEE double holds exactly, as ``command_fields.MAX_INT``). A
+#: credit or sync that would carry a balance past it is ``conflict``.
+MAX_AMOUNT_FEN: Final = 10**12
+MAX_BALANCE_FEN: Final = 2**53 - 1
 #: Latest ``expires`` after ``ts`` (center-link.md "Signing").
 MAX_EXPIRES_S: Final = 7 * 86400
 

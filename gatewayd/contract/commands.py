@@ -24,7 +24,11 @@ Order of checks (the first failure is the result; later checks never run):
    characters that UTF-8 can carry).
 3. ``bad_json``, with the id: nesting deeper than ``MAX_DEPTH`` or a string
    with an unpaired surrogate escape (``"\\ud800"``), which no canonical
-   UTF-8 form can carry, so it could never be signed.
+   UTF-8 form can carry, so it could never be signed. ``bad_request``, with
+   the id: a value outside the canonical form's domain (``canonical``): a
+   non-integer number (``1500.0`` included) or an integer beyond
+   +-(2**53 - 1) anywhere, or a non-ASCII key; the message names it. Such a
+   command has no signed form either, so this too comes before the signature.
 4. ``bad_signature`` (``accept_command`` only; ``verify_signature``):
    missing or wrong ``sig``. It comes before every schema check: what an
    unauthenticated sender gets back says nothing about the schema, and the
@@ -56,6 +60,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, NoReturn
 
+from gatewayd.contract.canonical import SIGNATURE_FIELD, CanonicalFormError, canonical_json
 from gatewayd.contract.command_args import parse_args
 from gatewayd.contract.command_fields import (
     MISSING,
@@ -78,10 +83,13 @@ from gatewayd.contract.command_types import (
     UnknownFields,
 )
 from gatewayd.contract.enums import CommandType, ErrorCode
-from gatewayd.contract.signing import SIGNATURE_FIELD, canonical_json
 from gatewayd.contract.wire import parse_rfc3339
 
-__all__ = ["parse_command", "usable_id"]
+__all__ = ["SignatureCheck", "parse_command", "usable_id"]
+
+#: Check 4, as ``parse_command`` calls it: (decoded object, id, canonical form)
+#: to the ``bad_signature`` rejection, or None.
+SignatureCheck = Callable[[dict[str, Any], str, bytes], CommandRejection | None]
 
 _TOP_LEVEL_FIELDS: Final = frozenset({"id", "to", "type", "ts", "expires", "args", SIGNATURE_FIELD})
 
@@ -176,7 +184,7 @@ def parse_command(
     building: str,
     unknown_fields: UnknownFields = "ignore",
     max_bytes: int = MAX_COMMAND_BYTES,
-    signature: Callable[[dict[str, Any], str], CommandRejection | None] | None = None,
+    signature: SignatureCheck | None = None,
     card_format: CardFormat = "hex",
 ) -> ParsedCommand | CommandRejection:
     """Parse and schema-check one command payload (checks 1 to 8 of the module doc).
@@ -193,8 +201,9 @@ def parse_command(
         unknown_fields: ``"ignore"`` (the contract's rule) or ``"reject"``
             unknown keys inside ``args``.
         max_bytes: payloads larger than this are refused unparsed.
-        signature: called with the decoded object and its id after step 3;
-            a rejection it returns is the result.
+        signature: called with the decoded object, its id and its canonical
+            form (``canonical.canonical_json``) after step 3; a rejection it
+            returns is the result.
         card_format: ``gateway.card_format``, how this building spells card
             ids; ids in another format are refused with ``bad_request``.
     """
@@ -229,7 +238,7 @@ def _parse(
     unknown: UnknownFields,
     max_bytes: int,
     found_id: list[str],
-    signature: Callable[[dict[str, Any], str], CommandRejection | None] | None,
+    signature: SignatureCheck | None,
     card_format: CardFormat,
 ) -> ParsedCommand | CommandRejection:
     try:
@@ -244,29 +253,31 @@ def _parse(
         return CommandRejection(None, ErrorCode.BAD_REQUEST, message)
     found_id.append(command_id)
 
-    refused = _unsignable(obj, command_id)
-    if refused is None and signature is not None:
-        refused = signature(obj, command_id)
-    if refused is not None:
+    canonical = _canonical(obj, command_id)
+    if isinstance(canonical, CommandRejection):
+        return canonical
+    if signature is not None and (refused := signature(obj, command_id, canonical)) is not None:
         return refused
     return _envelope(obj, command_id, topic_kind=topic_kind, building=building, unknown=unknown,
                      card_format=card_format)
 
 
-def _unsignable(obj: dict[str, Any], command_id: str) -> CommandRejection | None:
-    """Check 3: what no canonical UTF-8 form can carry, so could never be signed."""
+def _canonical(obj: dict[str, Any], command_id: str) -> bytes | CommandRejection:
+    """Check 3: the command's canonical form (what its signature covers), or the
+    rejection of what has none, so could never be signed."""
     try:
         _check_depth(obj)
-        canonical_json(obj)
+        return canonical_json(obj)
     except _BadJson as exc:
         return CommandRejection(command_id, ErrorCode.BAD_JSON, str(exc))
+    except CanonicalFormError as exc:
+        return CommandRejection(command_id, ErrorCode.BAD_REQUEST, str(exc))
     except UnicodeEncodeError:
         return CommandRejection(
             command_id,
             ErrorCode.BAD_JSON,
             "a string holds an unpaired surrogate escape, which UTF-8 cannot carry",
         )
-    return None
 
 
 def _envelope(

@@ -1,34 +1,28 @@
-"""Ed25519 signatures of center commands (center-link.md "Signing").
+"""Ed25519 signatures of center commands and the key files (center-link.md "Signing").
 
 The center signs each command with a private key that never leaves it; the
 gateway holds only the public key. ``sig`` is the standard base64 (with
-padding) of the Ed25519 signature over the command's canonical JSON without
-``sig``::
+padding, 88 characters) of the Ed25519 signature of the command's canonical
+form without ``sig`` (``canonical.canonical_json``: RFC 8785, JCS, on the
+integer-only, ASCII-keyed JSON a command may carry). The gateway signs and
+verifies the object it *parsed*, not the bytes on the wire: every top-level
+field is covered, those the contract does not define too. Ed25519 is
+deterministic, so a key and a command give one signature
+(docs/signing-vectors.md).
 
-    json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-Canonicalisation choice: the gateway re-serialises the object it *parsed*
-(Python ``json`` semantics) rather than signing raw bytes, exactly as the
-contract states. This is well defined for everything a v1 command carries
-(strings, integers, booleans, null, objects, lists) in any language. Floats
-are the one trap: ``json.dumps`` writes ``float.__repr__`` (shortest
-round-trip form, ``1e+16``, ``-0.0``, ``5.0``), and a parsed ``5.0`` stays a
-float, ``5`` an int. A center written in Python signs what it sends and
-verifies here whatever its encoder's spacing or key order; a center in
-another language must reproduce Python's float formatting or, better, send no
-floats (no v1 argument is a float). Payloads are parsed with Python's
-``json`` module for the same reason: its int/float distinction and string
-decoding are the ones the canonical form is defined by.
-
-Key files are the only I/O: PEM, SubjectPublicKeyInfo for the public key and
-PKCS#8 for the private one (what ``generate_keypair`` writes).
+Key files are the only I/O, both PEM: the public key as SubjectPublicKeyInfo
+(``-----BEGIN PUBLIC KEY-----``), the private key as PKCS#8
+(``-----BEGIN PRIVATE KEY-----``, or ``ENCRYPTED PRIVATE KEY`` with a
+password), what ``generate_keypair`` writes. Other forms are refused with a
+``KeyFileError`` that says what the file holds: a private key where the
+public one belongs, a key of another algorithm, an OpenSSH key, the
+traditional ``-----BEGIN RSA/EC PRIVATE KEY-----`` forms.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -42,14 +36,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from gatewayd.contract.canonical import SIGNATURE_FIELD, canonical_json
 from gatewayd.errors import KeyFileError
 
 __all__ = [
     "PRIVATE_KEY_REFUSED",
-    "SIGNATURE_FIELD",
     "KeyFileError",
     "KeyPair",
-    "canonical_json",
     "decode_signature",
     "generate_keypair",
     "load_private_key",
@@ -57,11 +50,9 @@ __all__ = [
     "private_key_kind",
     "sign_command",
     "signature_of",
+    "verify_canonical",
     "verify_command",
 ]
-
-#: The command field that carries the signature, left out of the signed bytes.
-SIGNATURE_FIELD: Final = "sig"
 
 _SIGNATURE_BYTES: Final = 64
 # A PEM Ed25519 key is ~120 bytes; anything far larger is the wrong file.
@@ -73,20 +64,6 @@ class KeyPair(NamedTuple):
 
     private_pem: bytes  # PKCS#8, unencrypted: keep it on the center only
     public_pem: bytes  # SubjectPublicKeyInfo: center.command_public_key_file
-
-
-def canonical_json(command: Mapping[str, Any]) -> bytes:
-    """Return the bytes a command's signature covers: its canonical JSON without ``sig``.
-
-    ``command`` is a JSON object as ``json.loads`` returns it. Raises
-    ``TypeError``/``ValueError`` for values JSON cannot hold,
-    ``UnicodeEncodeError`` for strings with unpaired surrogates (which no
-    UTF-8 payload can carry), ``RecursionError`` for absurd nesting.
-    """
-    unsigned = {key: value for key, value in command.items() if key != SIGNATURE_FIELD}
-    return json.dumps(
-        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
 
 
 def signature_of(command: Mapping[str, Any], private_key: Ed25519PrivateKey) -> str:
@@ -124,15 +101,28 @@ def verify_command(command: Mapping[str, Any], public_key: Ed25519PublicKey) -> 
     """Return True when the command's ``sig`` is a valid signature of it by ``public_key``.
 
     Never raises: a missing, malformed or wrong ``sig``, or a command that
-    cannot be canonicalised, is simply not valid.
+    has no canonical form, is simply not valid.
     """
-    raw = decode_signature(command.get(SIGNATURE_FIELD))
+    sig = command.get(SIGNATURE_FIELD)
+    if decode_signature(sig) is None:
+        return False
+    try:
+        canonical = canonical_json(command)
+    except (TypeError, ValueError, RecursionError):
+        # CanonicalFormError and UnicodeEncodeError are ValueErrors.
+        return False
+    return verify_canonical(canonical, sig, public_key)
+
+
+def verify_canonical(canonical: bytes, sig: object, public_key: Ed25519PublicKey) -> bool:
+    """``verify_command`` for a caller that holds the command's ``canonical_json``
+    already (the parser computes it for check 3): True when ``sig`` signs it."""
+    raw = decode_signature(sig)
     if raw is None:
         return False
     try:
-        public_key.verify(raw, canonical_json(command))
-    except (InvalidSignature, TypeError, ValueError, RecursionError):
-        # UnicodeEncodeError is a ValueError.
+        public_key.verify(raw, canonical)
+    except InvalidSignature:
         return False
     return True
 
@@ -182,19 +172,29 @@ PRIVATE_KEY_REFUSED: Final = (
 )
 
 _PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+_MAKE_A_PAIR: Final = "make the pair with gatewayd keygen (or openssl genpkey -algorithm ed25519)"
+#: OpenSSH's own key forms, which PEM parsers do not read: said as such.
+_OPENSSH_PUBLIC: Final = (
+    "an OpenSSH public key; expected PEM SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----): "
+    + _MAKE_A_PAIR)
+_OPENSSH_PRIVATE: Final = (
+    "an OpenSSH private key; expected PEM PKCS#8 (-----BEGIN PRIVATE KEY-----): " + _MAKE_A_PAIR)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """Load the center's Ed25519 public key from a PEM file.
+    """Load the center's Ed25519 public key from a PEM SubjectPublicKeyInfo file.
 
     Raises:
-        KeyFileError: the file is missing, unreadable, not PEM, holds a
+        KeyFileError: the file is missing, unreadable, not PEM (an OpenSSH
+            public key is said as such), holds a
             private key (a gateway must never hold one), or holds a key of
             another algorithm.
     """
     name, data = _read_key_file(path)
     if private_key_kind(data):
         raise KeyFileError(name, PRIVATE_KEY_REFUSED)
+    if data.lstrip().startswith(b"ssh-"):
+        raise KeyFileError(name, _OPENSSH_PUBLIC)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -251,14 +251,17 @@ def _der_header(data: bytes, at: int) -> tuple[int, int] | None:
 def load_private_key(
     path: str | os.PathLike[str], password: bytes | None = None
 ) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key from a PKCS#8 PEM file.
+    """Load an Ed25519 private key from a PKCS#8 PEM file (encrypted with ``password``, or not).
 
     Raises:
-        KeyFileError: the file is missing, unreadable, not a PEM private key,
+        KeyFileError: the file is missing, unreadable, not a PEM private key
+            (an OpenSSH private key is said as such),
             encrypted without (or with the wrong) ``password``, or of another
             algorithm.
     """
     name, data = _read_key_file(path)
+    if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+        raise KeyFileError(name, _OPENSSH_PRIVATE)
     try:
         key = serialization.load_pem_private_key(data, password=password)
     except TypeError:

@@ -9,7 +9,9 @@ center has not seen yet:
 - what open water sessions have debited so far.
 
 The new local balance is the center's figure minus all three; the result
-reports their sum as `unreported_fen`. Each charge is counted exactly once:
+reports their sum as `unreported_fen`. No command may carry a balance beyond
++-`MAX_BALANCE_FEN` (2**53 - 1, exact in an IEEE double): `balance_problem`
+says why a credit or a sync that would is refused (`conflict`). Each charge is counted exactly once:
 an open session's charge moves into its `water.session` in the transaction
 that deletes its row, and accrued power moves into a `power.usage` in the one
 that resets the accrual.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gatewayd.contract.command_types import MAX_BALANCE_FEN
 from gatewayd.contract.enums import EventType
 
 #: Event types whose `amount_fen` the account has already paid locally.
@@ -41,3 +44,11 @@ class Unreported:
 def synced_balance(center_balance_fen: int, unreported: Unreported) -> int:
     """The local balance after `account.sync`: the center's figure less what it has not seen."""
     return center_balance_fen - unreported.total_fen
+
+
+def balance_problem(account: str, balance_fen: int) -> str | None:
+    """Why a command may not leave `account` at `balance_fen` (beyond the money bound), or None."""
+    if -MAX_BALANCE_FEN <= balance_fen <= MAX_BALANCE_FEN:
+        return None
+    return (f"the balance of {account} would be {balance_fen} fen, beyond +-{MAX_BALANCE_FEN}, "
+            "the money bound (exact in an IEEE double)")

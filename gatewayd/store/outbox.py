@@ -87,7 +87,7 @@ class Resend:
     """What `resend` queued: kept events in range, and the seqs no longer kept."""
 
     from_seq: int
-    to_seq: int  # the range actually served (clamped to the last seq assigned)
+    to_seq: int | None  # the range served (clamped to the last seq); None: no seq in it yet
     queued: int  # kept events in the range, all unpublished now
     missing: tuple[tuple[int, int], ...] = field(default=())  # inclusive ranges not kept
 
@@ -205,13 +205,15 @@ def resend(txn: Txn, from_seq: int, to_seq: int | None = None) -> Resend:
     `to_seq` None means up to the last seq assigned; a `to_seq` beyond it is
     clamped (those seqs do not exist yet, they are not lost). The result
     lists, as inclusive ranges, the seqs in range that are no longer kept
-    (pruned after `keep_events_days`, or dropped by the cap).
+    (pruned after `keep_events_days`, or dropped by the cap). When no seq in
+    range has been assigned yet (`from_seq` beyond the last seq), nothing is
+    queued and the result's `to_seq` is None: never a `to_seq` below `from_seq`.
     """
     last = txn.last_seq()
     hi = last if to_seq is None else min(to_seq, last)
     lo = max(from_seq, 1)
     if hi < lo:
-        return Resend(from_seq=from_seq, to_seq=hi, queued=0)
+        return Resend(from_seq=from_seq, to_seq=None, queued=0)
     txn.execute(
         "UPDATE events SET published = NULL WHERE seq BETWEEN ? AND ? AND published IS NOT NULL", (lo, hi)
     )

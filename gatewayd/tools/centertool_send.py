@@ -25,7 +25,7 @@ import aiomqtt
 from gatewayd.contract.command_types import MAX_EXPIRES_S
 from gatewayd.contract.signing import load_private_key, sign_command
 from gatewayd.contract.wire import rfc3339
-from gatewayd.errors import KeyFileError
+from gatewayd.errors import CanonicalFormError, KeyFileError
 from gatewayd.tools.centertool_args import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -149,7 +149,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     unsigned = build_command(args.type, command_args, to=to, expires_in_s=args.expires_in)
     if args.command_id is not None:
         unsigned["id"] = args.command_id
-    command = sign_command(unsigned, key)
+    try:
+        command = sign_command(unsigned, key)
+    except CanonicalFormError as e:  # 1500.0: a command carries integers only
+        print(f"gatewayd send: cannot sign: {e}", file=sys.stderr)
+        return EXIT_USAGE
     root = f"{args.prefix}/{args.building}"
     topic = f"{args.prefix}/all/cmd" if to == "all" else f"{root}/cmd"
     try:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.config.model import BROKER_RE
+from gatewayd.errors import KeyFileError
+from gatewayd.tools.demo_keys import DemoKeys, demo_keys, signing_note
 from gatewayd.tools.demo_processes import DaemonProcess, Mosquitto, _answers, free_port
 from gatewayd.tools.demo_store import EventTail, Ledgers, all_events, read_json, read_ledgers, summarize
 from gatewayd.tools.demo_view import LiveView, PlainView, View, buses_line
@@ -66,6 +68,10 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--dir", type=Path, default=None,
                    help="keep the config, store and logs here (default: a temporary directory, "
                         "removed after a clean run)")
+    p.add_argument("--center-public-key", type=Path, default=None, metavar="PEM",
+                   help="the center public key (PEM SubjectPublicKeyInfo) the gateway verifies "
+                        "commands with, for your own center to sign; default: a key pair the "
+                        "demo writes into --dir (center.key, center.pub)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
 
@@ -117,6 +123,7 @@ class Demo:
         self.daemon: DaemonProcess | None = None
         self.mosquitto: Mosquitto | None = None
         self.doc: dict[str, Any] | None = None
+        self.keys = DemoKeys(workdir / "center.pub", None, None)  # set by run()
 
     def header(self) -> str:
         day = self.clock.label() if self.clock else "-"
@@ -156,7 +163,7 @@ class Demo:
             broker = await self._broker()
             await sim.start()
             metrics_port = free_port()
-            config = sim.write_config(speed=args.speed, broker=broker, metrics_port=metrics_port)
+            config = self._write_config(sim, broker, metrics_port)
             db = sim.state_dir / "gatewayd.db"
             if not db.exists():
                 await asyncio.to_thread(sim.seed_store)
@@ -186,7 +193,7 @@ class Demo:
             view.stop()
             view = None
             code = await self._conclude(db, room_accounts, before, real_s, clock.label())
-        except RuntimeError as e:
+        except (RuntimeError, KeyFileError) as e:
             print(f"gatewayd demo: {e}", file=sys.stderr)
             code = 1
         finally:
@@ -197,6 +204,14 @@ class Demo:
             print(f"the demo's files (config, store, logs) are in {self.workdir}", file=out)
         return code
 
+    def _write_config(self, sim: SimulatedBuilding, broker: str | None, metrics_port: int) -> Path:
+        """The daemon's config, its gateway verifying commands with the demo's keys (demo_keys)."""
+        self.keys = demo_keys(self.workdir, self.args.center_public_key)
+        if broker:
+            print(signing_note(self.keys, broker, sim.building), file=sys.stdout, flush=True)
+        return sim.write_config(speed=self.args.speed, broker=broker, metrics_port=metrics_port,
+                                center_public_key=self.keys.public_path)
+
     async def _start(self, sim: SimulatedBuilding, clock: DayClock, view: View, *, broker: str | None,
                      config: Path, metrics_port: int) -> DayScript:
         """The center stub, the day's script (its loads on) and the daemon (up to READY)."""
@@ -204,7 +219,7 @@ class Demo:
         from sim.day import DayScript
 
         if broker:
-            self.center = CenterStub(broker, sim.building)
+            self.center = CenterStub(broker, sim.building, key=self.keys.private_key)
             await self.center.start()
         script = DayScript(sim, clock, view.narrate, self.center)
         script.start_loads()
