@@ -98,7 +98,8 @@ async def test_breakers_feed_meters_and_valves_feed_counters(tmp_path: Path) -> 
 def test_summary_check_leaves_out_accounts_the_center_synced() -> None:
     """A center's account.sync sets a balance no event explains: the summary says
     so instead of reporting a mismatch; other accounts are still checked."""
-    from gatewayd.tools.demo_store import Ledgers, StoredEvent, summarize
+    from gatewayd.store.readonly import Ledgers, StoredEvent
+    from gatewayd.tools.demo_summary import summarize
 
     credit = StoredEvent(1, "account.credited", {"account": "a", "amount_fen": 100,
                                                  "balance_fen": 100, "command": "c1"}, True)

@@ -36,6 +36,18 @@ def _expect_kind(profile: Profile, kind: Kind) -> None:
         raise ValueError(f"profile {profile.name} is a {profile.kind}, not a {kind}")
 
 
+def _channel_field(profile: Profile, kind: Kind, key: str, channel: int) -> tuple[Field, int]:
+    """The profile's field `key` of a `kind` device at `channel`, and its address there."""
+    _expect_kind(profile, kind)
+    if channel < 0:
+        raise ValueError(f"channel must be >= 0, got {channel}")
+    f = profile.fields[key]
+    address = f.at_channel(channel)
+    if address + f.width > 0x10000:
+        raise ValueError(f"channel {channel} is beyond the address space")
+    return f, address
+
+
 class ModbusMeter:
     """An electricity meter read in the fewest requests its profile allows."""
 
@@ -89,9 +101,7 @@ class ModbusSwitch:
 
     def __init__(self, bus: ModbusBus, name: str, unit: int, profile: Profile, *,
                  channel: int, invert: bool, health: DeviceHealth) -> None:
-        _expect_kind(profile, "switch")
-        if channel < 0:
-            raise ValueError(f"channel must be >= 0, got {channel}")
+        f, self.address = _channel_field(profile, "switch", "state", channel)
         self.name = name
         self.unit = unit
         self.profile = profile
@@ -99,10 +109,7 @@ class ModbusSwitch:
         self.invert = invert
         self.health = health
         self._bus = bus
-        self._field = f = profile.fields["state"]
-        self.address = f.at_channel(channel)
-        if self.address + f.width > 0x10000:
-            raise ValueError(f"channel {channel} is beyond the address space")
+        self._field = f
         function = READ_COILS if f.table == "coil" else READ_HOLDING_REGISTERS
         self._read = ReadRequest(function, self.address, f.width)
 
@@ -217,20 +224,15 @@ class ModbusCounter:
 
     def __init__(self, bus: ModbusBus, name: str, unit: int, profile: Profile, *,
                  channel: int, health: DeviceHealth) -> None:
-        _expect_kind(profile, "counter")
-        if channel < 0:
-            raise ValueError(f"channel must be >= 0, got {channel}")
+        f, address = _channel_field(profile, "counter", "count", channel)
         self.name = name
         self.unit = unit
         self.profile = profile
         self.channel = channel
         self.health = health
         self._bus = bus
-        self._field = f = profile.fields["count"]
+        self._field = f
         self.bits = 16 * f.width
-        address = f.at_channel(channel)
-        if address + f.width > 0x10000:
-            raise ValueError(f"channel {channel} is beyond the address space")
         function = READ_HOLDING_REGISTERS if f.table == "holding" else READ_INPUT_REGISTERS
         self._read = ReadRequest(function, address, f.width)
 

@@ -72,7 +72,7 @@ class StoreProbe:
                                    level=logging.ERROR)
 
     async def start(self) -> None:
-        await self.store.read(lambda txn: txn.execute("SELECT 1").fetchone())
+        await self.store.read(meta.probe)
 
     async def run(self, heartbeat: Heartbeat) -> None:
         loop = asyncio.get_running_loop()

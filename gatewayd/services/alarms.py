@@ -26,6 +26,7 @@ from gatewayd.contract.enums import AlarmCode
 from gatewayd.contract.events import Alarm
 from gatewayd.errors import StoreError
 from gatewayd.services.clock import Clock
+from gatewayd.store import alarm_log
 from gatewayd.store.db import Store
 from gatewayd.store.txn import Txn
 
@@ -44,8 +45,7 @@ class Alarms:
         """Take the alarms on record as raised before this start."""
         if self._store is None:
             return
-        rows = await self._store.read(lambda t: t.execute(
-            "SELECT code, device, detail FROM alarms_active").fetchall())
+        rows = await self._store.read(alarm_log.on_record)
         self.recorded = {(AlarmCode(code), device): detail for code, device, detail in rows}
         if self.recorded:
             log.info("alarms_on_record", alarms=sorted(f"{c}:{d}" for c, d in self.recorded))

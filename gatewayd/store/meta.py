@@ -18,6 +18,11 @@ from gatewayd.store.txn import Txn
 _TARIFF_PREFIX = "tariff."
 
 
+def probe(txn: Txn) -> None:
+    """A read that fails when the database cannot be read (the store's health probe)."""
+    txn.execute("SELECT 1").fetchone()
+
+
 def get(txn: Txn, key: str) -> str | None:
     """The value of `key`, None when it was never set."""
     row = txn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from gatewayd.config.model import BROKER_RE
 from gatewayd.errors import KeyFileError
+from gatewayd.store.readonly import EventTail, Ledgers, all_events, read_ledgers
 from gatewayd.tools.demo_keys import DemoKeys, demo_keys, signing_note
 from gatewayd.tools.demo_processes import DaemonProcess, Mosquitto, _answers, free_port
-from gatewayd.tools.demo_store import EventTail, Ledgers, all_events, read_json, read_ledgers, summarize
+from gatewayd.tools.demo_summary import read_json, summarize
 from gatewayd.tools.demo_view import LiveView, PlainView, View, buses_line
 
 if TYPE_CHECKING:

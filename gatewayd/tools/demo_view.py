@@ -7,7 +7,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from gatewayd.tools.demo_store import StoredEvent, _yuan, describe
+from gatewayd.store.readonly import StoredEvent
+from gatewayd.tools.demo_summary import describe, yuan
 
 PLAIN_STATUS_EVERY_S = 10.0
 EVENTS_SHOWN = 12
@@ -165,7 +166,7 @@ class LiveView(View):
                 faults.append("no reading yet")
             rooms.add_row(
                 r["room"],
-                Text(_yuan(r["balance_fen"]), style="red" if r["balance_fen"] <= 0 else ""),
+                Text(yuan(r["balance_fen"]), style="red" if r["balance_fen"] <= 0 else ""),
                 "-" if r.get("power_w") is None or not online else f"{r['power_w']:.0f}",
                 Text(breaker, style={"on": "green", "off": "bold red"}.get(breaker, "yellow")),
                 Text(", ".join(dict.fromkeys(faults)), style="yellow"),
@@ -187,7 +188,7 @@ class LiveView(View):
                 p["point"], Text(state, style={"open": "bold cyan", "fault": "bold red"}.get(state, "")),
                 self.names.get(p.get("card") or "", p.get("card") or ""),
                 "" if p.get("volume_ml") is None else f"{p['volume_ml'] / 1000:.2f} L",
-                "" if p.get("amount_fen") is None else _yuan(p["amount_fen"]),
+                "" if p.get("amount_fen") is None else yuan(p["amount_fen"]),
             )
         return points
 

@@ -1,53 +1,16 @@
-"""What the demo reads of the daemon's store (read-only): events, balances, the summary."""
+"""The demo's summary of a day: what the store's log says against its balances, and
+one line per event for people.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class StoredEvent:
-    seq: int
-    type: str
-    doc: dict[str, Any]
-    published: bool
-
-
-class EventTail:
-    """New events from the store, through a read-only connection (safe while it runs)."""
-
-    def __init__(self, db: Path, after_seq: int = 0) -> None:
-        self.db = db
-        self.last_seq = after_seq
-        self._conn: sqlite3.Connection | None = None
-
-    def poll(self, limit: int = 500) -> list[StoredEvent]:
-        if self._conn is None:
-            self._conn = connect_ro(self.db)
-        rows = self._conn.execute(
-            "SELECT seq, type, payload, published FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self.last_seq, limit)).fetchall()
-        out = [StoredEvent(seq, type_, json.loads(payload), published is not None)
-               for seq, type_, payload, published in rows]
-        if out:
-            self.last_seq = out[-1].seq
-        return out
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def connect_ro(db: Path) -> sqlite3.Connection:
-    # Used from worker threads (asyncio.to_thread), one at a time.
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+from gatewayd.store.readonly import Ledgers, StoredEvent
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -57,54 +20,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     return doc if isinstance(doc, dict) else None
 
-
-# --- the store at start and at the end: what the summary checks -----------------------
-
-
-@dataclass
-class Ledgers:
-    """Balances and money charged but not yet in an event, at one moment."""
-
-    balances: dict[str, int]
-    unreported: dict[str, int]   # power accrued + open water sessions, per account
-    last_seq: int
-    # Accounts an account.sync from the center has set: their balance is the
-    # center's figure then, which no event carries.
-    synced: frozenset[str] = frozenset()
-
-
-def read_ledgers(db: Path, room_accounts: dict[str, str]) -> Ledgers:
-    conn = connect_ro(db)
-    try:
-        balances = {a: int(b) for a, b in conn.execute("SELECT account, balance_fen FROM accounts")}
-        unreported: Counter[str] = Counter()
-        for room, fen in conn.execute("SELECT room, accrued_fen FROM rooms"):
-            if room in room_accounts:
-                unreported[room_accounts[room]] += int(fen)
-        for account, fen in conn.execute("SELECT account, charged_fen FROM water_sessions"):
-            unreported[account] += int(fen)
-        (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        synced = set()
-        for (result,) in conn.execute("SELECT result FROM commands"):
-            with contextlib.suppress(ValueError):
-                doc = json.loads(result)
-                body = doc.get("result") if isinstance(doc, dict) else None
-                if isinstance(body, dict) and "unreported_fen" in body:   # account.sync's
-                    synced.add(str(body.get("account")))
-        return Ledgers(balances, dict(unreported), int(last), frozenset(synced))
-    finally:
-        conn.close()
-
-
-def all_events(db: Path, after_seq: int) -> list[StoredEvent]:
-    tail = EventTail(db, after_seq)
-    try:
-        out: list[StoredEvent] = []
-        while batch := tail.poll(5000):
-            out += batch
-        return out
-    finally:
-        tail.close()
 
 
 @dataclass
@@ -145,19 +60,19 @@ def summarize(events: list[StoredEvent], before: Ledgers, after: Ledgers,
         f"  taps:        {len(taps)} ({len(taps) - sum(refused.values())} granted; refused: "
         f"{counts(refused)})",
         f"  sessions:    {len(sessions)} ({counts(by_service)}), "
-        f"{sum(s['volume_ml'] for s in sessions) / 1000:.2f} L, charged {_yuan(water_fen)}",
+        f"{sum(s['volume_ml'] for s in sessions) / 1000:.2f} L, charged {yuan(water_fen)}",
         f"  cuts:        {sum(cuts.values())} ({counts(cuts)}); restored {sum(restores.values())} "
         f"({counts(restores)})",
-        f"  electricity: charged {_yuan(power_fen + unreported_change)} "
-        f"({len(usage)} usage reports, {_yuan(power_fen)}; not yet reported "
-        f"{_yuan(unreported_change)})",
-        f"  credits:     {len(credits)}, {_yuan(sum(credited.values()))}",
+        f"  electricity: charged {yuan(power_fen + unreported_change)} "
+        f"({len(usage)} usage reports, {yuan(power_fen)}; not yet reported "
+        f"{yuan(unreported_change)})",
+        f"  credits:     {len(credits)}, {yuan(sum(credited.values()))}",
         "  alarms:      " + (", ".join(
             f"{code} {'raised' if active else 'cleared'} {n}"
             for (code, active), n in sorted(alarms.items())) or "none"),
         f"  events:      {len(events)} (seq {before.last_seq + 1} to {after.last_seq}), "
         f"published to the center {sum(1 for e in events if e.published)}",
-        f"  money charged in all: {_yuan(power_fen + water_fen + unreported_change)}",
+        f"  money charged in all: {yuan(power_fen + water_fen + unreported_change)}",
     ]
     out.matches = not mismatches
     out.lines.append(
@@ -186,12 +101,12 @@ def _mismatches(credited: Counter[str], debits: list[dict[str, Any]], before: Le
         charged = (debited[account] + after.unreported.get(account, 0)
                    - before.unreported.get(account, 0))
         if change != credited[account] - charged:
-            out.append(f"    {account}: balance moved {_yuan(change)}, events say "
-                       f"{_yuan(credited[account] - charged)}")
+            out.append(f"    {account}: balance moved {yuan(change)}, events say "
+                       f"{yuan(credited[account] - charged)}")
     return out
 
 
-def _yuan(fen: int) -> str:
+def yuan(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     return f"{sign}¥{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
@@ -209,20 +124,20 @@ def describe(e: StoredEvent, names: dict[str, str]) -> str:
         return f"tap {d.get('point') or d['reader']}: {who(d['card'])} {verdict}"
     if e.type == "water.session":
         return (f"{d['service']} {d['point']}: {who(d['card'])} {d['volume_ml'] / 1000:.2f} L, "
-                f"{d['seconds']} s, {_yuan(d['amount_fen'])} (ended: {d['end_reason']})")
+                f"{d['seconds']} s, {yuan(d['amount_fen'])} (ended: {d['end_reason']})")
     if e.type == "power.usage":
-        return (f"usage room {d['room']}: {d['wh']} Wh, {_yuan(d['amount_fen'])}, "
-                f"balance {_yuan(d['balance_fen'])}")
+        return (f"usage room {d['room']}: {d['wh']} Wh, {yuan(d['amount_fen'])}, "
+                f"balance {yuan(d['balance_fen'])}")
     if e.type == "account.credited":
-        return (f"credit {d['account']}: +{_yuan(d['amount_fen'])}, "
-                f"balance {_yuan(d['balance_fen'])}")
+        return (f"credit {d['account']}: +{yuan(d['amount_fen'])}, "
+                f"balance {yuan(d['balance_fen'])}")
     if e.type == "breaker.cut":
         power = "" if d.get("power_w") is None else f", {d['power_w']:.0f} W"
         return f"CUT room {d['room']} ({d['reason']}{power})"
     if e.type == "breaker.restored":
         return f"restored room {d['room']} ({d['reason']})"
     if e.type == "balance.low":
-        return f"low balance {d['account']}: {_yuan(d['balance_fen'])}"
+        return f"low balance {d['account']}: {yuan(d['balance_fen'])}"
     if e.type == "alarm":
         state = "RAISED" if d["active"] else "cleared"
         detail = f": {d['detail']}" if d.get("detail") and d["active"] else ""
