@@ -163,7 +163,7 @@ def _event_bodies() -> list[Any]:
 def _events() -> dict[str, Schema]:
     files: dict[str, Schema] = {}
     for body in _event_bodies():
-        name = event_type_of_class(body)
+        name = _type_tag(body)
 
         def root(schemas: list[Schema], comps: dict[str, Schema], name: str = name) -> Schema:
             envelope, own = (_resolve(s, comps) for s in schemas)
@@ -173,11 +173,11 @@ def _events() -> dict[str, Schema]:
         files[f"event.{name}.json"] = _document(f"event {name}", [EventEnvelope, body], root)
     files["event.json"] = _union(
         "event", "One event on {root}/events: the envelope, `type`, then the fields of its type.",
-        [files[f"event.{event_type_of_class(b)}.json"] for b in _event_bodies()])
+        [files[f"event.{_type_tag(b)}.json"] for b in _event_bodies()])
     return dict(sorted(files.items()))
 
 
-def event_type_of_class(body: type[msgspec.Struct]) -> str:
+def _type_tag(body: type[msgspec.Struct]) -> str:
     """The ``type`` tag of an event body class."""
     tag = body.__struct_config__.tag
     assert isinstance(tag, str)
