@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo deps venv lint typecheck pytest bench soak clean
+.PHONY: test demo deps venv lint typecheck pytest bench soak schemas clean
 
 # Debian packages the tests and the demo need; skipped when already installed.
 deps:
@@ -41,6 +41,11 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict
 	$(BIN)/pytest -q
+
+# The machine-readable contract, generated from the code's message types:
+# docs/schemas/*.json and docs/asyncapi.yaml (a test fails when they differ).
+schemas: venv
+	$(BIN)/python -m gatewayd.tools.contract_docs
 
 # The simulated building with the real daemon. Non-interactive form:
 #   make demo ARGS="--duration 30"

@@ -1,5 +1,6 @@
 """Fixtures: a real mosquitto on a free port (plain, or TLS with client certificates)
-and a subscriber that collects what the center would see.
+and a subscriber that collects what the center would see, and checks each message
+the gateway published against the published JSON Schemas (tests/contract_check.py).
 
 Load the fixtures with `pytest_plugins = ("tests.mqtt_fixtures",)`, or, in a module
 that also imports the helpers (which would defeat pytest's assertion rewriting of a
@@ -26,6 +27,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+
+from tests import contract_check
 
 # A broker that does not listen within this long failed to start.
 BROKER_START_S = 10.0
@@ -204,15 +207,24 @@ class Seen:
 
 class Collector:
     """A center-side client: subscribes (QoS 1, persistent session), records every
-    message, reconnects when the broker comes back, and can publish."""
+    message, reconnects when the broker comes back, and can publish.
+
+    Every message on a topic the gateway publishes (status, events, telemetry,
+    results) is validated against docs/schemas/; `stop()` fails the test if one
+    did not match. `unchecked` names the topic suffixes (`"/cmd/result"`) where a
+    test's stub, not the gateway's contract code, writes the payloads.
+    """
 
     def __init__(self, broker: Broker, topics: list[str], *, client_id: str = "center-test",
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, unchecked: tuple[str, ...] = ()) -> None:
         self.broker = broker
         self.topics = topics
         self.client_id = client_id
         self.tls = tls
+        self.unchecked = unchecked
         self.seen: list[Seen] = []
+        #: What did not match the published schemas, one line each.
+        self.contract_problems: list[str] = []
         self._changed = asyncio.Condition()
         self._client: aiomqtt.Client | None = None
         self._ready = asyncio.Event()
@@ -228,6 +240,8 @@ class Collector:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        assert self.contract_problems == [], "\n".join(
+            ["published messages that do not match docs/schemas/:", *self.contract_problems[:10]])
 
     async def _run(self) -> None:
         while True:
@@ -241,6 +255,7 @@ class Collector:
                     self._ready.set()
                     async for m in client.messages:
                         payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                        self._check(m.topic.value, payload)
                         async with self._changed:
                             self.seen.append(Seen(m.topic.value, payload, m.qos, m.retain))
                             self._changed.notify_all()
@@ -248,6 +263,15 @@ class Collector:
                 self._client = None
                 self._ready.clear()
                 await asyncio.sleep(0.05)
+
+    def _check(self, topic: str, payload: bytes) -> None:
+        try:
+            stub = topic.endswith(self.unchecked) if self.unchecked else False
+            wrong = None if stub else contract_check.problem(topic, payload)
+        except Exception as e:  # a broken schema must fail the test, not kill the subscriber
+            wrong = f"{topic}: {e!r}"
+        if wrong is not None:
+            self.contract_problems.append(wrong)
 
     async def wait_for(self, predicate: Callable[[list[Seen]], bool], timeout: float = WAIT_S) -> list[Seen]:
         async with asyncio.timeout(timeout), self._changed:

@@ -13,14 +13,34 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+
+import msgspec
 
 from gatewayd.config.model import Config
 from gatewayd.contract import command_types as ct
 from gatewayd.contract.command_types import ParsedCommand
-from gatewayd.contract.enums import ErrorCode
+from gatewayd.contract.enums import CardKind, CardStatus, ErrorCode
 from gatewayd.contract.events import AccountCredited
+from gatewayd.contract.results import (
+    AccountSnapshot,
+    AccountStateResult,
+    CardResult,
+    CardsLoadResult,
+    CardSnapshot,
+    CardStateResult,
+    CardStatusResult,
+    CreditResult,
+    EmptyResult,
+    ResendResult,
+    RoomLimitResult,
+    RoomResult,
+    RoomSnapshot,
+    RoomStateResult,
+    SyncResult,
+    TariffResult,
+)
 from gatewayd.contract.wire import encode_result_ok
 from gatewayd.errors import Refused
 from gatewayd.rules.ledger import balance_problem, synced_balance
@@ -75,7 +95,7 @@ async def carry_out(ctx: CommandContext, cmd: ParsedCommand) -> None:
     elif isinstance(a, ct.StateGet):
         await _state(ctx, cmd, a)
     else:  # ping
-        await ctx.store.run(ctx.remember(cmd, encode_result_ok(cmd.id, {})))
+        await ctx.store.run(ctx.remember(cmd, encode_result_ok(cmd.id, EmptyResult())))
 
 
 # --- money ----------------------------------------------------------------------
@@ -95,7 +115,7 @@ async def _credit(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountCredit) 
                                   balance_fen=balance, command=cmd.id),
                   ts=stamp, wall=stamp_wall)
         ctx.remember(cmd, encode_result_ok(
-            cmd.id, {"account": a.account, "balance_fen": balance}))(txn)
+            cmd.id, CreditResult(account=a.account, balance_fen=balance)))(txn)
         return balance
 
     balance = await ctx.store.run(job)
@@ -107,7 +127,7 @@ async def _sync(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountSync) -> N
     """balance = center's figure - own debits with seq > through_seq - accrued unreported."""
     rooms = [r.id for r in ctx.config.rooms if r.account == a.account]
 
-    def job(txn: Txn) -> dict[str, Any]:
+    def job(txn: Txn) -> SyncResult:
         # The last seq assigned (events may have been pruned or dropped since).
         last = txn.last_seq()
         if a.through_seq > last:
@@ -120,13 +140,13 @@ async def _sync(ctx: CommandContext, cmd: ParsedCommand, a: ct.AccountSync) -> N
         if problem:
             raise Refused(ErrorCode.CONFLICT, problem)
         Ledger.set_balance(txn, a.account, balance)
-        result = {"account": a.account, "balance_fen": balance,
-                  "unreported_fen": unreported.total_fen}
+        result = SyncResult(account=a.account, balance_fen=balance,
+                            unreported_fen=unreported.total_fen)
         ctx.remember(cmd, encode_result_ok(cmd.id, result))(txn)
         return result
 
     result = await ctx.store.run(job)
-    ctx.ledger.note(a.account, int(result["balance_fen"]), True)
+    ctx.ledger.note(a.account, result.balance_fen, True)
     await _balance_changed(ctx, a.account)
 
 
@@ -140,7 +160,7 @@ async def _balance_changed(ctx: CommandContext, account: str) -> None:
 
 async def _card_put(ctx: CommandContext, cmd: ParsedCommand, a: ct.CardPut) -> None:
     card = Card(a.card, a.account, str(a.kind), str(a.status), a.expires)
-    await _put_card(ctx, cmd, card, {"card": card.uid})
+    await _put_card(ctx, cmd, card, CardResult(card=card.uid))
 
 
 async def _card_block(ctx: CommandContext, cmd: ParsedCommand, uid: str, *, blocked: bool) -> None:
@@ -157,10 +177,11 @@ async def _card_block(ctx: CommandContext, cmd: ParsedCommand, uid: str, *, bloc
         if card.status == "cancelled":
             raise Refused(ErrorCode.CONFLICT, f"card {uid} is cancelled, not lost")
         new = Card(card.uid, card.account, card.kind, "active", card.expires)
-    await _put_card(ctx, cmd, new, {"card": uid, "status": new.status})
+    await _put_card(ctx, cmd, new, CardStatusResult(card=uid, status=CardStatus(new.status)))
 
 
-async def _put_card(ctx: CommandContext, cmd: ParsedCommand, card: Card, result: dict[str, Any]) -> None:
+async def _put_card(ctx: CommandContext, cmd: ParsedCommand, card: Card,
+                    result: CardResult | CardStatusResult) -> None:
     """Store `card` with `cmd`'s result, then update the mirror."""
     def job(txn: Txn) -> None:
         Cards.put(txn, card)
@@ -187,7 +208,7 @@ async def _cards_load(ctx: CommandContext, cmd: ParsedCommand, a: ct.CardsLoad) 
             Cards.put(txn, card)
         Cards.set_version(txn, a.version)
         ctx.remember(cmd, encode_result_ok(
-            cmd.id, {"version": a.version, "full": a.full, "cards": len(new)}))(txn)
+            cmd.id, CardsLoadResult(version=a.version, full=a.full, cards=len(new))))(txn)
         return new
 
     new = await ctx.store.run(job)
@@ -207,7 +228,7 @@ async def _tariff(ctx: CommandContext, cmd: ParsedCommand, a: ct.TariffSet) -> N
     def job(txn: Txn) -> None:
         meta.save_tariff(txn, service, a.price, unit)
         ctx.remember(cmd, encode_result_ok(
-            cmd.id, {"service": service, "price": str(a.price), "unit": unit}))(txn)
+            cmd.id, TariffResult(service=a.service, price=str(a.price), unit=a.unit)))(txn)
 
     await ctx.store.run(job)
     if service == "power":
@@ -224,10 +245,10 @@ async def _room(ctx: CommandContext, cmd: ParsedCommand,
     def remember(txn: Txn, state: RoomState) -> None:
         # The state the command leads to: a restore leaves a room cut while
         # its balance or a curfew still says so.
-        result = {"room": a.room, "cut": state.cut_reason is not None,
-                  "cut_reason": state.cut_reason, "hold": state.hold}
-        if isinstance(a, ct.RoomLimit):
-            result["max_power_w"] = a.max_power_w
+        cut = state.cut_reason is not None
+        result = (RoomLimitResult(room=a.room, cut=cut, cut_reason=state.cut_reason, hold=state.hold,
+                                  max_power_w=a.max_power_w) if isinstance(a, ct.RoomLimit)
+                  else RoomResult(room=a.room, cut=cut, cut_reason=state.cut_reason, hold=state.hold))
         ctx.remember(cmd, encode_result_ok(cmd.id, result))(txn)
 
     if isinstance(a, ct.RoomCut):
@@ -244,36 +265,36 @@ async def _room(ctx: CommandContext, cmd: ParsedCommand,
 async def _resend(ctx: CommandContext, cmd: ParsedCommand, a: ct.EventsResend) -> None:
     def job(txn: Txn) -> None:
         r = outbox.resend(txn, a.from_seq, a.to_seq)
-        result: dict[str, Any] = {"from_seq": r.from_seq, "to_seq": r.to_seq,
-                                  "queued": r.queued}
-        if r.missing:
-            # Seqs no longer kept (older than keep_events_days), as inclusive ranges.
-            result["missing"] = [list(m) for m in r.missing]
+        # Seqs no longer kept (older than keep_events_days), as inclusive ranges.
+        result = ResendResult(from_seq=r.from_seq, to_seq=r.to_seq, queued=r.queued,
+                              missing=r.missing or None)
         ctx.remember(cmd, encode_result_ok(cmd.id, result))(txn)
 
     await ctx.store.run(job)
 
 
 async def _state(ctx: CommandContext, cmd: ParsedCommand, a: ct.StateGet) -> None:
-    result: dict[str, Any]
+    result: msgspec.Struct | Mapping[str, Any]
     if a.room is not None:
         rt = ctx.power.room(a.room)
         if rt is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no room {a.room!r} in this building")
-        result = {"room": ctx.power.describe(rt)}
+        result = RoomStateResult(room=RoomSnapshot(**ctx.power.describe(rt)))
     elif a.account is not None:
         known = ctx.ledger.is_known(a.account) or a.account in ctx.ledger.balances
         if not known:
             raise Refused(ErrorCode.NOT_FOUND, f"no account {a.account!r} here")
-        result = {"account": {"account": a.account, "balance_fen": ctx.ledger.balance(a.account),
-                              "known": ctx.ledger.is_known(a.account)}}
+        result = AccountStateResult(account=AccountSnapshot(
+            account=a.account, balance_fen=ctx.ledger.balance(a.account),
+            known=ctx.ledger.is_known(a.account)))
     elif a.card is not None:
         card = ctx.cards.get(a.card)
         if card is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no card {a.card}")
-        result = {"card": {"card": card.uid, "account": card.account, "kind": card.kind,
-                           "status": card.status,
-                           "expires": card.expires.isoformat() if card.expires else None}}
+        result = CardStateResult(card=CardSnapshot(
+            card=card.uid, account=card.account, kind=CardKind(card.kind),
+            status=CardStatus(card.status), expires=card.expires))
     else:
-        result = dict(await ctx.status()) if ctx.status else {}
+        # The status document as published now (a Mapping: the link decoded it).
+        result = dict(await ctx.status()) if ctx.status else EmptyResult()
     await ctx.store.run(ctx.remember(cmd, encode_result_ok(cmd.id, result)))

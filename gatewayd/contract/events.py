@@ -16,9 +16,10 @@ Contract of the layer: pure, no I/O, no clock.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
+from msgspec import Meta
 
 from gatewayd.contract.enums import (
     AlarmCode,
@@ -29,6 +30,7 @@ from gatewayd.contract.enums import (
     TapReason,
     WaterUse,
 )
+from gatewayd.contract.scalars import Fen, Seq, Timestamp, Uuid, Wh
 
 __all__ = [
     "AccountCredited",
@@ -65,9 +67,9 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     building; ``ts`` is an RFC 3339 string (see ``rfc3339``).
     """
 
-    id: str
-    seq: int
-    ts: str
+    id: Annotated[Uuid, Meta(description="Unique for ever: de-duplicate on it.")]
+    seq: Seq
+    ts: Annotated[Timestamp, Meta(description="When it happened (a folded tap: when the minute ended).")]
     building: str
 
 
@@ -85,25 +87,28 @@ class Tap(_EventBody, frozen=True, kw_only=True, omit_defaults=True, tag=EventTy
 
     reader: str
     card: str
-    point: str | None
+    point: Annotated[str | None, Meta(
+        description="The point the reader serves; null only with reason no_point.")]
     granted: bool
-    reason: TapReason
-    count: int | None = None
+    reason: Annotated[TapReason, Meta(
+        description="start or stop when granted; else the refusal, the first that applies.")]
+    count: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(
+        description="Only on a folded event: how many refused taps it stands for.")] = None
 
 
 class WaterSession(_EventBody, frozen=True, kw_only=True, tag=EventType.WATER_SESSION.value):
     """A finished water session with its whole charge (debit)."""
 
-    session: str
+    session: Annotated[Uuid, Meta(description="The session's id.")]
     point: str
     service: WaterUse
     card: str
     account: str
-    started: str
-    ended: str
-    volume_ml: int
-    seconds: int
-    amount_fen: int
+    started: Timestamp
+    ended: Timestamp
+    volume_ml: Annotated[int, Meta(ge=0, description="Water measured, integer mL; 0 without a flow meter.")]
+    seconds: Annotated[int, Meta(ge=0, description="Whole seconds the valve was open.")]
+    amount_fen: Annotated[Fen, Meta(ge=0, description="The whole charge, debited from account.")]
     end_reason: EndReason
     offline: bool
 
@@ -113,20 +118,21 @@ class PowerUsage(_EventBody, frozen=True, kw_only=True, tag=EventType.POWER_USAG
 
     room: str
     account: str
-    wh: int
-    amount_fen: int
-    meter_wh_from: int
-    meter_wh_to: int
-    balance_fen: int
+    wh: Annotated[Wh, Meta(ge=0, description="Energy charged: meter_wh_to - meter_wh_from.")]
+    amount_fen: Annotated[Fen, Meta(ge=0, description="Its price, debited from account.")]
+    meter_wh_from: Annotated[Wh, Meta(
+        description="The register at the start: the previous report's meter_wh_to.")]
+    meter_wh_to: Annotated[Wh, Meta(description="The register at the end of the charged span.")]
+    balance_fen: Annotated[Fen, Meta(description="The account's balance after this charge.")]
 
 
 class AccountCredited(_EventBody, frozen=True, kw_only=True, tag=EventType.ACCOUNT_CREDITED.value):
     """A top-up applied; ``command`` is the ``account.credit`` command's id."""
 
     account: str
-    amount_fen: int
-    balance_fen: int
-    command: str
+    amount_fen: Annotated[Fen, Meta(ge=1, description="The credit.")]
+    balance_fen: Annotated[Fen, Meta(description="The balance after it.")]
+    command: Annotated[str, Meta(description="The id of the account.credit command.")]
 
 
 class BreakerCut(_EventBody, frozen=True, kw_only=True, tag=EventType.BREAKER_CUT.value):
@@ -134,7 +140,7 @@ class BreakerCut(_EventBody, frozen=True, kw_only=True, tag=EventType.BREAKER_CU
 
     room: str
     reason: CutReason
-    power_w: float | None
+    power_w: Annotated[float | None, Meta(description="The last power read, W; null when none is at hand.")]
 
 
 class BreakerRestored(_EventBody, frozen=True, kw_only=True, tag=EventType.BREAKER_RESTORED.value):
@@ -148,7 +154,7 @@ class BalanceLow(_EventBody, frozen=True, kw_only=True, tag=EventType.BALANCE_LO
     """An account fell under ``power.low_balance_fen`` (sent once per fall)."""
 
     account: str
-    balance_fen: int
+    balance_fen: Annotated[Fen, Meta(description="The balance now.")]
 
 
 class Alarm(_EventBody, frozen=True, kw_only=True, tag=EventType.ALARM.value):
@@ -159,9 +165,12 @@ class Alarm(_EventBody, frozen=True, kw_only=True, tag=EventType.ALARM.value):
     """
 
     code: AlarmCode
-    device: str
-    detail: str | int | float | None
-    active: bool
+    device: Annotated[str, Meta(description="What it is about: meter:ROOM, breaker:ROOM, room:ROOM, "
+                                "valve:POINT, flow:POINT, reader:READER, clock, outbox, store.")]
+    detail: Annotated[str | int | float | None, Meta(
+        description='Text for people ("" when cleared), except for meter_jump: '
+        "the uncharged Wh, an integer.")]
+    active: Annotated[bool, Meta(description="true raised, false cleared.")]
 
 
 EventBody = (

@@ -18,18 +18,24 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any, Final
+from typing import Annotated, Any, Final, Generic, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from gatewayd.contract.enums import BreakerState, ErrorCode, PointState
+from gatewayd.contract.scalars import Fen, Timestamp, Uuid, Wh
 
 __all__ = [
+    "CommandError",
     "Faults",
     "PointReading",
+    "ResultError",
+    "ResultOk",
     "RoomReading",
     "Status",
     "Telemetry",
+    "Will",
     "as_duplicate",
     "encode_result_error",
     "encode_result_ok",
@@ -104,27 +110,51 @@ def parse_rfc3339(text: str) -> datetime | None:
 # --------------------------------------------------------------------------
 
 
-class _Error(msgspec.Struct, frozen=True):
+#: The shape of a success result's ``result`` (a ``contract.results`` Struct).
+R = TypeVar("R")
+
+_DUPLICATE: Final = Meta(
+    extra_json_schema={"const": True},
+    description="Present, true, when the id was seen before: this is the first result again, "
+    "and the command was not applied again.",
+)
+
+
+class CommandError(msgspec.Struct, frozen=True):
+    """Why a command failed."""
+
     code: ErrorCode
-    message: str
+    message: Annotated[str, Meta(
+        description="For people; for bad_request it names the field, JSON-path style.")]
 
 
-class _Result(msgspec.Struct, frozen=True, omit_defaults=True):
+class ResultOk(msgspec.Struct, Generic[R], frozen=True, kw_only=True, omit_defaults=True):
+    """A command's success result, on ``{root}/cmd/result``."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=64, description="The command's id.")]
+    ok: Annotated[bool, Meta(extra_json_schema={"const": True})]
+    result: R
+    duplicate: Annotated[bool, _DUPLICATE] = False
+
+
+class ResultError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A command's failure result, on ``{root}/cmd/result``."""
+
     # ``id`` has no default so that a null id is still written out.
-    id: str | None
-    ok: bool
-    result: Mapping[str, Any] | None = None
-    error: _Error | None = None
-    duplicate: bool = False
+    id: Annotated[str | None, Meta(description="The command's id; null when it had no usable one.")]
+    ok: Annotated[bool, Meta(extra_json_schema={"const": False})]
+    error: CommandError
+    duplicate: Annotated[bool, _DUPLICATE] = False
 
 
-def encode_result_ok(command_id: str, result: Mapping[str, Any] | None = None) -> bytes:
+def encode_result_ok(command_id: str, result: Mapping[str, Any] | msgspec.Struct | None = None) -> bytes:
     """Encode a success result: ``{"id":..,"ok":true,"result":{..}}``.
 
-    ``result`` must be msgspec-encodable (builtins, Structs, enums); None and
-    an empty mapping both give ``"result":{}``, as ``ping`` answers.
+    ``result`` is a ``contract.results`` Struct (or a msgspec-encodable
+    mapping); None and an empty mapping both give ``"result":{}``, as
+    ``ping`` answers.
     """
-    return _ENCODER.encode(_Result(id=command_id, ok=True, result=result or {}))
+    return _ENCODER.encode(ResultOk(id=command_id, ok=True, result={} if result is None else result))
 
 
 def encode_result_error(command_id: str | None, code: ErrorCode, message: str) -> bytes:
@@ -133,7 +163,7 @@ def encode_result_error(command_id: str | None, code: ErrorCode, message: str) -
     ``command_id`` is None when the command had no usable id (``bad_json``,
     ``bad_request``); the result then carries ``"id":null``.
     """
-    return _ENCODER.encode(_Result(id=command_id, ok=False, error=_Error(code, message)))
+    return _ENCODER.encode(ResultError(id=command_id, ok=False, error=CommandError(code, message)))
 
 
 def as_duplicate(first_result: bytes) -> bytes:
@@ -160,34 +190,46 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     valves: int = 0
 
 
+_COUNT: Final = Meta(ge=0)
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     """The retained status document, published online.
 
-    ``cards_version`` is 0 until a ``cards.load`` has been applied;
-    ``started`` is RFC 3339.
+    ``online`` is always true here (the will says false) and comes first;
+    ``cards_version`` is 0 until a ``cards.load`` has been applied.
     """
 
+    online: Annotated[bool, Meta(extra_json_schema={"const": True})] = True
     building: str
-    boot_id: str
-    store_id: str
-    version: str
-    started: str
+    boot_id: Annotated[Uuid, Meta(description="This run of the daemon; new at every start.")]
+    store_id: Annotated[Uuid, Meta(
+        description="The store the events come from; seq starts again at 1 only under a new one.")]
+    version: Annotated[str, Meta(description="The gateway's software version.")]
+    started: Annotated[Timestamp, Meta(description="When this run started.")]
     clock_synced: bool
-    cards_version: int
-    last_seq: int
-    pending: int
-    accounts_unknown: int
-    rooms: int
-    points: int
-    readers: int
+    cards_version: Annotated[int, _COUNT]
+    last_seq: Annotated[int, Meta(ge=0, description="The last seq assigned; 0 before the first event.")]
+    pending: Annotated[int, Meta(ge=0, description="Results and events not yet acknowledged by the broker.")]
+    accounts_unknown: Annotated[int, _COUNT]
+    rooms: Annotated[int, _COUNT]
+    points: Annotated[int, _COUNT]
+    readers: Annotated[int, _COUNT]
     faults: Faults
+
+
+class Will(msgspec.Struct, frozen=True, kw_only=True):
+    """The will: the broker publishes it when the gateway's connection is lost,
+    and the gateway itself on a clean stop."""
+
+    online: Annotated[bool, Meta(extra_json_schema={"const": False})] = False
+    building: str
+    boot_id: Uuid
 
 
 def encode_status(status: Status) -> bytes:
     """Encode the status document, ``"online":true`` first."""
-    fields: dict[str, Any] = {"online": True}
-    fields.update(msgspec.to_builtins(status))
-    return _ENCODER.encode(fields)
+    return _ENCODER.encode(status)
 
 
 def encode_will(building: str, boot_id: str) -> bytes:
@@ -195,7 +237,7 @@ def encode_will(building: str, boot_id: str) -> bytes:
 
     ``{"online":false,"building":"b07","boot_id":"..."}``
     """
-    return _ENCODER.encode({"online": False, "building": building, "boot_id": boot_id})
+    return _ENCODER.encode(Will(building=building, boot_id=boot_id))
 
 
 # --------------------------------------------------------------------------
@@ -208,14 +250,14 @@ class RoomReading(msgspec.Struct, frozen=True, kw_only=True):
     given since it went offline, is None (``null``), and the key stays."""
 
     room: str
-    online: bool
+    online: Annotated[bool, Meta(description="false while the meter is offline or has not answered yet.")]
     power_w: float | None
-    energy_wh: int | None
+    energy_wh: Wh | None
     voltage_v: float | None
     current_a: float | None
     pf: float | None
-    breaker: BreakerState
-    balance_fen: int | None
+    breaker: Annotated[BreakerState, Meta(description="unknown until the breaker has been read.")]
+    balance_fen: Fen | None
 
 
 class PointReading(msgspec.Struct, frozen=True, kw_only=True):
@@ -224,14 +266,16 @@ class PointReading(msgspec.Struct, frozen=True, kw_only=True):
 
     point: str
     state: PointState
-    card: str | None
-    volume_ml: int | None
+    card: Annotated[str | None, Meta(description="The open session's card; null when none is open.")]
+    volume_ml: Annotated[int | None, Meta(
+        description="The open session's water so far, mL (0 without a flow meter); "
+        "null when no session is open.")]
 
 
 class Telemetry(msgspec.Struct, frozen=True, kw_only=True):
     """The periodic telemetry document (QoS 0, lowest delivery class)."""
 
-    ts: str
+    ts: Timestamp
     building: str
     rooms: tuple[RoomReading, ...]
     points: tuple[PointReading, ...]
