@@ -12,7 +12,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gatewayd.config.load import load_config
 from gatewayd.rules.water import Card
 from sim.modbus import SimBuilding
 from sim.serial_card import PtyPort
-from tests.mqtt_fixtures import Broker, Collector, collecting, mosquitto
+from tests.mqtt_fixtures import Broker, Collector, broker, collecting, needs_mosquitto
 from tests.soak.harness import (
     Checks,
     Daemon,
@@ -37,14 +37,10 @@ from tests.soak.harness import (
     until,
 )
 
+__all__ = ["broker"]  # a fixture used by name
+
 CARD = "0D150F0000"
 TOPIC = "ecard/v1/b07"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with mosquitto(tmp_path / "mosquitto") as b:
-        yield b
 
 
 def layout(tmp: Path, broker: Broker, rooms: int, **kw: Any) -> Layout:
@@ -87,6 +83,7 @@ def telemetry_rooms(center: Collector) -> dict[str, dict[str, Any]]:
     return {r["room"]: r for r in docs[-1].json()["rooms"]} if docs else {}
 
 
+@needs_mosquitto
 async def test_reload_adds_removes_and_changes_rooms_and_keeps_a_running_shower(
         tmp_path: Path, broker: Broker, building: SimBuilding) -> None:
     sim = building

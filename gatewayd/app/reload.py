@@ -68,7 +68,9 @@ class Reloader:
             log.error("config_reload_invalid", file=str(path), problems=len(e.problems),
                       detail=" | ".join(str(p) for p in e.problems),
                       result="nothing changed: the daemon runs on the file it had")
-            return f"reload refused: {len(e.problems)} problems in {path}; running as before"
+            n = len(e.problems)
+            return (f"reload refused: {n} problem{'s' if n != 1 else ''} in {path}; "
+                    "running as before")
         for warning in new.warnings:
             log.warning("config_warning", file=str(path), warning=str(warning))
         changes = compare(self.config, new)

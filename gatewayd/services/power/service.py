@@ -7,7 +7,8 @@ state is wrong (see `PowerService.start`). A breaker not read by then is
 decided at its first answer (`unverified`). Then each room runs its own loop
 (`poll.RoomRunner`), each relay board is read back every poll
 (`breaker.Breakers`), and once a second the curfews are recomputed and the
-component's heartbeat beats.
+component's heartbeat beats. A reload hands it the new file and the devices
+of the rooms it adds or rewires (`reconfigure`); it switches no breaker itself.
 """
 
 from __future__ import annotations

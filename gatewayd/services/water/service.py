@@ -27,6 +27,10 @@ Contract:
   (gatewayd/rules/reader_flood.py). Granted taps are never folded; a folded
   refusal costs no store write.
 
+- A reload (`reconfigure`) keeps every running session, except on a point it
+  removes or rewires (ended `shutdown`, as at a stop); new valves are closed
+  before their points take taps, and readers are replaced between two taps.
+
 `WaterService` is the component: it builds the points and their helpers,
 runs one task per reader and per point, and dispatches each tap (a stop
 here, a start or a refusal in `taps.py`).
