@@ -177,6 +177,10 @@ class Dlt645Bus:
         self.health[name] = h
         return h
 
+    def forget(self, name: str) -> None:
+        """Stop tracking device `name` (gone from the config); unknown names are ignored."""
+        self.health.pop(name, None)
+
     def meter(self, name: str, address: str, fields: Mapping[str, FieldSpec]) -> Dlt645Meter:
         """A `drivers.protocols.Meter` at `address` reading `fields` (energy_wh, power_w, ...)."""
         self._meters += 1

@@ -214,6 +214,9 @@ class ModbusBus:
         self.health[name] = h
         return h
 
+    def forget(self, name: str) -> None:
+        self.health.pop(name, None)   # gone from the config (a reload): no longer tracked
+
     def meter(self, name: str, unit: int, profile: Profile) -> ModbusMeter:
         """A `drivers.protocols.Meter` at `unit` read per `profile` (kind meter)."""
         return ModbusMeter(self, name, _check_unit(unit), profile, health=self._health(name, unit))

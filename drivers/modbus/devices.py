@@ -179,7 +179,8 @@ class ModbusSwitchBank:
 
     def __init__(self, bus: ModbusBus, name: str, unit: int,
                  switches: Sequence[ModbusSwitch]) -> None:
-        if not switches or any(sw.unit != unit or sw.profile is not switches[0].profile
+        # Equal, not the same object: a reload's new switches sit beside the old ones.
+        if not switches or any(sw.unit != unit or sw.profile != switches[0].profile
                                for sw in switches):
             raise ValueError("a bank is switches of one unit with one profile")
         self.name = name

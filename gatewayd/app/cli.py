@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,9 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # `systemctl reload` before the supervisor takes SIGHUP over (while the store
+    # opens) must not kill the daemon, as SIGHUP's default action would.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     fmt = args.log_format
     logs.setup(args.log_level, json=None if fmt == "auto" else fmt == "json")
     try:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from drivers.cardreader.factory import open_reader
 from drivers.protocols import CardReader
 from drivers.retry import FailureLog
+from gatewayd.app.reload import Reloader
 from gatewayd.app.sdnotify import Notifier
 from gatewayd.app.supervisor import Supervisor
 from gatewayd.center.apply import CommandService
@@ -228,7 +229,10 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
                                           alarms=alarms, center=link.view if link else None))
     notifier = notifier or Notifier()
     snapshot.notify = notifier.status
-    supervisor = Supervisor(components, notifier)
+    reloader = Reloader(config, hardware, power, water, make_reader=make_reader,
+                        after=lambda: apply_saved_tariffs(store, power, water),
+                        followers=[snapshot, *([commands] if link is not None else [])])
+    supervisor = Supervisor(components, notifier, on_reload=reloader.reload)
     log.info("starting", building=config.gateway.building, summary=config.summary())
     await hardware.start()
     try:

@@ -1,4 +1,4 @@
-"""sd_notify(3) without libsystemd: READY, WATCHDOG, STOPPING, STATUS.
+"""sd_notify(3) without libsystemd: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
 
 A no-op when NOTIFY_SOCKET is unset (running by hand or in tests without it).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import structlog
 
@@ -51,6 +52,13 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def reloading(self, status: str = "") -> None:
+        """RELOADING=1, stamped with MONOTONIC_USEC (systemd 253+ matches a reload by
+        it); READY=1 says the reload is over."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}",
+                    *([f"STATUS={status}"] if status else []))
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")

@@ -12,6 +12,11 @@ Contract:
 - SIGTERM/SIGINT: STOPPING=1, then `shutdown()` of each component in order
   (stop taps, close valves, flush the outbox, say offline), bounded by
   STOP_GRACE_S in all, then the tasks are cancelled and run() returns.
+- SIGHUP (`systemctl reload`): RELOADING=1, `on_reload()`, READY=1 with its
+  status. One reload at a time; SIGHUPs during one make one more after it; one
+  during start runs once READY is sent; none starts once a stop is asked, and
+  a stop waits for the one under way (RELOAD_ON_STOP_S at most). Without
+  `on_reload` a SIGHUP is logged and ignored: it never kills the daemon.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -42,12 +47,20 @@ RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
 # Without a systemd watchdog, still check heartbeats this often (for logs).
 DEFAULT_WATCHDOG_CHECK_S = 5.0
+# A stop lets a reload under way finish this long (it may be ending a shower
+# whose point was removed); then the stop goes on, STOP_GRACE_S in all after it.
+RELOAD_ON_STOP_S = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Supervisor:
-    def __init__(self, components: Sequence[Component], notifier: Notifier | None = None) -> None:
+    def __init__(self, components: Sequence[Component], notifier: Notifier | None = None, *,
+                 on_reload: Callable[[], Awaitable[str]] | None = None) -> None:
         self.components = list(components)
         self.notifier = notifier or Notifier()
+        self.on_reload = on_reload   # returns the STATUS= line after it
+        self._reload = asyncio.Event()
+        self._reloading = asyncio.Lock()
         self.heartbeats = {c.name: Heartbeat(c.name, c.heartbeat_s) for c in self.components}
         self._stop = asyncio.Event()
         self._stopping = False
@@ -58,10 +71,20 @@ class Supervisor:
             log.info("stop_requested", reason=why)
         self._stop.set()
 
+    def request_reload(self) -> None:
+        if self.on_reload is None or self._stop.is_set():
+            log.warning("reload_ignored", reason="stopping" if self._stop.is_set()
+                        else "this daemon cannot reload")
+            return
+        log.info("reload_requested")
+        self._reload.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        hup = signal.getsignal(signal.SIGHUP)   # the daemon ignores it until now
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             started = await self._start_components()
             if self._stop.is_set():
@@ -73,16 +96,47 @@ class Supervisor:
                 for c in self.components:
                     tasks.append(tg.create_task(self._keep_running(c), name=c.name))
                 tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
+                tasks.append(tg.create_task(self._reloads(), name="reload"))
                 self.notifier.ready(f"running {len(self.components)} components")
                 log.info("ready", components=[c.name for c in self.components])
                 await self._stop.wait()
+                await self._reload_over()
                 await self._stop_components(self.components, during="run")
                 for t in tasks:
                     t.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (*STOP_SIGNALS, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if hup is not None:
+                signal.signal(signal.SIGHUP, hup)   # not the default action: that kills
         log.info("stopped")
+
+    async def _reloads(self) -> None:
+        """Each reload asked for: RELOADING=1, `on_reload()`, READY=1."""
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            if self.on_reload is None or self._stop.is_set():
+                continue
+            async with self._reloading:
+                self.notifier.reloading("reloading the configuration")
+                try:
+                    status = await self.on_reload()
+                except Exception:   # a bug in applying it: the daemon runs on
+                    log.exception("config_reload_failed")
+                    status = "reload failed: see the journal"
+                self.notifier.ready(status)
+
+    async def _reload_over(self) -> None:
+        """Let a reload under way finish (RELOAD_ON_STOP_S at most) before the stop."""
+        if not self._reloading.locked():
+            return
+        try:
+            async with asyncio.timeout(RELOAD_ON_STOP_S):
+                async with self._reloading:
+                    pass
+        except TimeoutError:
+            log.warning("reload_unfinished_at_stop", waited_s=RELOAD_ON_STOP_S)
 
     async def _start_components(self) -> list[Component]:
         """Run every `start()` at once; return those that began (all, unless a

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import structlog
@@ -85,6 +86,11 @@ class Alarms:
         changed = self.raise_(code, device, detail) if active else self.clear(code, device)
         if changed:
             await self._record(code, device, detail if active else "", active)
+
+    async def forget_devices(self, devices: Collection[str]) -> None:
+        """Clear the alarms of `devices`, gone from the config by a reload."""
+        for code, device in [k for k in self.active if k[1] in devices]:
+            await self.report(code, device, "", False)
 
     def report_soon(self, code: AlarmCode, device: str, detail: str, active: bool) -> None:
         """`report` from synchronous code running on the event loop."""

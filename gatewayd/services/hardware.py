@@ -10,7 +10,7 @@ building's clock (`gateway.timezone`, the meters' clock).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -60,6 +60,8 @@ class Hardware:
         self.config = config
         self._sinks: list[HealthSink] = []
         self._switches: dict[str, tuple[ModbusBus, ModbusSwitch]] = {}
+        self._owner: dict[str, AnyBus] = {}      # device name -> the bus it was made on
+        self._retired: list[AnyBus] = []         # replaced on reload, closed once let go
         self._credentials: dict[str, Credentials] = {}
         self._tz = ZoneInfo(config.gateway.timezone)
         self.buses: dict[str, AnyBus] = {
@@ -92,14 +94,45 @@ class Hardware:
         for bus in self.buses.values():
             await bus.close()
 
+    async def add_buses(self, config: Config, names: Iterable[str]) -> None:
+        """A reload's new and changed buses (`names`), started; a changed one's old
+        owner is kept until `close_retired` (its devices are being let go)."""
+        self.config = config
+        self._credentials.clear()   # password files are read again for relays made from now
+        for name in sorted(names):
+            old = self.buses.get(name)
+            if old is not None:
+                self._retired.append(old)
+            self.buses[name] = bus = self._bus(config.buses[name])
+            await bus.start()
+
+    async def close_retired(self, removed: Iterable[str]) -> None:
+        """Close the buses a reload replaced, and those it removed (`removed`)."""
+        for name in removed:
+            self._retired.append(self.buses.pop(name))
+        retired, self._retired = self._retired, []
+        for bus in retired:
+            await bus.close()
+
+    def forget(self, name: str) -> None:
+        """Device `name` is gone (or made anew): its bus stops tracking it."""
+        bus = self._owner.pop(name, None)
+        self._switches.pop(name, None)
+        if bus is not None:
+            bus.forget(name)
+
+    def _made(self, name: str, ref: DeviceRef) -> AnyBus:
+        bus = self._owner[name] = self.buses[ref.bus]
+        return bus
+
     def meter(self, name: str, ref: DeviceRef) -> Meter:
-        bus = self.buses[ref.bus]
+        bus = self._made(name, ref)
         if isinstance(bus, Dlt645Bus):
             return bus.meter(name, ref.address, ref.profile.specs)
         return bus.meter(name, ref.unit, ref.profile)
 
     def switch(self, name: str, ref: DeviceRef) -> Switch:
-        bus = self.buses[ref.bus]
+        bus = self._made(name, ref)
         if isinstance(bus, Dlt645Bus):
             assert ref.password_file is not None and ref.profile.control is not None  # config
             return bus.relay(name, ref.address, self._credentials_of(ref), ref.profile.specs["state"],
@@ -133,6 +166,6 @@ class Hardware:
                 for (bus, unit, _), switches in groups.items()]
 
     def counter(self, name: str, ref: DeviceRef) -> Counter:
-        bus = self.buses[ref.bus]
+        bus = self._made(name, ref)
         assert isinstance(bus, ModbusBus)   # config: no DL/T 645 counter profile exists
         return bus.counter(name, ref.unit, ref.profile, ref.channel)

@@ -51,6 +51,9 @@ class Breakers:
                  clock: Clock, poll_s: float) -> None:
         self.rooms = rooms
         self.by_breaker = {rt.breaker.name: rt for rt in rooms.values()}
+        # The relay boards read every poll; a reload replaces the list, and a board's
+        # loop ends once its bank is no longer in it.
+        self.banks: list[SwitchBank] = []
         self.recorder = recorder
         self.alarms = alarms
         self.clock = clock
@@ -154,7 +157,7 @@ class Breakers:
     async def bank_loop(self, bank: SwitchBank) -> None:
         """Read a relay board's breakers every poll; a board that does not answer
         is tried again after BANK_RETRY_S (its rooms' commands still go to it)."""
-        while True:
+        while any(b is bank for b in self.banks):
             started = self.clock.mono()
             delay = self.poll_s
             try:
@@ -176,7 +179,7 @@ class Breakers:
         """A breaker read by its board's poll: one that moved by itself is put back
         where the rules want it (cut again), or, found off, left off and held."""
         async with rt.lock:
-            if rt.breaker_at >= read_at or rt.unverified or rt.switch_pending:
+            if rt.breaker_at >= read_at or rt.unverified or rt.switch_pending or rt.retired:
                 return   # commanded (or read) since this read began, or being settled
             if rt.breaker_on is None or rt.breaker_on == on:
                 rt.breaker_on = on

@@ -151,6 +151,8 @@ class RoomRunner:
         after ROOM_FAILING_AFTER in a row; what the rules call for to protect the
         room has been carried out by then (`carry_out`)."""
         async with rt.lock:
+            if rt.retired:
+                return   # removed by a reload while this waited
             try:
                 await self._evaluate(rt, reading, startup=startup)
             except Exception as e:

@@ -50,6 +50,7 @@ class RoomRuntime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     persisted: tuple[Any, ...] | None = None   # `store.rooms.change_key` of the stored row
+    retired: bool = False                # removed by a reload: nothing more is done for it
 
     def __post_init__(self) -> None:
         self.breaker_log = FailureLog(log, "breaker_command_failed", recovered="breaker_answers",
@@ -58,3 +59,11 @@ class RoomRuntime:
     @property
     def id(self) -> str:
         return self.cfg.id
+
+    def rewire(self, cfg: Room, meter: Meter, breaker: Switch) -> None:
+        """New devices (a reload): the breaker is read before it is driven, and decided
+        as at start (`unverified`): never switched on because the file changed."""
+        self.cfg, self.meter, self.breaker = cfg, meter, breaker
+        self.breaker_on, self.unverified, self.last = None, True, None
+        self.retry_want, self.next_breaker_try, self.next_read = None, 0.0, 0.0
+        self.breaker_backoff.reset()

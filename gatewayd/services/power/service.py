@@ -7,7 +7,8 @@ state is wrong (see `PowerService.start`). A breaker not read by then is
 decided at its first answer (`unverified`). Then each room runs its own loop
 (`poll.RoomRunner`), each relay board is read back every poll
 (`breaker.Breakers`), and once a second the curfews are recomputed and the
-component's heartbeat beats.
+component's heartbeat beats. A reload hands it the new file and the devices
+of the rooms it adds or rewires (`reconfigure`); it switches no breaker itself.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from typing import Any
 import structlog
 
 from drivers.protocols import Meter, MeterReading, Switch, SwitchBank
+from drivers.tasks import cancel_and_wait
+from gatewayd.config.changes import Changes
 from gatewayd.config.model import Config
 from gatewayd.contract.enums import AlarmCode
+from gatewayd.contract.events import breaker_device, meter_device, room_device
 from gatewayd.rules import pricing
 from gatewayd.rules.breaker import Verdict, reconcile
 from gatewayd.rules.power import Outcome, remote_cut, remote_restore
@@ -82,6 +86,9 @@ class PowerService:
         self.curfew = CurfewWatch(config.curfews, self.rooms, alarms, clock)
         self.recorder = Recorder(store, ledger, clock)
         self.breakers = Breakers(self.rooms, self.recorder, alarms, clock, self.poll_s)
+        self.breakers.banks = self.breaker_banks
+        self._tg: asyncio.TaskGroup | None = None
+        self._room_tasks: dict[str, asyncio.Task[None]] = {}
         self.runner = RoomRunner(
             ledger=ledger, alarms=alarms, clock=clock, curfew=self.curfew,
             recorder=self.recorder, breakers=self.breakers, poll_s=self.poll_s,
@@ -120,12 +127,33 @@ class PowerService:
                  cut=sum(1 for r in self.rooms.values() if r.state.cut_reason))
 
     async def run(self, heartbeat: Heartbeat) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for rt in self.rooms.values():
-                tg.create_task(self.runner.loop(rt), name=f"room-{rt.id}")
-            for bank in self.breaker_banks:
-                tg.create_task(self.breakers.bank_loop(bank), name=f"breakers-{bank.name}")
-            tg.create_task(self._ticker(heartbeat), name="power-ticker")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for rt in self.rooms.values():
+                    self._spawn_room(rt)
+                for bank in self.breaker_banks:
+                    self._spawn_bank(bank)
+                tg.create_task(self._ticker(heartbeat), name="power-ticker")
+        finally:
+            self._tg = None
+            self._room_tasks.clear()
+
+    def _spawn_room(self, rt: RoomRuntime) -> None:
+        """The room's loop, in the running TaskGroup (or at the next `run`)."""
+        if self._tg is not None:
+            self._room_tasks[rt.id] = self._tg.create_task(self.runner.loop(rt),
+                                                           name=f"room-{rt.id}")
+
+    def _spawn_bank(self, bank: SwitchBank) -> None:
+        if self._tg is not None:
+            self._tg.create_task(self.breakers.bank_loop(bank), name=f"breakers-{bank.name}")
+
+    async def _stop_room_loop(self, rt: RoomRuntime) -> None:
+        """End the room's loop (its lock held by the caller: no decision is half done)."""
+        task = self._room_tasks.pop(rt.id, None)
+        if task is not None:
+            await cancel_and_wait([task])
 
     async def shutdown(self) -> None:
         return None
@@ -148,6 +176,54 @@ class PowerService:
         """Apply the rules to one reading (or none) now (see `RoomRunner.evaluate`)."""
         await self.runner.evaluate(rt, reading)
 
+    # --- reload -------------------------------------------------------------------
+
+    async def reconfigure(self, config: Config, changes: Changes, *,
+                          devices: Mapping[str, tuple[Meter, Switch]],
+                          breaker_banks: Sequence[SwitchBank]) -> None:
+        """Take a reloaded config (`devices`: those of the added and rewired rooms).
+
+        A removed room's loop ends; its breaker stays as it is and its row in the
+        store is kept, as after a restart without it. A changed room takes its new
+        settings at once (a lower limit it now exceeds trips it as any overload);
+        a rewired one its new devices, its breaker read and decided as at start.
+        An added room starts as at start. No breaker is switched here."""
+        new = {r.id: r for r in config.rooms}
+        for room_id in sorted(changes.rooms.removed):
+            rt = self.rooms.pop(room_id)
+            async with rt.lock:
+                await self._stop_room_loop(rt)
+                rt.retired = True
+            await self.alarms.forget_devices(
+                {meter_device(room_id), breaker_device(room_id), room_device(room_id)})
+        for room_id in sorted(changes.rooms.changed):
+            rt = self.rooms[room_id]
+            async with rt.lock:
+                rt.cfg = new[room_id]
+                if room_id in changes.rewired_rooms:
+                    await self._stop_room_loop(rt)
+                    rt.rewire(new[room_id], *devices[room_id])
+                    self._spawn_room(rt)
+        added = {i: RoomRuntime(new[i], *devices[i], unverified=True)
+                 for i in sorted(changes.rooms.added)}
+        await self.recorder.load(added)
+        self.rooms.update(added)
+        self.by_account = {rt.cfg.account: rt for rt in self.rooms.values()}
+        self.breakers.by_breaker = {rt.breaker.name: rt for rt in self.rooms.values()}
+        self.breaker_banks[:] = breaker_banks   # old boards' loops end at their next read
+        self.curfew.curfews, self.curfew.rooms = config.curfews, tuple(self.rooms)
+        self.runner.wire_paced = wire_paced_rooms(config)
+        if changes.tariffs:
+            self.set_tariff(config.tariffs.power.price, config.tariffs.power.unit)
+        self.config = config
+        await self.curfew.update()
+        for rt in added.values():
+            self._spawn_room(rt)
+        for bank in self.breaker_banks:
+            self._spawn_bank(bank)
+        for rt in self.rooms.values():
+            rt.wake.set()
+
     # --- commands (center link) ----------------------------------------------------
 
     def room(self, room_id: str) -> RoomRuntime | None:
@@ -162,6 +238,7 @@ class PowerService:
     async def cut(self, room_id: str, *, hold: bool, also: Also | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
+            _still_configured(rt)
             out = remote_cut(rt.state, self.runner.context(rt, self.clock.mono()), hold=hold)
             await self.runner.carry_out(rt, out, also=also)
         return rt
@@ -169,6 +246,7 @@ class PowerService:
     async def restore(self, room_id: str, also: Also | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
+            _still_configured(rt)
             out = remote_restore(rt.state, self.runner.context(rt, self.clock.mono()))
             await self.runner.carry_out(rt, out, also=also)
         return rt
@@ -176,6 +254,7 @@ class PowerService:
     async def limit(self, room_id: str, max_power_w: int, also: Also | None = None) -> RoomRuntime:
         rt = self.rooms[room_id]
         async with rt.lock:
+            _still_configured(rt)
             out = Outcome(replace(rt.state, max_power_w=max_power_w))
             await self.runner.carry_out(rt, out, also=also)
         return rt
@@ -187,3 +266,9 @@ class PowerService:
     def describe(self, rt: RoomRuntime) -> dict[str, Any]:
         """A room as `state.get` and the status view show it."""
         return view.describe(rt, self.ledger, self.alarms)
+
+
+def _still_configured(rt: RoomRuntime) -> None:
+    """A command that waited for a room a reload removed meanwhile: unknown now."""
+    if rt.retired:
+        raise KeyError(rt.id)

@@ -49,6 +49,7 @@ class PointRuntime:
     backoff: Backoff = field(
         default_factory=lambda: Backoff(VALVE_RETRY_MIN_S, VALVE_RETRY_MAX_S))
     fault_log: FailureLog = field(init=False)
+    retired: bool = False             # removed or rewired by a reload: taps go elsewhere
 
     def __post_init__(self) -> None:
         self.fault_log = FailureLog(log, "valve_fault", recovered="valve_recovered",

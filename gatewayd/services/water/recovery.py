@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import structlog
 
@@ -70,7 +70,7 @@ class Recovery:
                 continue
             pt.session = session
             pt.recovered = True
-        closed, counts = await self._settle()
+        closed, counts = await self._settle(self.points.values())
         for pt in self.points.values():
             if pt.id not in closed and pt.fault is None:
                 await self.devices.valve_failed(
@@ -79,9 +79,19 @@ class Recovery:
                 await self.charging.finish(pt, EndReason.RESTART, counts.get(pt.id))
         return len(sessions)
 
-    async def _settle(self) -> tuple[set[str], dict[str, int | None]]:
-        """Every valve commanded closed and each recovered session's counter read, at
-        once, within START_IO_S: the points whose valve obeyed, and the counts read."""
+    async def close_new(self, points: Collection[PointRuntime]) -> None:
+        """Points a reload added or rewired: their valves commanded closed as at start,
+        within START_IO_S; one not confirmed by then is a `valve_fault`."""
+        closed, _ = await self._settle(points)
+        for pt in points:
+            if pt.id not in closed and pt.fault is None:
+                await self.devices.valve_failed(
+                    pt, f"not confirmed closed within {START_IO_S:g} s of the reload")
+
+    async def _settle(self, points: Collection[PointRuntime]
+                      ) -> tuple[set[str], dict[str, int | None]]:
+        """Every valve of `points` commanded closed and each recovered session's counter
+        read, at once, within START_IO_S: the points whose valve obeyed, and the counts."""
         closed: set[str] = set()
         counts: dict[str, int | None] = {}
 
@@ -93,11 +103,11 @@ class Recovery:
 
         try:
             async with asyncio.timeout(START_IO_S), asyncio.TaskGroup() as tg:
-                for pt in self.points.values():
+                for pt in points:
                     tg.create_task(settle(pt), name=f"start-{pt.id}")
         except TimeoutError:
             log.warning("valves_unconfirmed_at_start", budget_s=START_IO_S,
-                        points=sorted(p for p in self.points if p not in closed))
+                        points=sorted(p.id for p in points if p.id not in closed))
         return closed, counts
 
     async def at_shutdown(self) -> None:

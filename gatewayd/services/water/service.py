@@ -27,6 +27,10 @@ Contract:
   (gatewayd/rules/reader_flood.py). Granted taps are never folded; a folded
   refusal costs no store write.
 
+- A reload (`reconfigure`) keeps every running session, except on a point it
+  removes or rewires (ended `shutdown`, as at a stop); new valves are closed
+  before their points take taps, and readers are replaced between two taps.
+
 `WaterService` is the component: it builds the points and their helpers,
 runs one task per reader and per point, and dispatches each tap (a stop
 here, a start or a refusal in `taps.py`).
@@ -35,16 +39,18 @@ here, a start or a refusal in `taps.py`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from drivers.protocols import CardReader, CardTap, Counter, Switch
-from gatewayd.config.model import Config
+from drivers.tasks import cancel_and_wait
+from gatewayd.config.changes import Changes
+from gatewayd.config.model import Config, Point
 from gatewayd.contract.enums import AlarmCode, EndReason, TapReason
-from gatewayd.contract.events import reader_device
+from gatewayd.contract.events import flow_device, reader_device, valve_device
 from gatewayd.rules.reader_flood import RefusalFolder
 from gatewayd.rules.water import Limits, billing_for
 from gatewayd.services.alarms import Alarms
@@ -94,15 +100,12 @@ class WaterService:
         self.heartbeat_s: float | None = max(30.0, 10 * self.poll_s)
         w = config.water
         self.limits = Limits(w.step_fen, w.max_session_s, w.idle_close_s, w.offline_limit_fen)
-        self.points: dict[str, PointRuntime] = {}
-        for p in config.points:
-            tariff = config.tariffs.of(p.service)
-            valve, flow = devices[p.id]
-            bits = flow.bits if flow is not None else 32
-            ml = p.flow.ml_per_pulse if p.flow is not None else Decimal(0)
-            self.points[p.id] = PointRuntime(
-                p, valve, flow, billing_for(tariff.price, tariff.unit, ml, bits))
+        self.points = {p.id: _point(config, p, *devices[p.id]) for p in config.points}
         self.by_reader = {p.reader: self.points[p.id] for p in config.points}
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}   # "reader:ID", "point:ID"
+        # Held while a reader's tap is handled: a reload stops a reader between taps.
+        self._gates: dict[str, asyncio.Lock] = {}
         self.accepting = False
         self.offline_spend = OfflineSpend()
         self.taps = 0
@@ -131,18 +134,38 @@ class WaterService:
                  recovered=recovered)
 
     async def run(self, heartbeat: Heartbeat) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for reader in self.readers.values():
-                tg.create_task(self._reader(reader), name=f"reader-{reader.name}")
-            for pt in self.points.values():
-                tg.create_task(self.point_loop.run(pt), name=f"point-{pt.id}")
-            while True:
-                heartbeat.beat()
-                try:
-                    await self.answers.folded(self.refusals.roll(self.clock.mono()))
-                except Exception:   # a bug here must not stop the readers and points
-                    log.exception("reader_flood_roll_failed")
-                await asyncio.sleep(1.0)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for reader in self.readers.values():
+                    self._spawn_reader(reader)
+                for pt in self.points.values():
+                    self._spawn(f"point:{pt.id}", self.point_loop.run(pt))
+                while True:
+                    heartbeat.beat()
+                    try:
+                        await self.answers.folded(self.refusals.roll(self.clock.mono()))
+                    except Exception:   # a bug here must not stop the readers and points
+                        log.exception("reader_flood_roll_failed")
+                    await asyncio.sleep(1.0)
+        finally:
+            self._tg = None
+            self._tasks.clear()
+
+    def _spawn(self, key: str, coro: Coroutine[Any, Any, None]) -> None:
+        """A reader's or point's task, in the running TaskGroup (or at the next `run`)."""
+        if self._tg is None:
+            coro.close()
+            return
+        self._tasks[key] = self._tg.create_task(coro, name=key.replace(":", "-"))
+
+    def _spawn_reader(self, reader: CardReader) -> None:
+        self._spawn(f"reader:{reader.name}", self._reader(reader))
+
+    async def _stop(self, key: str) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            await cancel_and_wait([task])
 
     async def shutdown(self) -> None:
         """Stop taking taps; close every valve and end its session (`shutdown`)."""
@@ -154,11 +177,16 @@ class WaterService:
 
     async def _reader(self, reader: CardReader) -> None:
         device = reader_device(reader.name)
+        gate = self._gates.setdefault(reader.name, asyncio.Lock())
 
         def status(online: bool, detail: str) -> None:
             self.alarms.report_soon(AlarmCode.READER_OFFLINE, device, detail, not online)
 
-        await reader.run(self.on_tap, status)
+        async def tap(t: CardTap) -> None:
+            async with gate:
+                await self.on_tap(t)
+
+        await reader.run(tap, status)
 
     async def on_tap(self, tap: CardTap) -> None:
         """A card at a reader: start, stop or refuse, with one `tap` event."""
@@ -172,6 +200,9 @@ class WaterService:
         async with pt.lock:
             if not self.accepting:
                 return  # shutdown began while this tap waited for the point
+            if pt.retired:
+                log.info("tap_ignored_during_reload", reader=tap.reader, card=tap.uid, point=pt.id)
+                return
             if pt.session is not None and pt.session.card == tap.uid:
                 await self.answers.record(tap, pt.id, granted=True, reason=TapReason.STOP)
                 await self.point_loop.end(pt, EndReason.TAP)
@@ -179,6 +210,68 @@ class WaterService:
             # Another card at a busy or faulty point is refused by check_tap,
             # after the card's own identity (a lost card is reported as lost).
             await self.answers.start(pt, tap)
+
+    # --- reload -------------------------------------------------------------------
+
+    async def reconfigure(self, config: Config, changes: Changes, *,
+                          devices: Mapping[str, tuple[Switch, Counter | None]],
+                          readers: Mapping[str, CardReader]) -> None:
+        """Take a reloaded config (`devices`: the added and rewired points'; `readers`:
+        the added and changed readers, made anew).
+
+        A session runs on across a reload unless its point is removed or rewired (a
+        new valve, flow meter, bus or service): then it ends as at a stop (`shutdown`:
+        valve closed, charged in full) and the point goes. Added and rewired points
+        have their valves closed before they take taps, as at start."""
+        new = {p.id: p for p in config.points}
+        for rid in sorted(changes.readers.removed | changes.readers.changed):
+            async with self._gates.setdefault(rid, asyncio.Lock()):   # between two taps
+                await self._stop(f"reader:{rid}")
+            self.readers.pop(rid, None)
+        gone = sorted(changes.points.removed | changes.rewired_points)
+        for pid in gone:
+            await self._retire(self.points.pop(pid))
+        await self.alarms.forget_devices(
+            {d for pid in gone for d in (valve_device(pid), flow_device(pid))}
+            | {reader_device(rid) for rid in changes.readers.removed})
+        for pid in sorted(changes.points.changed - changes.rewired_points):
+            pt = self.points[pid]
+            async with pt.lock:
+                pt.cfg = new[pid]
+        fresh = {pid: _point(config, new[pid], *devices[pid])
+                 for pid in sorted(changes.points.added | changes.rewired_points)}
+        self.points.update(fresh)
+        await self.recovery.close_new(list(fresh.values()))
+        self._take_rules(config, changes)
+        self.by_reader = {p.reader: self.points[p.id] for p in config.points}
+        self.readers.update(readers)
+        for reader in readers.values():
+            self._spawn_reader(reader)
+        for pt in fresh.values():
+            self._spawn(f"point:{pt.id}", self.point_loop.run(pt))
+        self.config = config
+
+    async def _retire(self, pt: PointRuntime) -> None:
+        """End the point's session (`shutdown`) and its loop: it takes no more taps."""
+        async with pt.lock:
+            if pt.session is not None:
+                log.warning("session_ended_by_reload", point=pt.id, card=pt.session.card,
+                            detail="its point was removed or rewired")
+                await self.point_loop.end(pt, EndReason.SHUTDOWN)
+            await self._stop(f"point:{pt.id}")
+            pt.retired = True
+
+    def _take_rules(self, config: Config, changes: Changes) -> None:
+        """[water], the flood limit and the file's tariffs, from now on."""
+        w = config.water
+        self.limits = Limits(w.step_fen, w.max_session_s, w.idle_close_s, w.offline_limit_fen)
+        self.charging.limits = self.limits
+        self.answers.policy = w
+        self.refusals.limit = config.gateway.refused_taps_per_min
+        if changes.tariffs:
+            for service in ("shower", "drinking"):
+                tariff = config.tariffs.of(service)
+                self.set_tariff(service, tariff.price, tariff.unit)
 
     # --- for commands and status --------------------------------------------------
 
@@ -215,3 +308,11 @@ class WaterService:
             "fault": pt.fault if pt.fault is not None else (
                 None if pt.flow_offline is None else f"flow meter: {pt.flow_offline}"),
         }
+
+
+def _point(config: Config, p: Point, valve: Switch, flow: Counter | None) -> PointRuntime:
+    """The point `p` at run time, billed at its service's tariff in `config`."""
+    tariff = config.tariffs.of(p.service)
+    bits = flow.bits if flow is not None else 32
+    ml = p.flow.ml_per_pulse if p.flow is not None else Decimal(0)
+    return PointRuntime(p, valve, flow, billing_for(tariff.price, tariff.unit, ml, bits))
