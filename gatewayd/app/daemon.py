@@ -29,6 +29,7 @@ from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
+from gatewayd.services.status_page import StatusPage
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta
 from gatewayd.store.cards import Cards
@@ -226,6 +227,8 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))
+    if config.web is not None:
+        components.append(StatusPage(config, snapshot))
     notifier = notifier or Notifier()
     snapshot.notify = notifier.status
     supervisor = Supervisor(components, notifier)
