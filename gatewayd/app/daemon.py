@@ -145,11 +145,7 @@ async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterSer
 def _public_key(config: Config) -> Ed25519PublicKey | None:
     center = config.center
     assert center is not None
-    if center.insecure_unsigned_commands:
-        log.warning("insecure_unsigned_commands",
-                    detail="center.insecure_unsigned_commands = true: unsigned commands are "
-                    "accepted. Lab use only: anyone who can publish on the broker can move "
-                    "money and cut power.")
+    # center.insecure_unsigned_commands is warned about by the link at every start.
     if center.command_public_key_file is None:
         return None
     return load_public_key(center.command_public_key_file)

@@ -183,7 +183,7 @@ class Snapshot:
                 self._tell_systemd(view)
                 await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
-                failures.failed(error=str(e))
+                failures.failed(error=e.strerror or str(e))   # the path is in the context
             else:
                 failures.ok()
             heartbeat.beat()
@@ -215,7 +215,7 @@ class Snapshot:
         try:
             await asyncio.to_thread(write_atomic, self.path, view)
         except OSError as e:
-            log.warning("status_file_failed", path=str(self.path), error=str(e))
+            log.warning("status_file_failed", path=str(self.path), error=e.strerror or str(e))
 
 
 def write_atomic(path: Path, doc: dict[str, Any]) -> None:
