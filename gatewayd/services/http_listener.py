@@ -113,3 +113,20 @@ class HttpListener:
         except Exception as e:  # one failing page must not take the listener down
             log.exception(f"{self.name}_request_failed", path=path.decode(errors="replace"))
             return Response(f"{e}\n".encode(), status="500 Internal Server Error")
+
+
+class ListeningComponent:
+    """A supervisor component that is its `listener`: nothing to start, serve, close."""
+
+    name: str
+    listener: HttpListener
+    heartbeat_s: float | None = None  # event-driven: it only answers requests
+
+    async def start(self) -> None:
+        return None
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        await self.listener.serve(heartbeat)
+
+    async def shutdown(self) -> None:
+        await self.listener.close()

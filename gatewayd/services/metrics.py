@@ -39,9 +39,8 @@ from gatewayd import __version__
 from gatewayd.config.model import Config
 from gatewayd.contract.enums import CutReason
 from gatewayd.services.alarms import Alarms
-from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import AnyBus, bus_view
-from gatewayd.services.http_listener import HttpListener, Response
+from gatewayd.services.http_listener import HttpListener, ListeningComponent, Response
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
@@ -57,11 +56,10 @@ CenterView = Callable[[], Mapping[str, Any] | None]
 _decode = msgspec.json.Decoder()
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(ListeningComponent):
     """The `metrics` component: an HTTP listener on `config.metrics`."""
 
     name = "metrics"
-    heartbeat_s: float | None = None  # event-driven: it only answers scrapes
 
     def __init__(
         self,
@@ -126,17 +124,6 @@ class MetricsEndpoint:
         with self._lock:
             return (Counter(self._events), Counter(self._cuts), Counter(self._charged),
                     Counter(self._taps))
-
-    # --- component ----------------------------------------------------------------
-
-    async def start(self) -> None:
-        return None
-
-    async def run(self, heartbeat: Heartbeat) -> None:
-        await self.listener.serve(heartbeat)
-
-    async def shutdown(self) -> None:
-        await self.listener.close()
 
     # --- HTTP -----------------------------------------------------------------------
 

@@ -19,8 +19,7 @@ import base64
 import hashlib
 
 from gatewayd.config.model import Config
-from gatewayd.services.component import Heartbeat
-from gatewayd.services.http_listener import HttpListener, Response
+from gatewayd.services.http_listener import HttpListener, ListeningComponent, Response
 from gatewayd.services.snapshot import Snapshot
 from gatewayd.services.status_html import page
 
@@ -71,11 +70,10 @@ HEADERS = (
 )
 
 
-class StatusPage:
+class StatusPage(ListeningComponent):
     """The `web` component: the page on `config.web`."""
 
     name = "web"
-    heartbeat_s: float | None = None  # event-driven: it only answers requests
 
     def __init__(self, config: Config, snapshot: Snapshot) -> None:
         if config.web is None:
@@ -87,12 +85,3 @@ class StatusPage:
         view = await self.snapshot.full_view()
         body = page(view, style=STYLE, script=SCRIPT, refresh_s=REFRESH_S)
         return Response(body.encode(), content_type="text/html; charset=utf-8", headers=HEADERS)
-
-    async def start(self) -> None:
-        return None
-
-    async def run(self, heartbeat: Heartbeat) -> None:
-        await self.listener.serve(heartbeat)
-
-    async def shutdown(self) -> None:
-        await self.listener.close()
