@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv
+# chromium and chromium-driver: the status page's tests load it in a real headless browser.
+DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo deps venv lint typecheck pytest bench soak schemas clean

@@ -176,7 +176,10 @@ insecure_unsigned_commands = true
         seen = await center.wait_for(lambda seen: not seen[-1].json()["online"], timeout=30)
     assert seen[-1].json()["building"] == "b07"
     out = daemon.output.decode()
-    assert "insecure_unsigned_commands" in out  # warned at start
+    # Warned at start, once, under one name.
+    warned = [json.loads(line) for line in out.splitlines() if "insecure_unsigned" in line]
+    assert [(w["event"], w["level"]) for w in warned] == [
+        ("center_insecure_unsigned_commands", "warning")], warned
 
 
 async def test_backlog_survives_sigkill_mid_drain_and_resend_keeps_ids(

@@ -199,7 +199,7 @@ async def test_a_taken_port_does_not_stop_the_gateway(tmp_path: Path, building: 
                     break
                 await asyncio.sleep(0.1)
             assert all(rt.last is not None for rt in power.rooms.values())
-            assert metrics.server is None
+            assert metrics.listener.server is None
             assert not task.done()
         finally:
             supervisor.request_stop("test over")

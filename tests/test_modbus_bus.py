@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 import pytest
 
@@ -285,9 +286,28 @@ async def test_unreachable_endpoint_fails_fast_after_first_attempt() -> None:
         meter = bus.meter("m", 1, shipped("eastron-sdm120"))
         with pytest.raises(DeviceError, match="cannot connect"):
             await meter.read()
-        with pytest.raises(DeviceError, match="retrying in"):
+        with pytest.raises(DeviceError, match=r"cannot connect .* \(reconnecting\)"):
             await meter.read()
         assert not bus.connected
+
+
+async def test_a_dead_endpoint_gives_its_alarm_a_detail_that_does_not_tick() -> None:
+    """The meter_offline alarm's detail is the error of the failure that took the meter
+    offline: it names the cause, never a countdown ("retrying in 0.6 s") frozen in it."""
+    changes: list[tuple[str, bool, str]] = []
+    async with ModbusBus.tcp("nowhere", "127.0.0.1", 1, timeout_s=TEST_TIMEOUT_S, retries=0,
+                             on_health=lambda *change: changes.append(change)) as bus:
+        meter = bus.meter("meter:101", 1, shipped("eastron-sdm120"))
+        errors = []
+        for _ in range(5):
+            with pytest.raises(DeviceError) as e:
+                await meter.read()
+            errors.append(str(e.value))
+    assert len(set(errors[1:])) == 1, errors
+    ((device, online, detail),) = changes
+    assert (device, online) == ("meter:101", False)
+    assert "cannot connect to 127.0.0.1:1" in detail and "(reconnecting)" in detail, detail
+    assert not re.search(r"\d s\b", detail), detail
 
 
 async def test_closed_bus_refuses_requests(sim_building: SimBuilding) -> None:

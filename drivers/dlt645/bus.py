@@ -279,7 +279,8 @@ class Dlt645Bus:
             return self._link
         now = time.monotonic()
         if now < self._closed_until:
-            raise LinkDown(f"{self._closed_why}; trying again in {self._closed_until - now:.1f} s")
+            # No countdown: it would freeze into the meter_offline alarm's detail.
+            raise LinkDown(f"{self._closed_why} (reopening)")
         self._link, self._answered = None, False
         try:
             self._link = await self._opener()

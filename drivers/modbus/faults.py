@@ -110,7 +110,9 @@ class BusOutages:
         """Raise `LinkDown` while the back-off after a failed attempt lasts."""
         now = time.monotonic()
         if now < self._down_until:
-            raise LinkDown(f"{self._down_reason}; retrying in {self._down_until - now:.1f} s")
+            # No countdown in the message: it becomes the meter_offline alarm's detail,
+            # which must not freeze a moment's "retrying in 0.6 s" (the log has retry_in_s).
+            raise LinkDown(f"{self._down_reason} (reconnecting)")
 
     def connect_failed(self, reason: str) -> None:
         """A connection could not be made (or was lost before it answered): back off."""
@@ -148,7 +150,7 @@ class BusOutages:
         """The error for a request while the back-off after a noisy line lasts, else None."""
         now = time.monotonic()
         if now < self._noisy_until:
-            return LinkNoisy(f"line noisy; retrying in {self._noisy_until - now:.1f} s")
+            return LinkNoisy("line noisy (requests paused)")  # no countdown: see refuse_connect
         return None
 
     def line_noisy(self, exc: LinkNoisy) -> None:

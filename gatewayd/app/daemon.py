@@ -30,6 +30,7 @@ from gatewayd.services.hardware import Hardware
 from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
+from gatewayd.services.status_page import StatusPage
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta
 from gatewayd.store.cards import Cards
@@ -145,11 +146,7 @@ async def apply_saved_tariffs(store: Store, power: PowerService, water: WaterSer
 def _public_key(config: Config) -> Ed25519PublicKey | None:
     center = config.center
     assert center is not None
-    if center.insecure_unsigned_commands:
-        log.warning("insecure_unsigned_commands",
-                    detail="center.insecure_unsigned_commands = true: unsigned commands are "
-                    "accepted. Lab use only: anyone who can publish on the broker can move "
-                    "money and cut power.")
+    # center.insecure_unsigned_commands is warned about by the link at every start.
     if center.command_public_key_file is None:
         return None
     return load_public_key(center.command_public_key_file)
@@ -227,6 +224,8 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
     if config.metrics is not None:
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))
+    if config.web is not None:
+        components.append(StatusPage(config, snapshot))
     notifier = notifier or Notifier()
     snapshot.notify = notifier.status
     reloader = Reloader(config, hardware, power, water, make_reader=make_reader,

@@ -184,7 +184,9 @@ class CenterLink:
         self._loop = asyncio.get_running_loop()
         if self.center.insecure_unsigned_commands:
             log.warning("center_insecure_unsigned_commands",
-                        detail="unsigned commands are accepted (center.insecure_unsigned_commands)")
+                        detail="center.insecure_unsigned_commands = true: unsigned commands are "
+                        "accepted. Lab use only: anyone who can publish on the broker can move "
+                        "money and cut power.")
 
     async def run(self, heartbeat: Heartbeat) -> None:
         self._loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """The gateway's own tables: [gateway] (who it is, where it keeps state), [center] (the
-MQTT link and its keys) and [metrics] (the Prometheus endpoint).
+MQTT link and its keys), [metrics] (the Prometheus endpoint) and [web] (the status page).
 
 Contract of the module: each reader takes its table, records every problem on
 it (each with its place in the file) and returns a usable section; file and
@@ -8,6 +8,7 @@ folder keys go through `files.Files`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -21,8 +22,9 @@ from gatewayd.config.model import (
     CenterSection,
     GatewaySection,
     Metrics,
+    Web,
 )
-from gatewayd.config.validate import Table, show
+from gatewayd.config.validate import Problem, Table, show
 
 __all__ = [
     "DEFAULT_PROFILES_DIR",
@@ -30,6 +32,7 @@ __all__ = [
     "read_center",
     "read_gateway",
     "read_metrics",
+    "read_web",
     "system_timezone",
 ]
 
@@ -206,10 +209,41 @@ def _check_public_key(t: Table, path: Path) -> None:
 
 def read_metrics(t: Table) -> Metrics | None:
     """[metrics]: `listen`, "HOST:PORT"."""
-    listen = t.text("listen", "127.0.0.1:9108")
+    listen = _listen(t, "127.0.0.1:9108")
+    return Metrics(*listen) if listen else None
+
+
+def read_web(t: Table, metrics: Metrics | None, warnings: list[Problem]) -> Web | None:
+    """[web]: `listen`, "HOST:PORT". Another host than loopback is allowed (a phone on the
+    building's network) with a warning: the page has no login (docs/decisions.md)."""
+    listen = _listen(t, "127.0.0.1:8080")
+    if listen is None:
+        return None
+    if metrics is not None and listen == (metrics.host, metrics.port):
+        t.problem("listen", f"{listen[0]}:{listen[1]} is [metrics] listen too: use another port")
+        return None
+    if not _loopback(listen[0]):
+        warnings.append(Problem(t.at("listen"), (
+            f"{listen[0]} is not loopback: anyone who reaches port {listen[1]} sees every "
+            "room's balance, without a login; let only the staff network reach it")))
+    return Web(*listen)
+
+
+def _listen(t: Table, default: str) -> tuple[str, int] | None:
+    """The table's `listen` ("HOST:PORT", IPv6 in brackets) as (host, port)."""
+    listen = t.text("listen", default)
     t.done()
     m = LISTEN_RE.fullmatch(listen)
     if not m or not 1 <= int(m.group(2)) <= 65535:
         t.problem("listen", f'expected "HOST:PORT", got {show(listen)}')
         return None
-    return Metrics(m.group(1).strip("[]"), int(m.group(2)))
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface

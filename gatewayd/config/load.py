@@ -7,7 +7,7 @@ loaded and checked here too, so a config that loads is one the daemon can run.
 Things worth saying that do not stop it (a curfew exception naming a room not
 in this file) are `warnings`, on the `Config` or the `ConfigError`.
 
-Each table has its reader: `gateway` ([gateway], [center], [metrics]),
+Each table has its reader: `gateway` ([gateway], [center], [metrics], [web]),
 `policies` ([tariffs], [power], [water]), `buses` (buses, devices, profiles),
 `rooms`, `points` (readers and water points); `files` resolves and checks
 the paths. Relative paths (`state_dir`, `profiles_dir`, `*_file`) are taken
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gatewayd.config.buses import Wiring
 from gatewayd.config.files import Files
-from gatewayd.config.gateway import read_center, read_gateway, read_metrics
+from gatewayd.config.gateway import read_center, read_gateway, read_metrics, read_web
 from gatewayd.config.model import POWER_DEFAULTS, Config
 from gatewayd.config.points import read_points, read_readers
 from gatewayd.config.policies import read_curfew, read_power_rules, read_tariffs, read_water
@@ -88,6 +88,8 @@ def _read(path: Path, root: Table, files: Files, warnings: list[Problem]) -> Con
     wiring.check()
     metrics_t = root.table("metrics")
     metrics = read_metrics(metrics_t) if metrics_t else None
+    web_t = root.table("web")
+    web = read_web(web_t, metrics, warnings) if web_t else None
     root.done()
     if root.problems:
         return None
@@ -104,6 +106,7 @@ def _read(path: Path, root: Table, files: Files, warnings: list[Problem]) -> Con
         readers=readers,
         points=points,
         metrics=metrics,
+        web=web,
         profiles=dict(wiring.profiles),
         warnings=tuple(warnings),
     )

@@ -226,6 +226,14 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class Web:
+    """[web]: the read-only status page's listen address."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     gateway: GatewaySection
@@ -239,6 +247,7 @@ class Config:
     readers: Mapping[str, Reader]
     points: tuple[Point, ...]
     metrics: Metrics | None
+    web: Web | None = None
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()
 

@@ -9,7 +9,8 @@ Contract:
   are counted from the store's commits since this start; the present state
   (rooms cut now, by reason) is a gauge that survives restarts.
 - Monitoring never stops the gateway: a port that cannot be bound is logged
-  (`metrics_listen_failed`) and retried; a failing scrape answers 500.
+  (`metrics_listen_failed`) and retried; a failing scrape answers 500
+  (`http_listener.HttpListener` serves it).
 
 Wiring (daemon.py, after the components exist):
 
@@ -23,8 +24,6 @@ a mapping with `connected`), or None without a center link.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 import time
 from collections import Counter
@@ -40,8 +39,8 @@ from gatewayd import __version__
 from gatewayd.config.model import Config
 from gatewayd.contract.enums import CutReason
 from gatewayd.services.alarms import Alarms
-from gatewayd.services.component import Heartbeat
 from gatewayd.services.hardware import AnyBus, bus_view
+from gatewayd.services.http_listener import HttpListener, ListeningComponent, Response
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import outbox
@@ -50,12 +49,6 @@ from gatewayd.store.txn import Event
 
 log = structlog.get_logger(__name__)
 
-# Retry a port that could not be bound (taken by another process) this often.
-LISTEN_RETRY_S = 30.0
-# A scraper that does not finish its request within this is dropped.
-REQUEST_TIMEOUT_S = 5.0
-# Longest request head read: a scrape is one short GET.
-MAX_REQUEST_BYTES = 8192
 CLASS_NAMES = ("result", "money", "event", "telemetry")
 
 CenterView = Callable[[], Mapping[str, Any] | None]
@@ -63,11 +56,10 @@ CenterView = Callable[[], Mapping[str, Any] | None]
 _decode = msgspec.json.Decoder()
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(ListeningComponent):
     """The `metrics` component: an HTTP listener on `config.metrics`."""
 
     name = "metrics"
-    heartbeat_s: float | None = None  # event-driven: it only answers scrapes
 
     def __init__(
         self,
@@ -91,7 +83,8 @@ class MetricsEndpoint:
         self.water = water
         self.alarms = alarms
         self.center = center
-        self.server: asyncio.Server | None = None
+        self.listener = HttpListener("metrics", self.host, self.port,
+                                     {b"/metrics": self._metrics, b"/": self._index})
         self._pending: outbox.Pending | None = None
         # Counted in the store's writer thread, read at scrapes on the loop.
         self._lock = threading.Lock()
@@ -132,67 +125,13 @@ class MetricsEndpoint:
             return (Counter(self._events), Counter(self._cuts), Counter(self._charged),
                     Counter(self._taps))
 
-    # --- component ----------------------------------------------------------------
-
-    async def start(self) -> None:
-        return None
-
-    async def run(self, heartbeat: Heartbeat) -> None:
-        failures = 0
-        while self.server is None:
-            try:
-                self.server = await asyncio.start_server(
-                    self._serve, self.host, self.port, limit=MAX_REQUEST_BYTES)
-            except OSError as e:
-                failures += 1
-                (log.warning if failures == 1 else log.debug)(
-                    "metrics_listen_failed", listen=f"{self.host}:{self.port}", error=str(e),
-                    retry_in_s=LISTEN_RETRY_S)
-                await asyncio.sleep(LISTEN_RETRY_S)
-        log.info("metrics_listening", listen=f"{self.host}:{self.port}")
-        heartbeat.beat()
-        await self.server.serve_forever()
-
-    async def shutdown(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.server.wait_closed()
-
     # --- HTTP -----------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                request = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = request.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
-            elif path == b"/metrics":
-                try:
-                    body = await self.scrape()
-                    status, ctype = "200 OK", CONTENT_TYPE_LATEST
-                except Exception as e:  # a scrape must not take the listener down
-                    log.exception("metrics_scrape_failed")
-                    status, body, ctype = "500 Internal Server Error", f"{e}\n".encode(), "text/plain"
-            elif path == b"/":
-                status, body, ctype = "200 OK", b"gatewayd: metrics at /metrics\n", "text/plain"
-            else:
-                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            writer.write(head + (b"" if method == b"HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+    async def _metrics(self) -> Response:
+        return Response(await self.scrape(), content_type=CONTENT_TYPE_LATEST)
+
+    async def _index(self) -> Response:
+        return Response(b"gatewayd: metrics at /metrics\n")
 
     async def scrape(self) -> bytes:
         """The exposition, as of now."""

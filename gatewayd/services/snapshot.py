@@ -159,7 +159,7 @@ class Snapshot:
     async def start(self) -> None:
         return None
 
-    async def _full_view(self) -> dict[str, Any]:
+    async def full_view(self) -> dict[str, Any]:
         """`view()` and what waits in the outbox: results and events (`pending`),
         telemetry (read from the store, hence not in `view`)."""
         view = self.view()
@@ -179,11 +179,11 @@ class Snapshot:
                               path=str(self.path))
         while True:
             try:
-                view = await self._full_view()
+                view = await self.full_view()
                 self._tell_systemd(view)
                 await asyncio.to_thread(write_atomic, self.path, view)
             except OSError as e:
-                failures.failed(error=str(e))
+                failures.failed(error=e.strerror or str(e))   # the path is in the context
             else:
                 failures.ok()
             heartbeat.beat()
@@ -207,7 +207,7 @@ class Snapshot:
             self.notify(line)
 
     async def shutdown(self) -> None:
-        view = await self._full_view()
+        view = await self.full_view()
         view["stopped"] = True
         if view["center"].get("configured"):
             # Written before the link says goodbye: it is about to disconnect.
@@ -215,7 +215,7 @@ class Snapshot:
         try:
             await asyncio.to_thread(write_atomic, self.path, view)
         except OSError as e:
-            log.warning("status_file_failed", path=str(self.path), error=str(e))
+            log.warning("status_file_failed", path=str(self.path), error=e.strerror or str(e))
 
 
 def write_atomic(path: Path, doc: dict[str, Any]) -> None:

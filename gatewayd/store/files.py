@@ -170,7 +170,9 @@ class StateFiles:
             for leftover in (tmp, f"{tmp}-journal"):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
-            raise StoreError(f"cannot copy the open database beside {self.path}: {e}") from e
+            # The log line of the caller names the database (`path=`): not repeated here.
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise StoreError(f"cannot copy the open database beside it: {why}") from e
         return tmp
 
     def put_in_place(self, tmp: str) -> None:
@@ -180,7 +182,7 @@ class StateFiles:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise StoreError(f"cannot put {self.path} back: {e.strerror or e}") from e
+            raise StoreError(f"cannot put the copy in place: {e.strerror or e}") from e
         try:
             _fsync_dir(self.state_dir)
         except OSError as e:  # the file is in place; only the rename's durability is unsure
