@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 # chromium and chromium-driver: the status page's tests load it in a real headless browser.
 DEB_PACKAGES := mosquitto mosquitto-clients socat pcscd libpcsclite-dev vsmartcard-vpcd gcc python3-dev python3-venv chromium chromium-driver
 STAMP := $(VENV)/.installed
+CENTER_NODE := examples/center-node
 
-.PHONY: test demo deps venv lint typecheck pytest bench soak schemas clean
+.PHONY: test demo deps venv node lint typecheck pytest bench soak schemas clean
 
 # Debian packages the tests and the demo need; skipped when already installed.
 deps:
@@ -29,16 +30,27 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
+# The Node.js center example (tests/test_node_center.py): Debian's nodejs and npm
+# when there is no node, then the locked packages (npm's cache first: offline-safe).
+$(CENTER_NODE)/node_modules/.installed: $(CENTER_NODE)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+	cd $(CENTER_NODE) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(CENTER_NODE)/node_modules/.installed
+
 lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy --strict
 
-pytest: venv
+pytest: venv node
 	$(BIN)/pytest -q
 
-test: venv
+test: venv node
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict
 	$(BIN)/pytest -q
