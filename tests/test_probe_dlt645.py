@@ -62,13 +62,14 @@ async def test_relay_trips_and_closes_and_a_wrong_password_is_said(
             "--password-file", tmp_path / "meter.password")
     code, out, err = await probe(*args, "--off")
     assert code == 0, err
-    assert out.splitlines()[1:] == [f"relay of meter {A}: on (on: closed, the room supplied)",
+    assert out.splitlines()[1:] == [f"relay of meter {A} (on: closed, the room supplied): on",
                                     "commanded off (trip)", "read back: off"]
     assert not line.meters[A].relay_closed
     (tmp_path / "meter.password").write_text("02:654321:00000001\n")
     code, out, _ = await probe(*args, "--on")
     assert code == 1 and not line.meters[A].relay_closed
-    assert out.splitlines()[-1].startswith("refused: the meter did not take the password")
+    assert out.splitlines()[-1] == ("read back: off: refused: the meter did not take the "
+                                    "password (password_file)")
 
 
 async def test_scan_finds_the_one_meter_by_the_wildcard_and_more_by_address(

@@ -24,9 +24,9 @@ from drivers.dlt645.frames import (
     ReadRequest,
     bcd_value,
 )
-from drivers.errors import DeviceError, FrameError, RelayRefused, SwitchMismatch
+from drivers.errors import DeviceError, FrameError
 from gatewayd.config.model import DeviceRef
-from gatewayd.tools.probe_show import doubt, on_off, print_table, with_unit
+from gatewayd.tools.probe_show import command, doubt, print_table, scan_summary, with_unit
 
 __all__ = ["read_meter", "scan", "switch"]
 
@@ -72,22 +72,9 @@ async def switch(bus: Dlt645Bus, name: str, ref: DeviceRef, *, credentials: Cred
     assert ref.profile.control is not None   # a relay profile has its [control]
     relay = bus.relay(name, ref.address, credentials or READ_ONLY, ref.profile.specs["state"],
                       tz=tz, control=ref.profile.control)
-    print(f"relay of meter {ref.address}: {on_off(await relay.get())} "
-          "(on: closed, the room supplied)")
-    if on is None:
-        return EXIT_OK
-    print(f"commanded {on_off(on)} ({'close' if on else 'trip'})")
-    try:
-        await relay.set(on)
-    except RelayRefused as e:
-        print(f"refused: the meter did not take the password (password_file); "
-              f"read back: {on_off(e.actual)}")
-        return EXIT_FAILURE
-    except SwitchMismatch as e:
-        print(f"read back: {on_off(e.actual)}: the relay did not follow")
-        return EXIT_FAILURE
-    print(f"read back: {on_off(await relay.get())}")
-    return EXIT_OK
+    return await command(relay, f"relay of meter {ref.address} (on: closed, the room supplied)",
+                         on, action=f" ({'close' if on else 'trip'})",
+                         not_followed="the relay did not follow")
 
 
 async def scan(bus: Dlt645Bus, addresses: Sequence[str]) -> int:
@@ -106,11 +93,7 @@ async def scan(bus: Dlt645Bus, addresses: Sequence[str]) -> int:
         how = "answers" if not isinstance(answer, ErrorAnswer) else (
             f"answers (refuses to read its address: error {answer.error:02X})")
         print(f"meter {address}: {how}", flush=True)
-    if not found:
-        print("no meter answered")
-        return EXIT_FAILURE
-    print(f"{len(found)} answered: {', '.join(found)}")
-    return EXIT_OK
+    return scan_summary(found, "meter")
 
 
 async def _wildcard(bus: Dlt645Bus) -> int:

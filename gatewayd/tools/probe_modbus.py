@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from drivers.errors import DeviceError, SwitchMismatch
+from drivers.errors import DeviceError
 from drivers.modbus.bus import ModbusBus
 from drivers.modbus.frames.pdu import READ_COILS, ReadRequest
 from drivers.modbus.plan import READ_FUNCTION, Slot, decode_value, plan_reads
 from drivers.profile import Field, Profile
 from gatewayd.config.model import DeviceRef
-from gatewayd.tools.probe_show import doubt, on_off, print_table, with_unit
+from gatewayd.tools.probe_show import command, doubt, print_table, scan_summary, with_unit
 
 __all__ = ["read_meter", "scan", "switch"]
 
@@ -60,17 +60,8 @@ async def switch(bus: ModbusBus, name: str, ref: DeviceRef, on: bool | None) -> 
     f = ref.profile.fields["state"]
     where = f"{f.table} {sw.address}" + (" (inverted: on is the relay released)" if ref.invert
                                          else "")
-    print(f"{where}: {on_off(await sw.get())}")
-    if on is None:
-        return EXIT_OK
-    print(f"commanded {on_off(on)}")
-    try:
-        await sw.set(on)
-    except SwitchMismatch as e:
-        print(f"read back: {on_off(e.actual)}: it did not follow (wiring, channel or invert?)")
-        return EXIT_FAILURE
-    print(f"read back: {on_off(await sw.get())}")
-    return EXIT_OK
+    return await command(sw, where, on,
+                         not_followed="it did not follow (wiring, channel or invert?)")
 
 
 async def scan(bus: ModbusBus, units: Sequence[int], profile: Profile | None) -> int:
@@ -83,11 +74,7 @@ async def scan(bus: ModbusBus, units: Sequence[int], profile: Profile | None) ->
             continue
         found.append(unit)
         print(f"unit {unit:3}: {answer}", flush=True)
-    if not found:
-        print("no unit answered")
-        return EXIT_FAILURE
-    print(f"{len(found)} answered: units {', '.join(map(str, found))}")
-    return EXIT_OK
+    return scan_summary([str(u) for u in found], "unit", "units ")
 
 
 def _cheap_read(profile: Profile | None) -> ReadRequest:
