@@ -11,6 +11,7 @@ has DL/T 645 fields instead, checked by `drivers.dlt645.profile` into `specs`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import tomllib
@@ -150,8 +151,10 @@ def load_profile(name: str, dirs: Sequence[Path]) -> Profile:
         if path.is_file():
             return load_profile_file(path)
     searched = ", ".join(str(d) for d in dirs) or "(no directories)"
+    close = difflib.get_close_matches(name, list(available_profiles(dirs)), n=1, cutoff=0.7)
+    hint = f'; did you mean "{close[0]}"?' if close else ""
     raise ProfileError(
-        [ProfileProblem(f"{name}.toml", "", f'no profile "{name}" in {searched}')]
+        [ProfileProblem(f"{name}.toml", "", f'no profile "{name}" in {searched}{hint}')]
     )
 
 

@@ -59,8 +59,9 @@ def character_time_s(baudrate: int, parity: str = "N", stopbits: int = 1) -> flo
 
 async def open_serial(factory: Callable[[], LineT], port: str, *, baudrate: int, parity: str,
                       stopbits: int, timeout_s: float) -> LineT:
-    """Open `port` (8 data bits) with the protocol `factory()` makes; `LinkDown` if it cannot
-    (no such port, no permission, or settings the driver refuses)."""
+    """Open `port` (8 data bits, exclusively: an flock) with the protocol `factory()` makes;
+    `LinkDown` if it cannot (no such port, no permission, settings the driver refuses, or
+    another program holds it)."""
     import termios
 
     import serial
@@ -75,9 +76,11 @@ async def open_serial(factory: Callable[[], LineT], port: str, *, baudrate: int,
 
     try:
         async with asyncio.timeout(timeout_s + 1.0):
+            # exclusive: an flock on the port, so that a second program (another
+            # gatewayd, `gatewayd probe`) cannot interleave its bytes with ours.
             await serial_asyncio_fast.create_serial_connection(
                 loop, make, port, baudrate=baudrate, parity=parity, stopbits=stopbits,
-                bytesize=8)
+                bytesize=8, exclusive=True)
             # The transport calls connection_made on a later loop iteration.
             await made[0]._ready
     except (OSError, TimeoutError, ValueError, serial.SerialException, termios.error) as exc:

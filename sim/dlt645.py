@@ -10,12 +10,14 @@ written one by one at the wire's pace, one direction at a time.
 A meter (`SimDltMeter`) has the physics of `sim.modbus_units.SimMeter` (power drawn
 while its relay is closed, energy integrated when read), answers reads of the
 data identifiers of the shipped profiles (energy, power, voltage, current, PF,
-status word 3) and relay control with its password and deadline (on the meter's
-clock, `tz`). Faults per meter: `silent` (no answer), a password that differs
+status word 3) and its address (04000401), and relay control with its password and
+deadline (on the meter's clock, `tz`). Faults per meter: `silent` (no answer), a password that differs
 from the gateway's (DC, error 04), `stuck` (the relay answers 9C and does not
 move), `late_s` (answers after that delay), `foreign` (answers with another
 address), `noise` (bytes sent before each answer); and `SimDltLine.inject` for
-noise on the line. `wire` logs (monotonic time, "request"/"answer", bytes).
+noise on the line. The wildcard read of the address (13 to AA..AA) is answered by the
+one meter of the line, garbled when several answer at once. `wire` logs (monotonic
+time, "request"/"answer", bytes).
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ from drivers.dlt645.frames import (
     RELAY,
     RELAY_CLOSE,
     STATUS_WORD_3,
+    AddressAnswer,
     Answer,
     ErrorAnswer,
     Frame,
+    ReadAddress,
     ReadAnswer,
     ReadRequest,
     RelayAck,
     RelayCommand,
+    address_bytes,
     bcd_bytes,
     decode_request,
     scan,
@@ -62,6 +67,7 @@ DI_POWER = 0x02030000   # kW, signed XX.XXXX
 DI_VOLTAGE = 0x02010100   # V, XXX.X
 DI_CURRENT = 0x02020100   # A, signed XXX.XXX
 DI_PF = 0x02060000   # signed X.XXX
+DI_ADDRESS = 0x04000401   # the meter's communication address, low byte first
 RELAY_OPEN_BIT = 0x10   # status word 3, bit 4: the relay is open
 RELAY_CMD_BIT = 0x40   # status word 3, bit 6: the last command was a trip
 
@@ -119,6 +125,7 @@ class SimDltMeter:
             DI_CURRENT: bcd_bytes(round(current * 1000), 3, signed=True),
             DI_PF: bcd_bytes(round(m.pf * 1000), 2, signed=True),
             STATUS_WORD_3: status.to_bytes(2, "little"),
+            DI_ADDRESS: address_bytes(self.address),
         }
 
     def answer(self, request: ReadRequest | RelayCommand, now: float) -> Answer:
@@ -215,7 +222,10 @@ class SimDltLine:
             with contextlib.suppress(FrameError):
                 self._serve(decode_request(found.frame), self._wire_free)
 
-    def _serve(self, request: ReadRequest | RelayCommand, received_at: float) -> None:
+    def _serve(self, request: ReadRequest | RelayCommand | ReadAddress, received_at: float) -> None:
+        if isinstance(request, ReadAddress):
+            self._serve_address(received_at)
+            return
         meter = self.meters.get(request.address)
         if meter is None or meter.silent:
             return
@@ -226,6 +236,18 @@ class SimDltLine:
             frame = Frame(meter.foreign, frame.control, frame.data)
         self._send(meter.noise + frame.encode(),
                    received_at + self.turnaround_s + meter.late_s, "answer")
+
+    def _serve_address(self, received_at: float) -> None:
+        """The wildcard read of the address: every meter answers at once; one alone is
+        heard, several garble each other on the wire (a frame with a bad checksum)."""
+        heard = [m for m in self.meters.values() if not m.silent]
+        if not heard:
+            return
+        self.requests += 1
+        frame = bytearray(AddressAnswer(heard[0].address).frame().encode())
+        if len(heard) > 1:
+            frame[-2] ^= 0xFF
+        self._send(bytes(frame), received_at + self.turnaround_s, "answer")
 
     def _send(self, data: bytes, at: float, what: str) -> None:
         """Write `data` a byte at a time at the wire's pace, from loop time `at`."""

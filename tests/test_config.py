@@ -71,7 +71,8 @@ def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
 def problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    return [str(p) for p in info.value.problems]
+    # `place: message`; where each is (its line, its room) is tested on its own.
+    return [f"{p.place}: {p.message}" if p.place else p.message for p in info.value.problems]
 
 
 def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_many_problems_reported_at_once_with_places(tmp_path: Path) -> None:
     expected = [
         'gateway.building: expected 1 to 32 of a-z, 0-9 and \'-\', got "B07!"',
         "gateway.poll_interval_s: expected a number >= 0.1, got 0.01",
-        "gateway.tap_debounc_s: unknown key",
+        'gateway.tap_debounc_s: unknown key; did you mean "tap_debounce_s"?',
         'tariffs.power.price: expected a decimal string such as "0.56", got 0.56',
         "buses[0].parity: expected one of N, E, O, got \"X\"",
         'rooms[0].meter.bus: no bus named "rs485-c"',
@@ -309,9 +310,9 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     # A header, then each problem exactly as the spec shows it: `place: message`.
     assert res.stderr.splitlines() == [
         f"{bad}: 3 problems:",
-        "gateway.foo: unknown key",
-        "rooms[0].meter: required",
-        "rooms[0].breaker: required",
+        "gateway.foo: unknown key (line 3)",
+        'rooms[0].meter: required (room "1", line 4)',
+        'rooms[0].breaker: required (room "1", line 4)',
     ]
 
 
@@ -320,7 +321,7 @@ def test_run_refuses_bad_config_and_writes_nothing(tmp_path: Path) -> None:
     bad = write(tmp_path, f'[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\nbogus = true\n')
     res = run_cli("run", "-c", str(bad))
     assert res.returncode == 2
-    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key"]
+    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key (line 4)"]
     assert not state.exists()
 
 
@@ -328,7 +329,7 @@ def test_status_prints_problems_in_the_same_form(tmp_path: Path) -> None:
     bad = write(tmp_path, '[gateway]\nbuilding = "b07"\nbogus = true\n')
     res = run_cli("status", "-c", str(bad))
     assert res.returncode == 2
-    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key"]
+    assert res.stderr.splitlines() == [f"{bad}: 1 problem:", "gateway.bogus: unknown key (line 3)"]
 
 
 # -- curfew exceptions naming rooms not in the file ----------------------------
@@ -348,8 +349,8 @@ except = ["101", "102"]
 def test_curfew_except_unknown_room_is_a_warning(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, CURFEW_UNKNOWN))
     assert [str(w) for w in cfg.warnings] == [
-        'power.curfew[0].except[0]: no room "101" in this file (ignored)',
-        'power.curfew[0].except[1]: no room "102" in this file (ignored)',
+        'power.curfew[0].except[0]: no room "101" in this file (ignored) (line 9)',
+        'power.curfew[0].except[1]: no room "102" in this file (ignored) (line 9)',
     ]
     assert cfg.curfews[0].except_rooms == frozenset()
     # A room that exists is kept, and not warned about.
@@ -362,8 +363,8 @@ def test_check_config_prints_warnings_and_exits_0(tmp_path: Path) -> None:
     res = run_cli("check-config", str(path))
     assert res.returncode == 0, res.stderr
     assert res.stderr.splitlines() == [
-        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored)',
-        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored)',
+        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored) (line 9)',
+        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored) (line 9)',
     ]
     assert res.stdout.splitlines() == [f"{path}: ok, building b07: 0 rooms, 0 water points, "
                                        "0 readers, 0 buses, offline only (no [center])"]
@@ -375,9 +376,9 @@ def test_check_config_prints_warnings_after_problems(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.splitlines() == [
         f"{path}: 1 problem:",
-        "water.step_fen: expected an integer >= 1, got 0",
-        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored)',
-        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored)',
+        "water.step_fen: expected an integer >= 1, got 0 (line 12)",
+        'warning: power.curfew[0].except[0]: no room "101" in this file (ignored) (line 9)',
+        'warning: power.curfew[0].except[1]: no room "102" in this file (ignored) (line 9)',
     ]
 
 
@@ -403,8 +404,8 @@ def test_run_logs_config_warnings_at_start(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert [(w["level"], w["warning"]) for w in warnings] == [
-        ("warning", 'power.curfew[0].except[0]: no room "101" in this file (ignored)'),
-        ("warning", 'power.curfew[0].except[1]: no room "102" in this file (ignored)'),
+        ("warning", 'power.curfew[0].except[0]: no room "101" in this file (ignored) (line 9)'),
+        ("warning", 'power.curfew[0].except[1]: no room "102" in this file (ignored) (line 9)'),
     ]
 
 
@@ -470,7 +471,8 @@ def test_a_missing_profiles_dir_is_a_warning_and_a_file_an_error(tmp_path: Path)
                            f'profiles_dir = "{missing}"\n')
     cfg = load_config(path)
     assert [str(w) for w in cfg.warnings] == [
-        f'gateway.profiles_dir: no such directory "{missing}" (only the shipped profiles are used)']
+        f'gateway.profiles_dir: no such directory "{missing}" (only the shipped profiles are used) '
+        "(line 4)"]
     (tmp_path / "a-file").write_text("")
     path = write(tmp_path, '[gateway]\nbuilding = "b07"\nstate_dir = "{state}"\n'
                            'profiles_dir = "a-file"\n')
@@ -500,7 +502,8 @@ def test_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     res = run_cli("check-config", str(path))
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert "gateway.state_dir: expected a path without NUL characters" in res.stderr.splitlines()
+    assert "gateway.state_dir: expected a path without NUL characters (line 4)" in (
+        res.stderr.splitlines())
 
 
 # -- ids that already failed -----------------------------------------------------
@@ -678,7 +681,7 @@ def test_empty_names_and_shared_devices_are_problems(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert [str(w) for w in info.value.warnings] == [
-        "power.curfew[0].days: no days: this curfew never applies"
+        "power.curfew[0].days: no days: this curfew never applies (line 7)"
     ]
 
 
@@ -860,10 +863,10 @@ def test_secrets_readable_by_every_user_are_warned_about(tmp_path: Path) -> None
     assert res.stderr.splitlines() == [
         f"warning: center.password_file: {tmp_path}/mqtt.password is a secret readable by every "
         "user on this machine (mode 0666): chmod 0640 with the group gatewayd runs as "
-        "(chown root:gatewayd), or 0600 owned by that user",
+        "(chown root:gatewayd), or 0600 owned by that user (line 9)",
         f"warning: center.key_file: {tmp_path}/gw.key is a secret readable by every user on "
         "this machine (mode 0644): chmod 0640 with the group gatewayd runs as "
-        "(chown root:gatewayd), or 0600 owned by that user",
+        "(chown root:gatewayd), or 0600 owned by that user (line 12)",
     ]
     # 0640 is the contract's own mode for a secret (config.md): no warning.
     assert load_config(secrets(tmp_path, 0o640, tls=True, key_mode=0o640)).warnings == ()
@@ -879,7 +882,7 @@ def test_a_center_public_key_others_can_write_is_warned_about(tmp_path: Path) ->
     assert res.stderr.splitlines() == [
         f"warning: center.command_public_key_file: {tmp_path}/center.pub can be written by users "
         "other than its owner (mode 0666): whoever replaces it can forge the center's commands; "
-        "chmod 0644, owned by root",
+        "chmod 0644, owned by root (line 10)",
     ]
     (tmp_path / "center.pub").chmod(0o644)
     assert load_config(path).warnings == ()
@@ -909,7 +912,7 @@ def test_run_warns_about_a_readable_secret_at_start(tmp_path: Path) -> None:
     assert warnings == [
         f"center.password_file: {tmp_path}/mqtt.password is a secret readable by every user on "
         "this machine (mode 0644): chmod 0640 with the group gatewayd runs as "
-        "(chown root:gatewayd), or 0600 owned by that user"]
+        "(chown root:gatewayd), or 0600 owned by that user (line 9)"]
 
 
 @pytest.mark.parametrize("encoding", ["PEM", "DER"])

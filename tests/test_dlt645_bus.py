@@ -93,7 +93,7 @@ async def test_the_line_is_2400_8e1_by_default(monkeypatch: pytest.MonkeyPatch) 
         with pytest.raises(DeviceError, match="cannot open /dev/ttyUSB9"):
             await bus.meter("meter-1", A, FIELDS).read()
     assert asked == {"port": "/dev/ttyUSB9", "baudrate": 2400, "parity": "E", "stopbits": 1,
-                     "bytesize": 8}
+                     "bytesize": 8, "exclusive": True}
 
 
 async def test_readings_scaled_right_at_2400() -> None:

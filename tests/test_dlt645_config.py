@@ -55,7 +55,8 @@ def room(rid: str, address: str) -> str:
 def problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    return [str(p) for p in info.value.problems]
+    # `place: message`; where each is (its line, its room) is tested on its own.
+    return [f"{p.place}: {p.message}" if p.place else p.message for p in info.value.problems]
 
 
 def test_a_dlt645_floor_loads_with_the_standards_defaults(tmp_path: Path) -> None:

@@ -112,6 +112,20 @@ def test_frames_worked_by_hand(what: str, message: frames.Request | frames.Answe
     assert decode(found.frame) == message
 
 
+def test_the_wildcard_read_of_the_address_worked_by_hand() -> None:
+    # The standard's own frame: 68 AA*6 68 13 00, CS = 0xD0 + 6 * 0xAA + 0x13 = 0x4DF -> DF.
+    request = frames.ReadAddress()
+    assert request.frame().encode() == bytes.fromhex("FEFEFEFE 68 AAAAAAAAAAAA 68 13 00 DF 16")
+    found = scan(request.frame().encode())
+    assert found.frame is not None and decode_request(found.frame) == request
+    # The answer, 93 with the address as data: 34 12 00 00 00 00 sent 67 45 33 33 33 33;
+    # CS = 0x116 + 93 + 06 + 0x178 = 0x327 -> 27.
+    wire = bytes.fromhex("FEFEFEFE 68 341200000000 68 93 06 674533333333 27 16")
+    assert frames.AddressAnswer(ADDR).frame().encode() == wire
+    found = scan(wire)
+    assert found.frame is not None and decode_answer(found.frame) == frames.AddressAnswer(ADDR)
+
+
 def test_values_of_the_hand_frames() -> None:
     assert bcd_value(bytes.fromhex("56341200")) == 123456   # 1234.56 kWh at 2 decimals
     assert bcd_value(bytes.fromhex("341280"), signed=True) == -1234   # -0.1234 kW at 4

@@ -229,3 +229,42 @@ DLT = 'protocol = "dlt645-2007"\n'
 )
 def test_dlt645_profile_messages(text: str, expected: list[tuple[str, str]]) -> None:
     assert problems(text) == expected
+
+
+# -- `gatewayd profiles` ----------------------------------------------------------
+
+
+def test_profiles_command_lists_shipped_and_site_profiles(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    site = tmp_path / "profiles"
+    site.mkdir()
+    (site / "acme-dds100.toml").write_text(
+        'kind = "meter"\nmodel = "ACME DDS100"\n[fields]\n'
+        'energy_wh = { table = "holding", address = 0, type = "u32", scale = 10 }\n'
+        'power_w = { table = "holding", address = 16, type = "i16" }\n')
+    (site / "relay-board.toml").write_text(
+        'kind = "switch"\n[fields]\nstate = { table = "coil", address = 8, type = "bool" }\n')
+    config = tmp_path / "gateway.toml"
+    # A file with other problems still says where its profiles are.
+    config.write_text('[gateway]\nbuilding = "B 07"\nprofiles_dir = "profiles"\n[[rooms]]\n')
+    res = subprocess.run([sys.executable, "-m", "gatewayd.app.cli", "profiles", "-c", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines()[1:]}
+    assert sorted(rows) == sorted([*SHIPPED, "acme-dds100"])
+    assert rows["acme-dds100"] == ["acme-dds100", "meter", "modbus", "ACME", "DDS100", "site",
+                                   str(site / "acme-dds100.toml")]
+    assert rows["relay-board"][-5:] == [str(site / "relay-board.toml"), "(replaces", "the",
+                                        "shipped", "one)"]
+    assert rows["dlt645-2007-relay"][1:3] == ["switch", "dlt645-2007"]
+    assert rows["eastron-sdm120"][-1] == "shipped"
+    # A site profile that does not load is listed as invalid; its problems on stderr; exit 1.
+    (site / "broken.toml").write_text('kind = "metr"\n')
+    res = subprocess.run([sys.executable, "-m", "gatewayd.app.cli", "profiles", "-c", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "INVALID" in next(line for line in res.stdout.splitlines() if line.startswith("broken"))
+    assert f'{site / "broken.toml"}: kind: expected one of meter, switch, counter, got "metr"' in (
+        res.stderr.splitlines())

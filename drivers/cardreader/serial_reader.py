@@ -198,7 +198,9 @@ class SerialCardReader:
     async def _open(self, loop: asyncio.AbstractEventLoop) -> serial.Serial:
         # Opening a USB adapter can take milliseconds: keep it off the loop.
         opening = loop.run_in_executor(
-            None, lambda: serial.Serial(self.port, baudrate=self.baudrate, timeout=0)
+            # exclusive (an flock): no second program reads this reader's bytes.
+            None, lambda: serial.Serial(self.port, baudrate=self.baudrate, timeout=0,
+                                        exclusive=True)
         )
         try:
             return await asyncio.shield(opening)

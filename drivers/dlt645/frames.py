@@ -38,6 +38,7 @@ HEADER = 10   # 68 A0..A5 68 C L
 MAX_FRAME = len(PREAMBLE) + HEADER + MAX_DATA + 2
 
 READ = 0x11
+READ_ADDRESS = 0x13   # read the communication address, sent to BROADCAST
 RELAY = 0x1C
 ANSWER = 0x80   # control bit 7: sent by the meter
 ERROR = 0x40   # control bit 6: an error answer (one error byte)
@@ -53,6 +54,9 @@ ERR_NO_DATA = 0x02   # no such data identifier
 ERR_PASSWORD = 0x04   # password refused, or not authorised
 
 STATUS_WORD_3 = 0x04000503   # bit 4: the relay (0 closed, 1 open)
+# The wildcard address: every meter on the line takes the frame (and answers a read of
+# its address with its own: only meaningful with one meter wired).
+BROADCAST = "AAAAAAAAAAAA"
 
 
 # ------------------------------------------------------------------ addresses
@@ -60,7 +64,8 @@ STATUS_WORD_3 = 0x04000503   # bit 4: the relay (0 closed, 1 open)
 
 def address_bytes(address: str) -> bytes:
     """The wire form of a 12-digit address (as printed, most significant digit first)."""
-    if len(address) != 12 or not address.isdigit() or not address.isascii():
+    if address != BROADCAST and (
+            len(address) != 12 or not address.isdigit() or not address.isascii()):
         raise ValueError(f"a DL/T 645 address is 12 digits, got {address!r}")
     return bytes.fromhex(address)[::-1]
 
@@ -228,8 +233,28 @@ class ErrorAnswer:
         return Frame(self.address, ANSWER | ERROR | self.function, bytes((self.error,)))
 
 
-Request = ReadRequest | RelayCommand
-Answer = ReadAnswer | RelayAck | ErrorAnswer
+@dataclass(frozen=True, slots=True)
+class ReadAddress:
+    """C = 13 to BROADCAST: the meter on the line answers 93 with its address."""
+
+    address: str = BROADCAST
+
+    def frame(self) -> Frame:
+        return Frame(self.address, READ_ADDRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressAnswer:
+    """C = 93: the meter's address, in its address field and as its 6 data bytes."""
+
+    address: str
+
+    def frame(self) -> Frame:
+        return Frame(self.address, ANSWER | READ_ADDRESS, address_bytes(self.address))
+
+
+Request = ReadRequest | RelayCommand | ReadAddress
+Answer = ReadAnswer | RelayAck | ErrorAnswer | AddressAnswer
 
 
 def decode_request(frame: Frame) -> Request:
@@ -244,6 +269,8 @@ def decode_request(frame: Frame) -> Request:
             raise FrameError(f"not a relay command: {data.hex()}")
         return RelayCommand(frame.address, data[0], int.from_bytes(data[1:4], "little"),
                             int.from_bytes(data[4:8], "little"), data[8], _deadline(data[10:16]))
+    if frame.control == READ_ADDRESS and not data:
+        return ReadAddress(frame.address)
     raise FrameError(f"control {frame.control:02X} is not a request this codec speaks")
 
 
@@ -251,12 +278,16 @@ def decode_answer(frame: Frame) -> Answer:
     """The answer a frame carries (what the gateway receives)."""
     control, data = frame.control, frame.data
     function = control & 0x1F
-    if not control & ANSWER or function not in (READ, RELAY):
+    if not control & ANSWER or function not in (READ, RELAY, READ_ADDRESS):
         raise FrameError(f"control {control:02X} is not an answer this codec speaks")
     if control & ERROR:
         if len(data) != 1:
             raise FrameError(f"an error answer carries one error byte, not {len(data)}")
         return ErrorAnswer(frame.address, function, data[0])
+    if function == READ_ADDRESS:
+        if len(data) != 6:
+            raise FrameError(f"an address answer carries 6 bytes, not {len(data)}")
+        return AddressAnswer(address_text(data))
     if function == RELAY:
         if data or control & MORE:
             raise FrameError(f"a relay answer ({control:02X}) carries no data")

@@ -20,11 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drivers.dlt645.frames import (
+    BROADCAST,
     MAX_FRAME,
     READ,
+    READ_ADDRESS,
     RELAY,
+    AddressAnswer,
     Answer,
     ErrorAnswer,
+    ReadAddress,
     ReadAnswer,
     ReadRequest,
     RelayAck,
@@ -45,6 +49,9 @@ def answers(request: Request, answer: Answer) -> bool:
         if isinstance(answer, ReadAnswer):
             return answer.di == request.di
         return isinstance(answer, ErrorAnswer) and answer.function == READ
+    if isinstance(request, ReadAddress):
+        return isinstance(answer, AddressAnswer) or (
+            isinstance(answer, ErrorAnswer) and answer.function == READ_ADDRESS)
     if isinstance(answer, ErrorAnswer):
         return answer.function == RELAY
     return isinstance(answer, RelayAck)
@@ -79,7 +86,8 @@ class Dlt645Link(HalfDuplexLine[Request, Answer]):
 
     def _take(self, buffer: bytearray, expect: Request) -> Answer | None:
         while True:
-            found = scan(buffer, expect.address)
+            # To the wildcard, the meter answers from its own address.
+            found = scan(buffer, None if expect.address == BROADCAST else expect.address)
             del buffer[:found.used]
             self._dropped(found.stray)
             foreign = found.foreign

@@ -17,7 +17,7 @@ from gatewayd.app import logs
 from gatewayd.config.load import DEFAULT_CONFIG_PATH, load_config, warning_lines
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.db import Store
-from gatewayd.tools import centertool, demo
+from gatewayd.tools import centertool, demo, probe, profiles
 
 # Exit codes: 0 done, 1 failure at run time, 2 unusable config or state (do not restart).
 EXIT_OK = 0
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo.add_subcommand(sub)
     centertool.add_subcommands(sub)
+    profiles.add_subcommand(sub)
+    probe.add_subcommand(sub)
     return p
 
 

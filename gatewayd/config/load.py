@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from gatewayd.config.buses import Wiring
 from gatewayd.config.files import Files
 from gatewayd.config.gateway import read_center, read_gateway, read_metrics, read_web
+from gatewayd.config.lines import Locator
 from gatewayd.config.model import POWER_DEFAULTS, Config
 from gatewayd.config.points import read_points, read_readers
 from gatewayd.config.policies import read_curfew, read_power_rules, read_tariffs, read_water
@@ -52,7 +54,8 @@ def load_config(path: Path | str, *, check_files: bool = True) -> Config:
     except OSError as e:
         raise ConfigError(path, [Problem("", f"cannot read the file: {e.strerror or e}")]) from e
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as e:
         raise ConfigError(path, [Problem("", f"not UTF-8 text: {e}")]) from e
     except tomllib.TOMLDecodeError as e:
@@ -61,14 +64,18 @@ def load_config(path: Path | str, *, check_files: bool = True) -> Config:
     warnings: list[Problem] = []
     files = Files(path, check_files, warnings)
     config = _read(path, Table(dict(data), "", problems), files, warnings)
+    # Every place also gets its line and its room, point or reader (lines.py).
+    where = Locator(text, data)
+    warnings[:] = [where.located(w) for w in warnings]
     if problems or config is None:
-        raise ConfigError(path, problems, warnings)
-    return config
+        raise ConfigError(path, [where.located(p) for p in problems], warnings)
+    return replace(config, warnings=tuple(warnings))
 
 
 def _read(path: Path, root: Table, files: Files, warnings: list[Problem]) -> Config | None:
     """Every table, in the order of config.md; None when a problem was found."""
-    gateway = read_gateway(root.table("gateway", required=True) or Table({}, "gateway", root.problems),
+    # Without [gateway], "gateway: required" says it all: not also its required keys.
+    gateway = read_gateway(root.table("gateway", required=True) or Table({}, "gateway", []),
                            files)
     wiring = Wiring(root.problems, gateway.profiles_dir, files)
     center_t = root.table("center")

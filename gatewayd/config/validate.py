@@ -9,10 +9,11 @@ silently disable a rule).
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -23,18 +24,42 @@ K = TypeVar("K")
 # Plain decimal notation only: "0.56", "12", "0". Decimal() also takes "1e-2",
 # "-0", ".5", " 0.03 " and "1_0.0", none of which a price should be.
 DECIMAL_RE = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+# How alike a name must be to a known one to be offered as "did you mean" (difflib's
+# ratio: "gatway" and "gateway" are 0.92, "unit" and "uid" 0.57).
+SUGGEST_CUTOFF = 0.7
 DECIMAL_TEXT = 'a plain decimal string such as "0.56" (digits, at most one \'.\')'
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong in a file, at a place (`rooms[3].meter.bus`)."""
+    """One thing wrong in a file, at a place (`rooms[3].meter.bus`); once located
+    (`lines.Locator`), with its line and what it belongs to (`room "301"`)."""
 
     place: str
     message: str
+    line: int | None = None
+    subject: str = ""
 
     def __str__(self) -> str:
-        return f"{self.place}: {self.message}" if self.place else self.message
+        """`place: message (room "301", line 42)`: the spec's `place: message`, then where."""
+        text = f"{self.place}: {self.message}" if self.place else self.message
+        where = ", ".join(filter(None, (self.subject, f"line {self.line}" if self.line else "")))
+        return f"{text} ({where})" if where else text
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The one of `known` that `name` is most likely a typo of, or None."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=SUGGEST_CUTOFF)
+    return close[0] if close else None
+
+
+def suggestion(name: str, known: Iterable[str]) -> str:
+    """`; did you mean "gateway"?` for a name close to one of `known`, else ""."""
+    return _did_you_mean(closest(name, known))
+
+
+def _did_you_mean(guess: str | None) -> str:
+    return f"; did you mean {show(guess)}?" if guess else ""
 
 
 def show(value: object) -> str:
@@ -59,6 +84,9 @@ class Table:
         self.place = place
         self.problems = problems
         self._seen: set[str] = set()
+        # Required keys found missing, with their problem: a misspelt key found by
+        # `done()` replaces it (one problem for one typo).
+        self._missing: dict[str, Problem] = {}
 
     def at(self, key: str) -> str:
         return f"{self.place}.{key}" if self.place else key
@@ -74,6 +102,7 @@ class Table:
         if key not in self.data:
             if required:
                 self.problem(key, "required")
+                self._missing[key] = self.problems[-1]
             return False, None
         return True, self.data[key]
 
@@ -256,9 +285,29 @@ class Table:
         return bool(name)
 
     def done(self, allowed_extra: Sequence[str] = ()) -> None:
+        """Report the keys nobody asked for, with the known key each may be a typo of.
+
+        A typo of a required key that is missing is one problem, at the typo
+        (`[gatway]`: not also "gateway: required" and its own required keys)."""
+        known = [*self._seen, *allowed_extra]
         for key in self.data:
-            if key not in self._seen and key not in allowed_extra:
-                self.problem(key, "unknown key")
+            if key in known:
+                continue
+            guess = closest(key, known)
+            kind = "section" if not self.place and _is_section(self.data[key]) else "key"
+            problem = Problem(self.at(key), f"unknown {kind}{_did_you_mean(guess)}")
+            missing = self._missing.pop(guess, None) if guess else None
+            at = [i for i, p in enumerate(self.problems) if p is missing]
+            if at:
+                self.problems[at[0]] = problem
+            else:
+                self.problems.append(problem)
+
+
+def _is_section(value: object) -> bool:
+    """A table or an array of tables: at the top of the file, a section."""
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value))
 
 
 def claim(owners: dict[K, str], key: K, who: str) -> str | None:

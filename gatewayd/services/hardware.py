@@ -55,6 +55,20 @@ def bus_view(name: str, bus: AnyBus) -> BusView:
         "dropped_bytes": m.dropped_bytes}, None, 0)
 
 
+def make_bus(b: Bus, on_health: HealthSink | None = None) -> AnyBus:
+    """The driver of one configured bus (not started)."""
+    if b.protocol == "dlt645":
+        return Dlt645Bus(b.name, b.port, baudrate=b.baudrate, parity=b.parity,
+                         stopbits=b.stopbits, timeout_s=b.timeout_s, retries=b.retries,
+                         gap_s=b.gap_s, on_health=on_health)
+    if b.type == "tcp":
+        return ModbusBus.tcp(b.name, b.host, b.tcp_port, timeout_s=b.timeout_s,
+                             retries=b.retries, gap_s=b.gap_s, on_health=on_health)
+    return ModbusBus.rtu(b.name, b.port, baudrate=b.baudrate, parity=b.parity,
+                         stopbits=b.stopbits, timeout_s=b.timeout_s, retries=b.retries,
+                         gap_s=b.gap_s, on_health=on_health)
+
+
 class Hardware:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -68,16 +82,7 @@ class Hardware:
             name: self._bus(b) for name, b in config.buses.items()}
 
     def _bus(self, b: Bus) -> AnyBus:
-        if b.protocol == "dlt645":
-            return Dlt645Bus(b.name, b.port, baudrate=b.baudrate, parity=b.parity,
-                             stopbits=b.stopbits, timeout_s=b.timeout_s, retries=b.retries,
-                             gap_s=b.gap_s, on_health=self._health)
-        if b.type == "tcp":
-            return ModbusBus.tcp(b.name, b.host, b.tcp_port, timeout_s=b.timeout_s,
-                                 retries=b.retries, gap_s=b.gap_s, on_health=self._health)
-        return ModbusBus.rtu(b.name, b.port, baudrate=b.baudrate, parity=b.parity,
-                             stopbits=b.stopbits, timeout_s=b.timeout_s, retries=b.retries,
-                             gap_s=b.gap_s, on_health=self._health)
+        return make_bus(b, self._health)
 
     def on_health(self, sink: HealthSink) -> None:
         self._sinks.append(sink)
