@@ -1,6 +1,6 @@
 """`systemctl reload gatewayd` (SIGHUP): the config file read again and applied live.
 
-Contract (../shared/spec/config.md after `[web]`; docs/decisions.md "Reload"):
+Contract (docs/configuration.md "Applying a change"; docs/decisions.md "Reload"):
 - The file is read and checked off the loop by the loader `check-config` uses.
   An invalid file changes nothing: one `config_reload_invalid` error line gives
   every problem.

@@ -1,4 +1,4 @@
-"""The building's configuration file into a `model.Config` (../shared/spec/config.md, version 1).
+"""The building's configuration file into a `model.Config` (docs/configuration.md, version 1).
 
 `load_config(path)` reads one TOML file into frozen objects or raises
 `ConfigError` carrying every problem found, each with its place in the file

@@ -1,4 +1,4 @@
-"""What a loaded configuration is: frozen, typed objects (../shared/spec/config.md, version 1).
+"""What a loaded configuration is: frozen, typed objects (docs/configuration.md, version 1).
 
 Contract of the module: data only. `load.load_config` builds a `Config` from
 the TOML file and checks it once; everything downstream reads these objects,
