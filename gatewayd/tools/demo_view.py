@@ -67,9 +67,14 @@ class PlainView(View):
         offline = [r["room"] for r in rooms if not r.get("online")]
         open_ = [p["point"] for p in points if p.get("state") == "open"]
         header = self.header().replace("\n", "; ")
-        self._print(f"[status] {header}; rooms {len(rooms)}: cut {cut or 'none'}, meters "
-                    f"offline {offline or 'none'}; water points open {open_ or 'none'}; "
+        self._print(f"[status] {header}; rooms {len(rooms)}: cut {_names(cut)}, meters "
+                    f"offline {_names(offline)}; water points open {_names(open_)}; "
                     f"{sum(r.get('power_w') or 0 for r in rooms):.0f} W in all")
+
+
+def _names(names: list[str]) -> str:
+    """`104, 106`, or `none`: a list as a person writes it."""
+    return ", ".join(names) or "none"
 
 
 def buses_line(buses: list[dict[str, Any]]) -> str:
