@@ -7,11 +7,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
+from gatewayd.tools.demo_compact import compact
 from gatewayd.tools.demo_store import StoredEvent, _yuan, describe
 
 PLAIN_STATUS_EVERY_S = 10.0
 EVENTS_SHOWN = 12
 STORY_SHOWN = 4
+#: A terminal smaller than this (columns, lines) gets the compact view (demo_compact).
+WIDE_MIN = (100, 40)
 
 
 
@@ -93,11 +96,11 @@ def buses_line(buses: list[dict[str, Any]]) -> str:
 class LiveView(View):
     """A live rich view: rooms, water points, the story and recent events."""
 
-    def __init__(self, names: dict[str, str], header: Callable[[], str]) -> None:
+    def __init__(self, names: dict[str, str], header: Callable[[], str], console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console()
+        self.console = console or Console()
         self.names = names
         self.header = header
         self.story: deque[tuple[str, str]] = deque(maxlen=STORY_SHOWN)
@@ -128,6 +131,13 @@ class LiveView(View):
         self.live.update(self._render(), refresh=True)
 
     def _render(self) -> Any:
+        width, height = self.console.size
+        if width < WIDE_MIN[0] or height < WIDE_MIN[1]:
+            return compact(self.doc or {}, self.header(), self.story, self.recent, self.names,
+                           width=width, height=height)
+        return self._render_wide()
+
+    def _render_wide(self) -> Any:
         from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table
