@@ -319,14 +319,14 @@ class SimulatedBuilding:
 
     def balances(self) -> dict[str, int]:
         """What `seed_store` credits, in fen: rooms 30 to 80 yuan, students 50 yuan;
-        the broke room enough for about 27 minutes of its air conditioner (1.1 kW) at
+        the broke room enough for about 9 minutes of its air conditioner (1.1 kW) at
         the campus price; the poor student less than a shower's minimum balance."""
         out: dict[str, int] = {}
         for room in self.rooms.values():
             out[room.account] = self.rng_for(room.id).randrange(3000, 8000)
         for person in self.people:
             out[person.account] = 5000
-        out[self.rooms[self.broke_room].account] = int(BROKE_ROOM_W / 1000 * 0.45 * float(PRICE_POWER) * 100)
+        out[self.rooms[self.broke_room].account] = int(BROKE_ROOM_W / 1000 * 0.15 * float(PRICE_POWER) * 100)
         out[self.poor.account] = 20
         return out
 

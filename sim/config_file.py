@@ -18,7 +18,7 @@ RULES = [
     "[power]",
     "max_power_w = 2000",
     "trip_after_s = 2",
-    "reclose_after_s = 15",
+    "reclose_after_s = 8",
     "lockout_trips = 3",
     "lockout_window_s = 120",
     "lockout_s = 120",
@@ -32,7 +32,7 @@ RULES = [
     "min_balance_fen = 50",
     "step_fen = 1",
     "max_session_s = 600",
-    "idle_close_s = 20",
+    "idle_close_s = 5",
     "offline_limit_fen = 5000",
     "",
 ]

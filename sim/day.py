@@ -1,4 +1,9 @@
-"""A compressed day played against the running daemon: the clock and the script."""
+"""A compressed day played against the running daemon: the clock and the script.
+
+The story's scenes all happen within the first 25 minutes of the day: at the
+default speed (60) that is 25 s, so `gatewayd demo --duration 30` (the
+Makefile's and README's example) shows all of it and its summary counts it.
+"""
 
 from __future__ import annotations
 
@@ -155,20 +160,20 @@ class DayScript:
         if showers:
             await clock.until(day0 + 60)
             self.say(f"{a.name} (room {a.room}) taps a card at {showers[0]}: the valve opens.")
-            self._spawn(self.session(a, showers[0], 9 * 60), "shower-a")
+            self._spawn(self.session(a, showers[0], 5 * 60), "shower-a")
         if drinks:
-            await clock.until(day0 + 150)
+            await clock.until(day0 + 90)
             self.say(f"{c.name} fills a bottle at {drinks[0]}.")
             self._spawn(self.session(c, drinks[0], 20), "drink-c")
         if len(showers) > 1:
-            await clock.until(day0 + 180)
+            await clock.until(day0 + 120)
             self.say(f"{b.name} takes {showers[1]}.")
-            self._spawn(self.session(b, showers[1], 7 * 60), "shower-b")
+            self._spawn(self.session(b, showers[1], 4 * 60), "shower-b")
 
     async def _refused_cards(self, day0: float) -> None:
         """A lost card and a card short of money are refused at a free point."""
         sim, clock = self.sim, self.clock
-        await clock.until(day0 + 300)
+        await clock.until(day0 + 210)
         target = None
         for _ in range(300):  # a small building may have every point in use for a while
             target = self.free_point("shower") or self.free_point("drinking")
@@ -182,7 +187,7 @@ class DayScript:
             self.say(f"{self.lost.name} taps a card reported lost last week at {target}: "
                      "refused, the valve stays shut.")
             await sim.tap(target, self.lost.card)
-            await clock.until(day0 + 420)
+            await clock.until(day0 + 270)
             self.say(f"{self.poor.name} has 0.20 yuan on the card, less than the 0.50 a "
                      f"session needs: refused at {target}.")
             await sim.tap(target, self.poor.card)
@@ -193,28 +198,28 @@ class DayScript:
     async def _power_troubles(self, day0: float) -> None:
         """A kettle, a loose meter wire, an overload, and the wire fixed."""
         sim, clock = self.sim, self.clock
-        await clock.until(day0 + 12 * 60)
+        await clock.until(day0 + 6 * 60)
         self.say(f"Room {self.kettle_room} switches on a 1.8 kW kettle (a resistive load, "
                  "banned in dorms): the gateway cuts the room at the next reading.")
         sim.set_load(self.kettle_room, 1800.0 + sim.rooms[self.kettle_room].meter.power_w, pf=1.0)
         self._spawn(self._unplug_after_cut(self.kettle_room, "the kettle"), "kettle")
-        await clock.until(day0 + 40 * 60)
+        await clock.until(day0 + 8 * 60)
         self.say(f"The RS-485 wire to room {self.offline_room}'s meter works loose: "
                  "the meter stops answering.")
         sim.meter_fault(self.offline_room, "silent")
-        await clock.until(day0 + 55 * 60)
+        await clock.until(day0 + 10 * 60)
         self.say(f"Room {self.cooker_room} runs a 2.6 kW induction cooker, over its 2 kW limit: "
                  "overload, cut after 2 s above the limit, reclosed later.")
         sim.set_load(self.cooker_room, 2600.0, pf=0.93)
         self._spawn(self._unplug_after_cut(self.cooker_room, "the cooker"), "cooker")
-        await clock.until(day0 + 75 * 60)
+        await clock.until(day0 + 15 * 60)
         self.say(f"An electrician fixes the wire: room {self.offline_room}'s meter answers again; "
                  "the usage it missed is charged from its energy register.")
         sim.meter_fault(self.offline_room, None)
 
     async def _forgotten_tap_out(self, day0: float) -> None:
         """Someone leaves a shower without tapping out."""
-        await self.clock.until(day0 + 90 * 60)
+        await self.clock.until(day0 + 17 * 60)
         d = self.free_person()
         point = self.free_point("shower")
         if d is not None and point is not None:
@@ -224,7 +229,7 @@ class DayScript:
 
     async def _forgetful(self, person: Person, point: str) -> None:
         pt = self.sim.points[point]
-        await self.session(person, point, 5 * 60, tap_out=False)
+        await self.session(person, point, 3 * 60, tap_out=False)
         pt.set_flow(0.0)
         self.busy.add(point)
         try:
@@ -248,7 +253,7 @@ class DayScript:
         await room.breaker_becomes(False)
         self.say(f"Room {room.id} ran out of money: the gateway cut it (balance); the meter "
                  "reads 0 W though the air conditioner is still plugged in.")
-        await self.clock.wait(10 * 60, at_least_s=3.0)
+        await self.clock.wait(3 * 60, at_least_s=3.0)
         if self.center is None:
             self.say(f"A student pays at the campus center; with no center link in this run "
                      f"the top-up cannot reach the gateway, so room {room.id} stays dark.")
@@ -283,7 +288,7 @@ class DayScript:
 
     async def _shower_traffic(self) -> None:
         """After the first scenes: people come and go all day."""
-        await self.clock.until(self.clock.start + 15 * 60)
+        await self.clock.until(self.clock.start + 8 * 60)
         while True:
             await self.clock.wait(self.rng.uniform(3, 7) * 60, at_least_s=1.0)
             service: Service = "shower" if self.rng.random() < 0.65 else "drinking"

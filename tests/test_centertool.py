@@ -268,7 +268,78 @@ def test_describe_status_and_telemetry() -> None:
     status = {"online": True, "building": "b07", "boot_id": "x", "version": "0.1.0", "last_seq": 12,
               "pending": 0, "clock_synced": True, "faults": {"meters": 1, "readers": 0, "valves": 0}}
     assert describe(f"{ROOT}/status", json.dumps(status).encode(), retained=True) == (
-        "b07 status online v0.1.0 last_seq=12 pending=0 faults=meters=1 clock_synced=True (retained)")
+        "b07 status online v0.1.0 last_seq=12 pending=0 faults=meters=1 clock synced (retained)")
     telemetry = {"ts": "T", "building": "b07", "rooms": [{}, {}], "points": []}
     assert describe(f"{ROOT}/telemetry", json.dumps(telemetry).encode()) == "T b07 telemetry rooms=2 points=0"
     assert describe(f"{ROOT}/events", b"\xff") .startswith("b07 events (not JSON")
+
+
+# --- issue 18: send --help, send's exit codes, tail before the broker, words not reprs --------
+
+
+def test_send_help_lists_every_command_type_with_its_arguments(capsys: Any) -> None:
+    import typing
+
+    import msgspec
+
+    from gatewayd.contract.command_types import CommandArgs
+    from gatewayd.contract.enums import CommandType
+
+    with pytest.raises(SystemExit):
+        main(["send", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line for line in lines if line.startswith("  ") and "." in line.split()[0]}
+    assert set(listed) | {"ping"} == {t.value for t in CommandType}
+    assert any(line.split()[:1] == ["ping"] for line in lines)
+    text = "\n".join(lines)
+    for struct in typing.get_args(CommandArgs):
+        for f in msgspec.structs.fields(struct):
+            assert f"{f.name}=" in text, (struct, f.name)
+    assert "room.cut        room=TEXT [hold=true|false]" in text
+    assert "service=power|shower|drinking price=DECIMAL unit=kWh|L|min" in text
+    assert "4 the broker cannot be reached (nothing sent)" in text
+    assert max(len(line) for line in lines) <= 80
+
+
+async def test_send_to_a_broker_nobody_answers_exits_4(keys: tuple[Path, Path]) -> None:
+    from tests.mqtt_fixtures import free_port
+
+    code, out, err = await gatewayd("send", "--key", str(keys[0]), "--broker",
+                                    f"mqtt://127.0.0.1:{free_port()}", "--building", "b07", "ping")
+    assert code == 4 and out == ""
+    assert "gatewayd send: cannot reach the broker mqtt://127.0.0.1:" in err
+    assert "nothing was sent" in err
+
+
+@needs_mosquitto
+async def test_tail_started_before_the_broker_keeps_trying(tmp_path: Path) -> None:
+    from tests.mqtt_fixtures import free_port
+
+    late = Broker(tmp_path / "late", free_port())
+    late.dir.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd.app.cli", "tail", "--broker", f"mqtt://127.0.0.1:{late.port}",
+        "--count", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(WAIT_S):
+            first = (await proc.stderr.readline()).decode()
+        assert first.startswith("gatewayd tail: cannot connect (") and "trying again in 1 s" in first
+        late.start()
+        async with asyncio.timeout(WAIT_S):
+            while not (line := await proc.stderr.readline()).startswith(b"listening on "):
+                assert line, "tail ended before connecting"
+        event = {"id": "e1", "seq": 3, "ts": "T", "building": "b07", "type": "tap", "point": "s1",
+                 "granted": True, "reasons": ["a", "b"], "note": None}
+        async with aiomqtt.Client("127.0.0.1", late.port) as gw:
+            await gw.publish(f"{ROOT}/events", json.dumps(event).encode(), qos=1)
+        async with asyncio.timeout(WAIT_S):
+            out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        assert out.decode() == "T b07 events #3 tap point=s1 granted=yes reasons=a,b note=-\n"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        late.stop()

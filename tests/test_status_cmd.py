@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ port = {sim.ports[0]}
             for _ in range(100):
                 code, out = await status(config, "--json")
                 doc = json.loads(out)
-                rooms = {r["room"]: r for r in (doc["status"] or {}).get("rooms", [])}
+                rooms = {r["room"]: r for r in doc.get("rooms", [])}
                 if code == 0 and rooms.get("101", {}).get("power_w"):
                     break
                 await asyncio.sleep(0.2)
@@ -67,8 +68,13 @@ port = {sim.ports[0]}
             assert "building b07" in out and "breaker_mismatch breaker:102" in out
             assert "101" in out and "480" in out
             assert "cards version 0" in out
-            assert doc["status"]["outbox"]["pending"] >= 1   # no center: events wait
-            store_id = doc["status"]["store"]["store_id"]
+            # Words, not Python values (issue 18).
+            assert "clock synced" in out or "clock NOT synced" in out
+            assert not re.search(r"\b(True|False|None)\b|\['", out)
+            assert doc["outbox"]["pending"] >= 1   # no center: events wait
+            # One level (issue 18): the status fields under "status", not "status.status".
+            assert doc["status"]["faults"] == {"meters": 0, "readers": 0, "valves": 0}
+            store_id = doc["store"]["store_id"]
             assert f"store {store_id}" in out
         finally:
             assert await daemon.stop() == 0

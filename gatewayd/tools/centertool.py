@@ -2,7 +2,8 @@
 
 - `keygen` makes the center's Ed25519 command key pair (PEM): the private key
   stays at the center (written 0600), the public one goes to every gateway
-  (`center.command_public_key_file`).
+  (`center.command_public_key_file`); it prints the public key's fingerprint,
+  which an installer compares on the box (README "Install").
 - `send` builds, signs and publishes one command as the center would, waits
   for its result on `{root}/cmd/result` and prints it as JSON. Exit 0 when the
   result is ok, 1 when refused or the broker cannot be reached, 2 on bad
@@ -17,10 +18,13 @@ share (exit codes, the broker's options) in `centertool_args`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 from gatewayd.contract.signing import generate_keypair
 from gatewayd.tools import centertool_send, centertool_tail
@@ -60,7 +64,17 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"private key: {args.out_private} (keep it at the center; 0600)")
     print(f"public key:  {args.out_public} (center.command_public_key_file on every gateway)")
+    print(f"fingerprint: {fingerprint(pair.public_pem)} (give it to the gateways' installers by "
+          "phone or ticket; on a box: openssl pkey -pubin -in center.pub -outform DER | sha256sum)")
     return EXIT_OK
+
+
+def fingerprint(public_pem: bytes) -> str:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo, in hex: what
+    `openssl pkey -pubin -in center.pub -outform DER | sha256sum` prints."""
+    key = serialization.load_pem_public_key(public_pem)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

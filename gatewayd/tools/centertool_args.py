@@ -21,6 +21,8 @@ EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_TIMEOUT: Final = 3
+#: The broker could not be reached or refused the connection: nothing was sent.
+EXIT_UNREACHABLE: Final = 4
 DEFAULT_PREFIX: Final = "ecard/v1"
 #: Connecting to the broker, TLS included, should take well under this.
 CONNECT_TIMEOUT_S: Final = 10.0

@@ -2,15 +2,17 @@
 
 Contract: subscribes to the events, status and command results of one building
 or all (telemetry with --telemetry) and prints each message as a line
-(`describe`) or as JSON (--json), until --count messages or Ctrl-C. A first
-connection that fails is an error (exit 1); a lost one is retried with
-back-off, saying so on stderr.
+(`describe`, words and numbers, no Python values) or as JSON (--json), until
+--count messages or Ctrl-C. A broker that cannot be reached, at the first
+connection or later, is retried with back-off (1 s doubling to 30 s), saying
+so on stderr: `tail` can be started before the broker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -21,7 +23,6 @@ import aiomqtt
 from drivers.retry import Backoff
 from gatewayd.tools.centertool_args import (
     EXIT_OK,
-    EXIT_REFUSED,
     EXIT_USAGE,
     broker_args,
     building_id,
@@ -54,13 +55,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     suffixes = ["events", "status", "cmd/result"] + (["telemetry"] if args.telemetry else [])
     topics = [f"{args.prefix}/{args.building}/{s}" for s in suffixes]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how `tail` ends
         asyncio.run(_tail_on(connect, topics, as_json=args.json, count=args.count))
-    except KeyboardInterrupt:
-        pass
-    except aiomqtt.MqttError as e:
-        print(f"gatewayd tail: {args.broker}: {e}", file=sys.stderr)
-        return EXIT_REFUSED
     return EXIT_OK
 
 
@@ -72,8 +68,8 @@ TAIL_RECONNECT_MAX_S: Final = 30.0
 
 async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
                    count: int) -> None:
-    """`_tail` through broker restarts: a first connection that fails is an error;
-    a lost one is retried with back-off, saying so on stderr."""
+    """`_tail` through broker restarts and a broker not up yet: every failed or
+    lost connection is retried with back-off, saying so on stderr."""
     progress = _TailProgress()
     # Not reset when a reconnection succeeds: a broker that keeps dropping `tail` is
     # retried ever more slowly, up to the cap.
@@ -83,10 +79,10 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
             await _tail(connect, topics, as_json=as_json, count=count, progress=progress)
             return
         except aiomqtt.MqttError as e:
-            if not progress.connected:
-                raise
+            what = "disconnected" if progress.connected else "cannot connect"
+            progress.connected = False
             delay = backoff.next_delay()
-            print(f"gatewayd tail: disconnected ({e}); reconnecting in {delay:.0f} s",
+            print(f"gatewayd tail: {what} ({e}); trying again in {delay:.0f} s",
                   file=sys.stderr, flush=True)
             await asyncio.sleep(delay)
 
@@ -95,7 +91,7 @@ async def _tail_on(connect: dict[str, Any], topics: list[str], *, as_json: bool,
 class _TailProgress:
     """What `tail` has done so far, across reconnections."""
 
-    connected: bool = False   # once: a later failure is a lost connection, retried
+    connected: bool = False   # now: a failure is a lost connection, else a failed attempt
     seen: int = 0             # messages printed (for --count)
 
 
@@ -130,7 +126,7 @@ def describe(topic: str, payload: bytes, *, retained: bool = False) -> str:
     try:
         doc = json.loads(payload)
     except ValueError:
-        return f"{building} {kind} (not JSON: {payload[:60]!r})"
+        return f"{building} {kind} (not JSON: {payload[:60].decode(errors='replace')})"
     if not isinstance(doc, dict):
         return f"{building} {kind} {json.dumps(doc)[:80]}"
     head = f"{building} {kind}"
@@ -143,8 +139,9 @@ def describe(topic: str, payload: bytes, *, retained: bool = False) -> str:
             return f"{head} OFFLINE boot={doc.get('boot_id')}" + (" (retained)" if retained else "")
         faults = doc.get("faults") or {}
         fault_text = ",".join(f"{k}={v}" for k, v in faults.items() if v) or "none"
-        return (f"{head} online v{doc.get('version')} last_seq={doc.get('last_seq')} "
-                f"pending={doc.get('pending')} faults={fault_text} clock_synced={doc.get('clock_synced')}"
+        return (f"{head} online v{doc.get('version')} last_seq={_short(doc.get('last_seq'))} "
+                f"pending={_short(doc.get('pending'))} faults={fault_text} "
+                f"clock {'synced' if doc.get('clock_synced') else 'NOT synced'}"
                 + (" (retained)" if retained else ""))
     if kind == "cmd/result":
         if doc.get("ok"):
@@ -159,5 +156,18 @@ def describe(topic: str, payload: bytes, *, retained: bool = False) -> str:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A value in words, at most 40 characters: yes/no, "-" for none, lists as a, b."""
+    text = _words(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(_words(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_words(v)}" for k, v in value.items()) or "none"
+    return str(value)

@@ -133,13 +133,13 @@ class Demo:
         if self.center is None:
             center = self.broker_label
         elif link.get("configured") and link.get("connected"):
-            center = (f"gateway connected to {self.broker_label}; the center received "
-                      f"{self.center.events} events")
+            # What matters first: a line cut at 80 columns loses only the broker's address.
+            center = f"connected, {self.center.events} events received · {self.broker_label}"
         else:
-            center = f"{self.broker_label}; gateway not connected"
+            center = f"gateway NOT connected · {self.broker_label}"
         seq = (doc.get("store") or {}).get("next_seq", 1) - 1
-        return (f"gatewayd demo · building {doc.get('building', '?')} · {day} (x{self.args.speed:g}) · "
-                f"daemon pid {self.daemon.pid if self.daemon else '-'} · last seq {seq}\n"
+        return (f"gatewayd demo · building {doc.get('building', '?')} · {day} x{self.args.speed:g} · "
+                f"last seq {seq} · daemon pid {self.daemon.pid if self.daemon else '-'}\n"
                 f"center: {center}\nbuses: {buses_line(doc.get('buses') or [])}")
 
     def request_stop(self, why: str) -> None:

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from gatewayd.store.readonly import StoredEvent
+from gatewayd.tools.demo_compact import compact
 from gatewayd.tools.demo_summary import describe, yuan
 
 PLAIN_STATUS_EVERY_S = 10.0
 EVENTS_SHOWN = 12
 STORY_SHOWN = 4
+#: A terminal smaller than this (columns, lines) gets the compact view (demo_compact).
+WIDE_MIN = (100, 40)
 
 
 
@@ -68,9 +71,14 @@ class PlainView(View):
         offline = [r["room"] for r in rooms if not r.get("online")]
         open_ = [p["point"] for p in points if p.get("state") == "open"]
         header = self.header().replace("\n", "; ")
-        self._print(f"[status] {header}; rooms {len(rooms)}: cut {cut or 'none'}, meters "
-                    f"offline {offline or 'none'}; water points open {open_ or 'none'}; "
+        self._print(f"[status] {header}; rooms {len(rooms)}: cut {_names(cut)}, meters "
+                    f"offline {_names(offline)}; water points open {_names(open_)}; "
                     f"{sum(r.get('power_w') or 0 for r in rooms):.0f} W in all")
+
+
+def _names(names: list[str]) -> str:
+    """`104, 106`, or `none`: a list as a person writes it."""
+    return ", ".join(names) or "none"
 
 
 def buses_line(buses: list[dict[str, Any]]) -> str:
@@ -89,11 +97,11 @@ def buses_line(buses: list[dict[str, Any]]) -> str:
 class LiveView(View):
     """A live rich view: rooms, water points, the story and recent events."""
 
-    def __init__(self, names: dict[str, str], header: Callable[[], str]) -> None:
+    def __init__(self, names: dict[str, str], header: Callable[[], str], console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console()
+        self.console = console or Console()
         self.names = names
         self.header = header
         self.story: deque[tuple[str, str]] = deque(maxlen=STORY_SHOWN)
@@ -124,6 +132,13 @@ class LiveView(View):
         self.live.update(self._render(), refresh=True)
 
     def _render(self) -> Any:
+        width, height = self.console.size
+        if width < WIDE_MIN[0] or height < WIDE_MIN[1]:
+            return compact(self.doc or {}, self.header(), self.story, self.recent, self.names,
+                           width=width, height=height)
+        return self._render_wide()
+
+    def _render_wide(self) -> Any:
         from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table

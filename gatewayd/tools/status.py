@@ -48,7 +48,9 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
         return 4
     doc = read_status(state_dir)
     if as_json:
-        json.dump({"running": pid is not None, "pid": pid, "status": doc}, out, indent=2)
+        # The daemon's document with what this command found out beside it, on one
+        # level: `.rooms`, `.center`, `.status.faults` (not `.status.status`).
+        json.dump({**(doc or {}), "running": pid is not None, "pid": pid}, out, indent=2)
         out.write("\n")
         return 0 if pid else 3
     if pid is None:
@@ -72,7 +74,8 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
             else f"{'connected' if center.get('connected') else 'NOT connected'}, "
                  f"pending {doc.get('outbox', {}).get('pending', '?')}"
         ),
-        f"clock synced {st.get('clock_synced')}  cards version {st.get('cards_version')}  "
+        f"clock {'synced' if st.get('clock_synced') else 'NOT synced'}  "
+        f"cards version {st.get('cards_version')}  "
         f"accounts unknown {st.get('accounts_unknown')}  "
         f"last seq {doc.get('store', {}).get('next_seq', 1) - 1}  "
         f"store {doc.get('store', {}).get('store_id') or '?'}",
