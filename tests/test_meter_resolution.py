@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from drivers.profile import SHIPPED_DIR, load_profile, parse_profile, resolved
+from drivers.profile import SHIPPED_DIR, load_profile, parse_profile
+from drivers.resolution import resolved
 from sim.modbus import SimBuilding
 from tests.mqtt_fixtures import Broker, collecting, mosquitto, needs_mosquitto
 from tests.test_power import ROOT, Daemon

@@ -61,6 +61,12 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
     if doc is None:
         out.write("no status written yet (the daemon writes it every few seconds after start)\n")
         return 3 if pid is None else 0
+    out.write("\n".join(_text_lines(doc, pid)) + "\n")
+    return 0 if pid else 3
+
+
+def _text_lines(doc: dict[str, Any], pid: int | None) -> list[str]:
+    """The status document for people: the header, alarms, buses, rooms and points."""
     age = time.time() - float(doc.get("updated_epoch", 0))
     st = doc.get("status", {})
     center = doc.get("center", {})
@@ -99,8 +105,7 @@ def render(state_dir: Path, *, as_json: bool = False, out: Any = None, err: Any 
           "" if p["volume_ml"] is None else str(p["volume_ml"]),
           "" if p["amount_fen"] is None else _fen(p["amount_fen"])]
          for p in doc.get("points", [])]))
-    out.write("\n".join(lines) + "\n")
-    return 0 if pid else 3
+    return lines
 
 
 def _bus_lines(buses: list[dict[str, Any]]) -> list[str]:

@@ -1,11 +1,11 @@
 """A room as `state.get`, the status view and telemetry show it: its meter's
-values rounded to what the meter resolves (`drivers.profile.resolved`)."""
+values rounded to what the meter resolves (`drivers.resolution.resolved`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from drivers.profile import resolved
+from drivers.resolution import resolved
 from gatewayd.contract.enums import AlarmCode
 from gatewayd.contract.events import meter_device, room_device
 from gatewayd.rules.power import limit_w
