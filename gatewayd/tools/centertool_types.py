@@ -33,10 +33,18 @@ def _structs() -> list[Any]:
     return list(typing.get_args(CommandArgs))
 
 
+def _bare(tp: Any) -> Any:
+    """`Annotated[int, Meta(...)]` -> `int`: the type without its schema annotations."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
 def _without_none(tp: Any) -> Any:
-    """`int | None` -> `int`: an optional argument's value type."""
+    """`int | None` -> `int`: an optional argument's value type (annotations dropped)."""
+    tp = _bare(tp)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        rest = [t for t in typing.get_args(tp) if t is not type(None)]
+        rest = [_bare(t) for t in typing.get_args(tp) if t is not type(None)]
         return rest[0] if len(rest) == 1 else tp
     return tp
 
