@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from drivers.dlt645.credentials import read_credentials
+from drivers.dlt645.credentials import Credentials, read_credentials
 from drivers.errors import ProfileError
 from drivers.profile import SHIPPED_DIR, Profile, load_profile
 from gatewayd.config.files import Files
@@ -158,8 +158,8 @@ class Wiring:
         if bus_name and bus is None:
             t.problem("bus", f"no bus named {show(bus_name)}")
         dlt = bus is not None and bus.protocol == "dlt645"
-        unit, address, password_file = (0, *self._dlt645_keys(t, kind)) if dlt else (
-            self._unit(t, bus), "", None)
+        unit, address, password_file, credentials = (0, *self._dlt645_keys(t, kind)) if dlt else (
+            self._unit(t, bus), "", None, None)
         profile_name = t.text("profile", "", required=True)
         profile = self.profile(t, profile_name, kind, bus) if profile_name else None
         # A DL/T 645 relay is one per meter: no channels, and its profile says what is on.
@@ -186,7 +186,8 @@ class Wiring:
             # a device made of it would be found "already used" by another, an
             # error that is not there. It takes no part in the shared-use checks.
             return None
-        return DeviceRef(bus_name, unit, profile, ch, invert, ml, address, password_file)
+        return DeviceRef(bus_name, unit, profile, ch, invert, ml, address, password_file,
+                         credentials)
 
     def _unit(self, t: Table, bus: Bus | None) -> int:
         """A Modbus device's unit."""
@@ -194,20 +195,22 @@ class Wiring:
         return t.integer("unit", 1, required=True, minimum=0 if bus and bus.type == "tcp" else 1,
                          maximum=max_unit)
 
-    def _dlt645_keys(self, t: Table, kind: str) -> tuple[str, Path | None]:
-        """A DL/T 645 device's address and, for a relay, its password_file (required)."""
+    def _dlt645_keys(self, t: Table, kind: str) -> tuple[str, Path | None, Credentials | None]:
+        """A DL/T 645 device's address and, for a relay, its password_file (required) and
+        the credentials it holds (when files are checked)."""
         address = t.text("address", "", required=True, pattern=ADDRESS_RE,
                          pattern_text="the meter's 12-digit address (\"000000001234\")")
         if kind != "switch":
-            return address, None   # a password_file here is reported by `device`
+            return address, None, None   # a password_file here is reported by `device`
         before = len(self.problems)
         path = self.files.file(t, "password_file", required=True)
+        credentials = None
         if path is not None and self.files.check_files and len(self.problems) == before:
             try:
-                read_credentials(path)   # its messages never show the password
+                credentials = read_credentials(path)   # its messages never show the password
             except (OSError, ValueError) as e:
                 t.problem("password_file", str(e))
-        return address, path
+        return address, path, credentials
 
     def use(self, place: str, who: str, kind: DeviceKind, ref: DeviceRef) -> None:
         """Record that `who` (at `place`) uses the device `ref` as a `kind`."""

@@ -5,8 +5,9 @@
 change (docs/configuration.md lists them): a file with any is refused whole. The
 rest is by id: rooms, points, readers and buses added, removed and changed. A
 changed room or point is `rewired` when a device of it (its reference, profile
-included) or the bus under one changed, or a point's service: its devices are
-made anew. Others keep their devices and take only their new settings.
+included, and a DL/T 645 relay's password as read from its file) or the bus under
+one changed, or a point's service: its devices are made anew. Others keep their
+devices and take only their new settings.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from drivers.cardreader.cardid import LineFormat, UidOrder
+from drivers.dlt645.credentials import Credentials
 from drivers.profile import Profile
 from gatewayd.config.validate import Problem
 
@@ -165,7 +166,9 @@ class Bus:
 @dataclass(frozen=True, slots=True)
 class DeviceRef:
     """A device on a bus: `bus`, Modbus `unit` or DL/T 645 `address`, `profile`
-    (loaded), channel; a DL/T 645 relay's `password_file`."""
+    (loaded), channel; a DL/T 645 relay's `password_file` and what it held when the
+    file was loaded (`credentials`: a new password in the same file is a changed
+    device on reload; its repr never shows the password)."""
 
     bus: str
     unit: int
@@ -175,6 +178,7 @@ class DeviceRef:
     ml_per_pulse: Decimal = Decimal(0)
     address: str = ""  # DL/T 645: the meter's 12 digits (then `unit` is 0)
     password_file: Path | None = None
+    credentials: Credentials | None = field(default=None, repr=False)
 
     @property
     def at(self) -> int | str:

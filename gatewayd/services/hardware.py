@@ -147,7 +147,10 @@ class Hardware:
         return sw
 
     def _credentials_of(self, ref: DeviceRef) -> Credentials:
-        """The relay password, read once per file (a floor's meters often share one)."""
+        """The relay password: as the config loaded it, else read once per file (a
+        floor's meters often share one)."""
+        if ref.credentials is not None:
+            return ref.credentials
         assert ref.password_file is not None
         key = str(ref.password_file)
         if key not in self._credentials:
