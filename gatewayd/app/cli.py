@@ -17,7 +17,6 @@ from gatewayd.app import logs
 from gatewayd.config.load import DEFAULT_CONFIG_PATH, load_config, warning_lines
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.db import Store
-from gatewayd.tools import centertool, demo, probe, profiles
 
 # Exit codes: 0 done, 1 failure at run time, 2 unusable config or state (do not restart).
 EXIT_OK = 0
@@ -27,9 +26,15 @@ EXIT_CONFIG = 2
 log = structlog.get_logger("gatewayd")
 
 
+#: Commands the daemon's own process runs: the staff tools are not imported for
+#: them (a smaller, faster-starting daemon on the Pi).
+CORE_COMMANDS = ("run", "check-config")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(with_tools=not (words and words[0] in CORE_COMMANDS))
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_CONFIG
@@ -43,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, with_tools: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gatewayd", description="Building gateway of the campus one-card system."
     )
@@ -67,10 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=cmd_status)
 
-    demo.add_subcommand(sub)
-    centertool.add_subcommands(sub)
-    profiles.add_subcommand(sub)
-    probe.add_subcommand(sub)
+    if with_tools:
+        from gatewayd.tools import centertool, demo, probe, profiles
+
+        demo.add_subcommand(sub)
+        centertool.add_subcommands(sub)
+        profiles.add_subcommand(sub)
+        probe.add_subcommand(sub)
     return p
 
 
