@@ -16,6 +16,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 
 from gatewayd.contract.command_types import MAX_NAME_CHARS, UnknownFields
 from gatewayd.contract.enums import CardKind, CardStatus, Service, TariffUnit
+from gatewayd.contract.scalars import JSON_INT_MAX
 
 __all__ = [
     "MAX_CARD_NUMBER",
@@ -36,8 +37,8 @@ __all__ = [
     "read_name",
 ]
 
-#: The range every JSON peer (and SQLite) represents exactly.
-MAX_INT: Final = 2**53 - 1
+#: The range every JSON peer (and SQLite) represents exactly (one value: scalars').
+MAX_INT: Final = JSON_INT_MAX
 #: An absent key, told apart from a JSON null.
 MISSING: Final[Any] = object()
 
