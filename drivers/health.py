@@ -19,7 +19,7 @@ from typing import TypeVar
 import structlog
 
 from drivers.errors import DeviceError
-from drivers.retry import Backoff
+from drivers.retry import JITTER_RNG, Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,8 @@ class DeviceHealth:
     last_error: str = ""
     last_ok_mono: float | None = None
     failures_total: int = 0
-    _rng: random.Random = field(default_factory=random.Random, repr=False)
+    # The shared generator: one per device would be 2.5 KB each, a thousand in a building.
+    _rng: random.Random = field(default=JITTER_RNG, repr=False, compare=False)
 
     def _names(self) -> dict[str, object]:
         """What each log line says of the device."""

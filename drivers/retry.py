@@ -27,6 +27,10 @@ SUMMARY_S = 60.0
 #: later than the schedule, and a crowd that failed together still spreads out.
 HALF_TO_FULL: Final = (0.5, 1.0)
 
+#: The jitter's source when none is given: one generator for every back-off
+#: (a `random.Random` holds 2.5 KB of state; a building has a thousand back-offs).
+JITTER_RNG: Final = random.Random()
+
 
 class Backoff:
     """Capped exponential back-off with jitter around each delay, reset on success.
@@ -60,7 +64,7 @@ class Backoff:
         self.factor = factor
         self.jitter = jitter
         self.longest_s = cap_s if longest_s is None else longest_s
-        self._rng = rng or random.Random()
+        self._rng = rng or JITTER_RNG
         self.attempt = 0
 
     def delay(self, attempt: int) -> float:
@@ -105,7 +109,10 @@ class FailureLog:
     def __init__(self, logger: Any, event: str, *, recovered: str,
                  level: int = logging.WARNING, summary_s: float = SUMMARY_S,
                  clock: Callable[[], float] = time.monotonic, **context: Any) -> None:
-        self._log = logger.bind(**context) if context else logger
+        # The context is passed at each line, not bound: a bound logger per device
+        # costs memory for lines most devices never log.
+        self._log = logger
+        self._context = context
         self.event = event
         self.recovered = recovered
         self.level = level
@@ -127,12 +134,12 @@ class FailureLog:
         if self.failures == 1:
             self._since = self._said_at = now
             self._unsaid = 0
-            self._log.log(self.level, self.event, **fields)
+            self._log.log(self.level, self.event, **{**self._context, **fields})
             return True
         self._unsaid += 1
         if now - self._said_at >= self.summary_s:
-            self._log.warning(self.event, repeats=self._unsaid,
-                              failing_s=round(now - self._since), **fields)
+            self._log.warning(self.event, **{**self._context, "repeats": self._unsaid,
+                                             "failing_s": round(now - self._since), **fields})
             self._said_at = now
             self._unsaid = 0
         return False
@@ -141,7 +148,8 @@ class FailureLog:
         """It works; True when that ends a run of failures (logged once, at INFO)."""
         if self.failures == 0:
             return False
-        self._log.info(self.recovered, failures=self.failures,
-                       failing_s=round(self._clock() - self._since), **fields)
+        self._log.info(self.recovered, **{**self._context, "failures": self.failures,
+                                          "failing_s": round(self._clock() - self._since),
+                                          **fields})
         self.failures = 0
         return True

@@ -8,6 +8,8 @@ daemon importing pymodbus) fails the suite instead of eroding the design.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,18 @@ def test_the_daemon_never_imports_the_simulators() -> None:
              if "tools" not in p.relative_to(ROOT).parts
              for name in _imports(p) if name.split(".")[0] == "sim"]
     assert wrong == []
+
+
+def test_run_loads_the_optional_endpoints_only_when_configured() -> None:
+    """`gatewayd run` without [metrics] or [web] carries neither prometheus_client (most
+    of a megabyte) nor the status page; nor the staff tools."""
+    code = ("import sys, gatewayd.app.cli, gatewayd.app.daemon; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prometheus_client' "
+            "or m.startswith(('gatewayd.services.metrics', 'gatewayd.services.status_page', "
+            "'gatewayd.tools.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_the_check_can_fail() -> None:

@@ -27,10 +27,8 @@ from gatewayd.services.alarms import Alarms
 from gatewayd.services.clock import Clock
 from gatewayd.services.component import Component, Heartbeat
 from gatewayd.services.hardware import Hardware
-from gatewayd.services.metrics import MetricsEndpoint
 from gatewayd.services.power.service import PowerService
 from gatewayd.services.snapshot import Snapshot
-from gatewayd.services.status_page import StatusPage
 from gatewayd.services.water.service import WaterService
 from gatewayd.store import meta
 from gatewayd.store.cards import Cards
@@ -221,10 +219,16 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
         # The command screen stops after the link (which may be waiting on it).
         components += [link, commands.screen]
     components.append(StoreProbe(store, alarms, settle_after_s=alarm_settle_s(config)))
+    # [metrics] and [web] are read at start only: their modules (prometheus_client
+    # is most of a megabyte) are loaded only by a daemon that serves them.
     if config.metrics is not None:
+        from gatewayd.services.metrics import MetricsEndpoint
+
         components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
                                           alarms=alarms, center=link.view if link else None))
     if config.web is not None:
+        from gatewayd.services.status_page import StatusPage
+
         components.append(StatusPage(config, snapshot))
     notifier = notifier or Notifier()
     snapshot.notify = notifier.status

@@ -64,11 +64,14 @@ def load_config(path: Path | str, *, check_files: bool = True) -> Config:
     warnings: list[Problem] = []
     files = Files(path, check_files, warnings)
     config = _read(path, Table(dict(data), "", problems), files, warnings)
-    # Every place also gets its line and its room, point or reader (lines.py).
-    where = Locator(text, data)
-    warnings[:] = [where.located(w) for w in warnings]
+    if problems or warnings:
+        # Every place also gets its line and its room, point or reader (lines.py);
+        # a clean file is not scanned again (a 500-room file at every start).
+        where = Locator(text, data)
+        warnings[:] = [where.located(w) for w in warnings]
+        problems[:] = [where.located(p) for p in problems]
     if problems or config is None:
-        raise ConfigError(path, [where.located(p) for p in problems], warnings)
+        raise ConfigError(path, problems, warnings)
     return replace(config, warnings=tuple(warnings))
 
 
