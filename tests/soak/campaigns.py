@@ -1412,6 +1412,7 @@ async def fuzz_commands(n: int, tmp: Path, checks: Checks, notes: list[str]) -> 
         notes.append(f"commands: {answered} answered, {len(seen)} applied or stored, {slow} over 1 s, "
                      f"RSS {rss[0] // 1024}->{rss[-1] // 1024} MB over the second half")
     finally:
+        await service.screen.shutdown()   # its worker process, as the daemon stops it
         await gw.stop()
         await sim.stop()
     return n
