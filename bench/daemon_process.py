@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import os
 import signal
@@ -31,20 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 PYCACHE = Path(tempfile.gettempdir()) / "gatewayd-bench-pycache"
-
-
-@functools.cache
-def _compile(env: tuple[tuple[str, str], ...]) -> None:
-    """Compile everything `run` imports before READY into the bytecode cache (once)."""
-    subprocess.run([sys.executable, "-c", "import gatewayd.app.cli, gatewayd.app.daemon"],
-                   cwd=ROOT, env=dict(env), check=True)
+_COMPILED: set[str] = set()   # bytecode caches filled by this process
 
 
 def installed_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a daemon that starts from compiled bytecode, as an installed one does."""
+    """`env` for a daemon that starts from compiled bytecode, as an installed one does.
+    The first call for a cache compiles into it everything `run` imports before READY."""
     env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.setdefault("PYTHONPYCACHEPREFIX", str(PYCACHE))
-    _compile(tuple((k, v) for k, v in env.items() if k != "NOTIFY_SOCKET"))
+    cache = env.setdefault("PYTHONPYCACHEPREFIX", str(PYCACHE))
+    if cache not in _COMPILED:
+        subprocess.run([sys.executable, "-c", "import gatewayd.app.cli, gatewayd.app.daemon"],
+                       cwd=ROOT, env=env, check=True)
+        _COMPILED.add(cache)
     return env
 
 
@@ -56,6 +53,7 @@ class Daemon:
         self.workdir = workdir
         self.log = workdir / "daemon.log"
         self.proc: asyncio.subprocess.Process | None = None
+        installed_env(dict(os.environ))   # compile now: not inside a timed start
 
     def _env(self, notify: Path) -> dict[str, str]:
         return installed_env({**os.environ, "NOTIFY_SOCKET": str(notify)})
