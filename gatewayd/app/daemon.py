@@ -178,6 +178,24 @@ def _power_service(config: Config, store: Store, hardware: Hardware, *, ledger: 
     return power
 
 
+def _monitoring(config: Config, store: Store, hardware: Hardware,
+                snapshot: Snapshot) -> list[Component]:
+    """The endpoints asked for. [metrics] and [web] are read at start only: their modules
+    (prometheus_client is most of a megabyte) are loaded only by a daemon that serves them."""
+    endpoints: list[Component] = []
+    if config.metrics is not None:
+        from gatewayd.services.metrics import MetricsEndpoint
+
+        endpoints.append(MetricsEndpoint(config, store, hardware.buses, power=snapshot.power,
+                                         water=snapshot.water, alarms=snapshot.alarms,
+                                         center=snapshot.center))
+    if config.web is not None:
+        from gatewayd.services.status_page import StatusPage
+
+        endpoints.append(StatusPage(config, snapshot))
+    return endpoints
+
+
 async def serve(config: Config, store: Store, notifier: Notifier | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
     clock = Clock(config.gateway.timezone, config.gateway.clock_synced)
@@ -219,17 +237,7 @@ async def serve(config: Config, store: Store, notifier: Notifier | None = None) 
         # The command screen stops after the link (which may be waiting on it).
         components += [link, commands.screen]
     components.append(StoreProbe(store, alarms, settle_after_s=alarm_settle_s(config)))
-    # [metrics] and [web] are read at start only: their modules (prometheus_client
-    # is most of a megabyte) are loaded only by a daemon that serves them.
-    if config.metrics is not None:
-        from gatewayd.services.metrics import MetricsEndpoint
-
-        components.append(MetricsEndpoint(config, store, hardware.buses, power=power, water=water,
-                                          alarms=alarms, center=link.view if link else None))
-    if config.web is not None:
-        from gatewayd.services.status_page import StatusPage
-
-        components.append(StatusPage(config, snapshot))
+    components += _monitoring(config, store, hardware, snapshot)
     notifier = notifier or Notifier()
     snapshot.notify = notifier.status
     reloader = Reloader(config, hardware, power, water, make_reader=make_reader,
