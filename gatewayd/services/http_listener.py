@@ -3,7 +3,15 @@ endpoints (`[metrics]`, `[web]`).
 
 Contract:
 - One request per connection (`Connection: close`), its head at most
-  MAX_REQUEST_BYTES, read within REQUEST_TIMEOUT_S.
+  MAX_REQUEST_BYTES, read within REQUEST_TIMEOUT_S; the whole exchange (the
+  answer computed and written too) within EXCHANGE_TIMEOUT_S, so a client that
+  neither asks nor reads, or a page stuck on a busy store, frees its socket.
+- At most MAX_CONNECTIONS at once: one more is closed unanswered, so a flood
+  of connections costs the gateway at most that many sockets (the serial
+  ports, the database and the MQTT connection need descriptors too) and
+  denies monitoring only. The first refusal is logged at WARNING
+  (`{name}_connections_refused`), repeats summarised once a minute, the end
+  at INFO (`{name}_connections_accepted`).
 - GET and HEAD only: any other method is answered 405 with `Allow: GET, HEAD`,
   so nothing reached through it can change the gateway.
 - `routes` maps a path (query string ignored) to an async function returning
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from drivers.retry import FailureLog
 from gatewayd.services.component import Heartbeat
 
 log = structlog.get_logger(__name__)
@@ -31,8 +40,11 @@ log = structlog.get_logger(__name__)
 LISTEN_RETRY_S = 30.0
 # A client that does not finish its request within this is dropped.
 REQUEST_TIMEOUT_S = 5.0
+EXCHANGE_TIMEOUT_S = 15.0
 # Longest request head read: these endpoints take one short GET.
 MAX_REQUEST_BYTES = 8192
+# Connections served at once: a few people and a scraper need a handful.
+MAX_CONNECTIONS = 32
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -56,6 +68,10 @@ class HttpListener:
         self.port = port
         self.routes = routes
         self.server: asyncio.Server | None = None
+        self.open_connections = 0
+        self._refusals = FailureLog(log, f"{name}_connections_refused",
+                                    recovered=f"{name}_connections_accepted",
+                                    listen=f"{host}:{port}", limit=MAX_CONNECTIONS)
 
     async def serve(self, heartbeat: Heartbeat) -> None:
         """Bind (retrying while the port is taken), then answer until cancelled."""
@@ -82,24 +98,40 @@ class HttpListener:
                     await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= MAX_CONNECTIONS:
+            self._refusals.failed()
+            writer.transport.abort()
+            return
+        self._refusals.ok()
+        self.open_connections += 1
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                request = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = request.partition(b" ")
-            response = await self._answer(method, rest.split(b" ", 1)[0].split(b"?", 1)[0])
-            head = "".join(f"{k}: {v}\r\n" for k, v in response.headers)
-            writer.write((f"HTTP/1.1 {response.status}\r\nContent-Type: {response.content_type}\r\n"
-                          f"Content-Length: {len(response.body)}\r\n{head}Connection: close\r\n\r\n"
-                          ).encode() + (b"" if method == b"HEAD" else response.body))
-            await writer.drain()
+            async with asyncio.timeout(EXCHANGE_TIMEOUT_S):
+                await self._exchange(reader, writer)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             pass
         finally:
+            self.open_connections -= 1
             writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
+            except TimeoutError:
+                writer.transport.abort()  # a client that does not read: its socket goes now
+            except ConnectionError:
+                pass
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read one request, write its answer."""
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            request = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = request.partition(b" ")
+        response = await self._answer(method, rest.split(b" ", 1)[0].split(b"?", 1)[0])
+        head = "".join(f"{k}: {v}\r\n" for k, v in response.headers)
+        writer.write((f"HTTP/1.1 {response.status}\r\nContent-Type: {response.content_type}\r\n"
+                      f"Content-Length: {len(response.body)}\r\n{head}Connection: close\r\n\r\n"
+                      ).encode() + (b"" if method == b"HEAD" else response.body))
+        await writer.drain()
 
     async def _answer(self, method: bytes, path: bytes) -> Response:
         if method not in (b"GET", b"HEAD"):
