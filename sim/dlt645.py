@@ -32,6 +32,7 @@ import time
 import tty
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.frames import (
@@ -153,8 +154,9 @@ class SimDltLine:
 
     def __init__(self, meters: Sequence[SimDltMeter] = (), *, baudrate: int = 2400,
                  parity: str = "E", stopbits: int = 1, turnaround_s: float = 0.02,
-                 record: int = 10_000) -> None:
+                 record: int = 10_000, link: Path | None = None) -> None:
         self.meters = {m.address: m for m in meters}
+        self.link = link   # a stable path to the pty (as udev's /dev/serial/by-id), or None
         self.baudrate = baudrate
         self.turnaround_s = turnaround_s
         self.char_s = character_time_s(baudrate, parity, stopbits)
@@ -177,7 +179,21 @@ class SimDltLine:
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
         self.client_port = os.ttyname(self._slave)
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
+            self.link.symlink_to(self.client_port)
+            self.client_port = str(self.link)
         asyncio.get_running_loop().add_reader(self._master, self._on_bytes)
+
+    async def unplug(self) -> None:
+        """The USB adapter pulled out: the pty goes (the gateway's reads fail), and `link` too."""
+        await self.stop()
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
+
+    async def replug(self) -> None:
+        """Plugged in again: a new pty behind the same `link`."""
+        await self.start()
 
     async def stop(self) -> None:
         """Stop answering, close the ptys."""

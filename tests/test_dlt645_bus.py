@@ -6,9 +6,12 @@ foreign and late answers never taken as readings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ from drivers.dlt645.bus import Dlt645Bus
 from drivers.dlt645.credentials import Credentials
 from drivers.dlt645.devices import FOLLOW_READS, Dlt645Meter, Dlt645Relay, FieldSpec
 from drivers.dlt645.frames import RELAY_CLOSE, RELAY_TRIP, STATUS_WORD_3
+from drivers.dlt645.link import Dlt645Link
 from drivers.errors import DeviceError, RelayRefused, SwitchMismatch
 from drivers.health import OFFLINE_AFTER
 from sim.dlt645 import DEFAULT_CREDENTIALS, SimDltLine, SimDltMeter, pty_parity
@@ -213,3 +217,55 @@ async def test_late_answers_are_discarded(three: Floor) -> None:
     b_request = next(t for t, what, data in three.line.wire
                  if what == "request" and bytes.fromhex("78560000") in data)
     assert b_request > late   # B was asked only once A's late answer was over
+
+
+async def test_an_adapter_pulled_out_mid_run_is_waited_for_and_taken_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RS-485 adapter is unplugged while its meters are polled: the reads fail, the
+    meter goes offline, the port is tried again with back-off (no busy loop), and when
+    the adapter is back behind the same path the meter is read again."""
+    opens = 0
+    real_open = Dlt645Link.open
+
+    async def counted_open(*args: Any, **kwargs: Any) -> Dlt645Link:
+        nonlocal opens
+        opens += 1
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Dlt645Link, "open", counted_open)
+    line = SimDltLine([SimDltMeter(A, tz=TZ)], baudrate=9600, link=tmp_path / "ttyUSB0")
+    await line.start()
+    bus = Dlt645Bus("rs485-dlt", line.client_port, baudrate=9600, parity=PARITY,
+                    timeout_s=TIMEOUT_S, retries=0)
+    await bus.start()
+    meter = bus.meter(f"meter-{A}", A, FIELDS)
+    line.meters[A].physics.power_w = 120.0
+    try:
+        assert (await meter.read()).power_w == pytest.approx(120.0)
+        await line.unplug()
+        opens_before, failed = opens, 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3.0
+        while loop.time() < until:   # polled every 50 ms, as a busy building would
+            with contextlib.suppress(DeviceError):
+                await meter.read()
+                raise AssertionError("a reading from an unplugged adapter")
+            failed += 1
+            await asyncio.sleep(0.05)
+        assert not bus.health[f"meter-{A}"].online
+        assert not bus.connected
+        # Back-off from 0.5 s, doubling: a handful of opens in 3 s, not one per poll.
+        assert 1 <= opens - opens_before <= 6 < failed
+        await line.replug()
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    reading = await meter.read()
+                    break
+                except DeviceError:
+                    await asyncio.sleep(0.1)
+        assert reading.power_w == pytest.approx(120.0)
+        assert bus.health[f"meter-{A}"].online and bus.connected
+    finally:
+        await bus.close()
+        await line.stop()
