@@ -8,6 +8,7 @@ and balances, the journal's lines, and the sd_notify messages systemd gets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -161,6 +162,67 @@ async def test_reload_adds_removes_and_changes_rooms_and_keeps_a_running_shower(
     checks = Checks()
     check_all(None, snap, {two.account(i): two.account(i) for i in range(3)}, checks, "reload")
     assert not checks.violations, checks.violations
+    assert not daemon.log_problems()
+
+
+DEAD_ROOM = """
+[[buses]]
+name = "dead"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+timeout_s = 0.3
+[[rooms]]
+id = "199"
+meter = {{ bus = "dead", unit = 1, profile = "eastron-sdm120-import" }}
+breaker = {{ bus = "dead", unit = 201, profile = "relay-board", channel = 0 }}
+"""
+
+
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A Modbus TCP endpoint that accepts and never answers (a hung gateway module)."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
+    writer.close()
+
+
+@needs_mosquitto
+async def test_a_reload_onto_a_dead_bus_never_holds_the_live_rooms(
+        tmp_path: Path, broker: Broker, building: SimBuilding) -> None:
+    """A room added on a bus whose endpoint never answers: the reload still ends (READY=1),
+    the live rooms are still cut on overload, and the new room's meter is an alarm."""
+    sim = building
+    two = layout(tmp_path, broker, rooms=2)
+    seed(two.state_dir, {two.account(i): 1_000_000 for i in range(2)} | {"room-b07-199": 1000})
+    silent = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
+    daemon = Daemon(two.config(sim), tmp_path)
+    try:
+        await daemon.start()
+        await daemon.ready()
+        config = tmp_path / "gateway.toml"
+        config.write_text(config.read_text() + DEAD_ROOM.format(
+            port=silent.sockets[0].getsockname()[1]))
+        assert "READY=1" in await reload(daemon)   # within 20 s, or reload() raises
+        (done,) = records(daemon, "config_reloaded")
+        assert done["rooms"]["added"] == 1
+        sim.set_load(0, 1500)   # room 101 over its 1000 W limit
+        assert await until(lambda: not coil(sim, *two.breaker(0)), 10), "101 was not cut"
+        assert coil(sim, *two.breaker(1))
+
+        def meter_199_offline() -> bool:
+            return any(e["code"] == "meter_offline" and e["device"] == "meter:199"
+                       and e["active"] for e in read_store(two.db).of("alarm"))
+
+        assert await until(meter_199_offline, 20), "room 199's dead meter raised no alarm"
+        assert daemon.alive
+        assert await daemon.stop() == 0
+    finally:
+        await daemon.close()
+        silent.close()
+        await silent.wait_closed()
+    cuts = read_store(two.db).of("breaker.cut")
+    assert [(e["room"], e["reason"]) for e in cuts] == [("101", "overload")]
     assert not daemon.log_problems()
 
 
