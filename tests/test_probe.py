@@ -5,9 +5,12 @@ what the command prints and what the device holds afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import sys
 import textwrap
+import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -165,6 +168,46 @@ async def test_scan_finds_the_units_of_an_rtu_line() -> None:
     assert [line.split(":")[0] for line in out.splitlines()[1:-1]] == [
         "unit   1", "unit   2", "unit  31", "unit  40"]
     assert out.splitlines()[-1] == "4 answered: units 1, 2, 31, 40"
+
+
+@contextlib.asynccontextmanager
+async def babbling_line() -> AsyncIterator[str]:
+    """A pty whose far end sends random bytes every 10 ms (a broken device, or another
+    master on the RS-485 line); its port's name."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    rng = random.Random(1)
+
+    async def babble() -> None:
+        while True:
+            with contextlib.suppress(BlockingIOError):
+                os.write(master, rng.randbytes(10))
+            with contextlib.suppress(BlockingIOError):
+                os.read(master, 4096)
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(babble())
+    try:
+        yield os.ttyname(slave)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        os.close(master)
+        os.close(slave)
+
+
+async def test_a_scan_of_a_babbling_line_says_so_and_finds_nobody() -> None:
+    async with babbling_line() as port:
+        code, out, err = await probe("scan", "--port", port, "--units", "1-20",
+                                     "--timeout", "0.05")
+        dlt_code, dlt_out, dlt_err = await probe("scan", "--port", port, "--dlt645",
+                                                 "--parity", "N", "--timeout", "0.05")
+    assert code == 1
+    assert "answered:" not in out and ": answers" not in out   # noise is no unit
+    assert "noisy line" in err
+    assert dlt_code == 1 and "answered:" not in dlt_out, dlt_out + dlt_err
 
 
 async def test_a_serial_port_in_use_is_never_opened() -> None:

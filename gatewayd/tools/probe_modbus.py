@@ -23,6 +23,8 @@ __all__ = ["read_meter", "scan", "switch"]
 EXIT_OK, EXIT_FAILURE = 0, 1
 # Exception codes a Modbus TCP gateway answers for a unit behind it that is silent.
 GATEWAY_NO_DEVICE = frozenset({10, 11})
+#: How a scan shows bytes that are no Modbus answer (not counted as a unit found).
+GARBLED = "bytes that are no Modbus answer"
 
 
 def _register(f: Field) -> str:
@@ -65,14 +67,17 @@ async def switch(bus: ModbusBus, name: str, ref: DeviceRef, on: bool | None) -> 
 
 
 async def scan(bus: ModbusBus, units: Sequence[int], profile: Profile | None) -> int:
-    """Ask each unit for one cheap read; print who answers, even with an exception."""
+    """Ask each unit for one cheap read; print who answers, even with an exception.
+    Bytes that are no Modbus answer are printed but not counted: on a noisy line, or at
+    the wrong baud rate or parity, they do not show that a unit is there."""
     request = _cheap_read(profile)
     found: list[int] = []
     for unit in units:
         answer = await _ask(bus, unit, request)
         if answer is None:
             continue
-        found.append(unit)
+        if not answer.startswith(GARBLED):
+            found.append(unit)
         print(f"unit {unit:3}: {answer}", flush=True)
     return scan_summary([str(u) for u in found], "unit", "units ")
 
@@ -99,7 +104,11 @@ async def _ask(bus: ModbusBus, unit: int, request: ReadRequest) -> str | None:
         if e.message.startswith(("disconnected", "noisy line")):
             raise   # the bus, not this unit: the scan cannot go on
         absent = ("timeout", *(f"exception {c} " for c in GATEWAY_NO_DEVICE))
-        return None if e.message.startswith(absent) else f"answers: {e.message}"
+        if e.message.startswith(absent):
+            return None
+        if e.message.startswith("garbage"):
+            return f"{GARBLED} ({e.message}): noise, or the wrong baud rate or parity"
+        return f"answers: {e.message}"
     shown = " ".join(f"{v:04X}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
                      for v in values)
     return f"answers ({what} {request.address} = {shown})"
