@@ -11,7 +11,9 @@ answers carry another meter's address (never taken as readings).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,7 @@ async def test_a_dlt645_floor_under_the_daemon(tmp_path: Path, broker: Broker,
     try:
         await _prepaid_cut_and_credit(tmp_path, broker, line)
         await _overload_trips_and_recloses(tmp_path, line)
+        await _relay_closed_by_hand(tmp_path, broker, line)
         await _faulty_meters(tmp_path, line)
         # The round time, where staff look: the metrics and `gatewayd status`.
         metrics = await scrape(port)
@@ -201,6 +204,26 @@ async def _overload_trips_and_recloses(tmp: Path, line: SimDltLine) -> None:
     meter.physics.power_w = 0.0   # what tripped it is unplugged
     await until(lambda: ("breaker.restored", "reclose") in room_events(tmp, "402"))
     await relay_becomes(line, "402", True)
+
+
+async def _relay_closed_by_hand(tmp: Path, broker: Broker, line: SimDltLine) -> None:
+    """402 is cut by the center (held); the tenant closes the meter's relay with its button and
+    plugs in a heater. The relay is not read every round, but the load on a cut room's
+    meter has it read: cut again within seconds, and a breaker_mismatch says so."""
+    _, out, err = await gatewayd("send", "--key", str(tmp / "center.key"), "--broker", broker.url,
+                                 "--building", "b07", "--timeout", "20", "room.cut", "room=402", "hold=true")
+    assert json.loads(out)["ok"] is True, out + err
+    await relay_becomes(line, "402", False)
+    await until(lambda: ("breaker.cut", "remote") in room_events(tmp, "402"))
+    await asyncio.sleep(2.0)   # the cut settled: read back, nothing pending
+    meter = line.meters[ADDRESS["402"]]
+    meter.physics.power_w = 1500.0
+    meter.physics.set_supplied(True, time.monotonic())   # the button on the meter
+    await relay_becomes(line, "402", False, timeout=20)
+    found = await until(lambda: [a for a in alarms(tmp, "breaker_mismatch", "breaker:402")
+                                 if "found on while cut" in str(a["detail"])], timeout=10)
+    assert found[0]["active"] is True
+    meter.physics.power_w = 0.0
 
 
 async def _faulty_meters(tmp: Path, line: SimDltLine) -> None:

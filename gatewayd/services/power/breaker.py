@@ -11,6 +11,9 @@ Contract:
 - A relay board's breakers are read every poll (`bank_loop`). A breaker that
   moved by itself is read again alone to confirm it, then cut again or, found
   off with no cut recorded, left off and held (`rules.breaker.reconcile`).
+- A cut room whose meter shows a load has its breaker read alone (`check`; the
+  room loop asks at most every DRAW_CHECK_S): a relay closed by hand (a DL/T
+  645 meter's button; its relay is not read every poll) is cut again as above.
 """
 
 from __future__ import annotations
@@ -174,6 +177,23 @@ class Breakers:
                         log.exception("breaker_check_failed", room=rt.id)
             left = started + delay - self.clock.mono()
             await asyncio.sleep(max(left, 0.0) * random.uniform(0.95, 1.05))
+
+    async def check(self, rt: RoomRuntime, power_w: float | None) -> bool:
+        """A cut room whose meter shows a load: read its breaker alone, and cut it again
+        if it was closed by hand. Found off, the breaker does not cut what the meter
+        measures: said in the log (a wiring fault), nothing switched, False returned."""
+        read_at = self.clock.mono()
+        try:
+            on = await rt.breaker.get()
+        except DeviceError:
+            return True   # the breaker's bus says why; the next check reads it again
+        if on:
+            await self.seen(rt, on, read_at)
+            return True
+        log.warning("cut_room_draws", room=rt.id, power_w=power_w,
+                    detail="the breaker is off but the meter shows a load: "
+                    "check that the breaker cuts the metered circuit")
+        return False
 
     async def seen(self, rt: RoomRuntime, on: bool, read_at: float) -> None:
         """A breaker read by its board's poll: one that moved by itself is put back

@@ -50,6 +50,12 @@ TRIP_READ_MARGIN_S = 0.002
 # A room whose readings fail to be handled this many times in a row raises
 # room_failing (one failure may be a passing fault; three are not).
 ROOM_FAILING_AFTER = 3
+# A cut room's meter showing more than this has its breaker read (at most every
+# DRAW_CHECK_S): a breaker that is off leaves a meter at 0 W.
+DRAW_WHILE_CUT_W = 20.0
+DRAW_CHECK_S = 10.0
+DRAW_SETTLE_S = 2.0
+DRAW_FOUND_OFF_S = 60.0
 
 
 class RoomRunner:
@@ -92,6 +98,10 @@ class RoomRunner:
             reading = await self._read(rt, now) if now >= rt.next_read else None
             await self.evaluate(rt, reading)
             now = self.clock.mono()
+            if reading is not None and self._draws_while_cut(rt, reading, now):
+                rt.draw_checked_at = now
+                if not await self.breakers.check(rt, reading.power_w):
+                    rt.draw_checked_at += DRAW_FOUND_OFF_S   # a wiring fault: said seldom
             if now >= next_tick:
                 next_tick = max(next_tick + self.poll_s, now)  # fell behind: do not burst
             wake_at = next_tick
@@ -126,6 +136,19 @@ class RoomRunner:
             delay = health.poll_delay(self.poll_s)
         rt.next_read = now + delay - 0.01
         return reading
+
+    @staticmethod
+    def _draws_while_cut(rt: RoomRuntime, reading: MeterReading, now: float) -> bool:
+        """The meter shows a load although the room is cut and its breaker was left off:
+        the breaker was closed by hand (a DL/T 645 meter's relay has a button, and is
+        not read every poll), or does not cut what the meter measures. Checked at most
+        every DRAW_CHECK_S."""
+        return (reading.power_w is not None and abs(reading.power_w) > DRAW_WHILE_CUT_W
+                and rt.state.cut_reason is not None and rt.breaker_on is False
+                and not rt.switch_pending and now - rt.draw_checked_at >= DRAW_CHECK_S
+                # taken well after the breaker was last switched or read: not the load
+                # of before the cut, nor a relay still opening
+                and reading.mono >= rt.breaker_at + DRAW_SETTLE_S)
 
     def _trip_read_at(self, rt: RoomRuntime) -> float | None:
         """When the overload timer runs out before the next poll, read the meter

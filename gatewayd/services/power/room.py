@@ -39,6 +39,7 @@ class RoomRuntime:
     retry_want: bool | None = None       # the state whose command failed (None: none)
     switch_pending: bool = False         # a committed cut/restore not yet on the coil
     unverified: bool = False             # unreadable at start: first read decides as at start
+    draw_checked_at: float = float("-inf")   # when a load while cut last had the breaker read
     breaker_backoff: Backoff = field(
         default_factory=lambda: Backoff(BREAKER_RETRY_MIN_S, BREAKER_RETRY_S))
     breaker_log: FailureLog = field(init=False)
