@@ -94,6 +94,12 @@ async def test_a_flood_of_idle_connections_holds_a_bounded_number_of_sockets(
             await until(lambda: listener.open_connections == MAX_CONNECTIONS)
             # One more is closed unanswered: monitoring is denied, the gateway is not.
             assert await answer_or_nothing(listener.port) == b""
+            # A held slot freed and taken again in the flood: still one run of refusals.
+            idle.pop().close()
+            await until(lambda: listener.open_connections == MAX_CONNECTIONS - 1)
+            idle.append((await asyncio.open_connection("127.0.0.1", listener.port))[1])
+            await until(lambda: listener.open_connections == MAX_CONNECTIONS)
+            assert await answer_or_nothing(listener.port) == b""
             for _ in range(200):
                 with contextlib.suppress(ConnectionError):
                     (await asyncio.open_connection("127.0.0.1", listener.port))[1].close()

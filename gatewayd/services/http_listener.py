@@ -11,7 +11,7 @@ Contract:
   ports, the database and the MQTT connection need descriptors too) and
   denies monitoring only. The first refusal is logged at WARNING
   (`{name}_connections_refused`), repeats summarised once a minute, the end
-  at INFO (`{name}_connections_accepted`).
+  at INFO (`{name}_connections_accepted`, when a connection finds no other).
 - GET and HEAD only: any other method is answered 405 with `Allow: GET, HEAD`,
   so nothing reached through it can change the gateway.
 - `routes` maps a path (query string ignored) to an async function returning
@@ -102,7 +102,10 @@ class HttpListener:
             self._refusals.failed()
             writer.transport.abort()
             return
-        self._refusals.ok()
+        if self.open_connections == 0:
+            # Nobody else connected: a flood is over. Not sooner: under a flood a slot
+            # that frees and is taken again must not end and begin a run each time.
+            self._refusals.ok()
         self.open_connections += 1
         try:
             async with asyncio.timeout(EXCHANGE_TIMEOUT_S):
