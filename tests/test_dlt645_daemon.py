@@ -27,7 +27,7 @@ from sim.dlt645 import SimDltLine, SimDltMeter
 from tests.mqtt_fixtures import Broker, free_port
 from tests.test_gateway_e2e import broker, gatewayd
 from tests.test_metrics import scrape
-from tests.test_power import Daemon, db, events, seed, until
+from tests.test_power import Daemon, db, events, seed, switch_pending, until
 
 __all__ = ["broker"]  # a fixture used by name
 
@@ -215,7 +215,8 @@ async def _relay_closed_by_hand(tmp: Path, broker: Broker, line: SimDltLine) -> 
     assert json.loads(out)["ok"] is True, out + err
     await relay_becomes(line, "402", False)
     await until(lambda: ("breaker.cut", "remote") in room_events(tmp, "402"))
-    await asyncio.sleep(2.0)   # the cut settled: read back, nothing pending
+    await until(lambda: not switch_pending(tmp, "402"))   # the cut read back: nothing pending
+    await asyncio.sleep(2.0)   # and settled: a load read now is no longer the cut's own lag
     meter = line.meters[ADDRESS["402"]]
     meter.physics.power_w = 1500.0
     meter.physics.set_supplied(True, time.monotonic())   # the button on the meter

@@ -225,12 +225,17 @@ def credit_command(cid: str, account: str, fen: int) -> bytes:
 
 class CommandSender:
     """The center sending account.credit commands now and then (QoS 1 on `{root}/cmd`):
-    unique ids, and every fifth send a repeat of a recent one (the same payload)."""
+    unique ids, and every fifth send a repeat of a recent one (the same payload).
+
+    A publish that fails (no PUBACK: the broker went away) may still have reached
+    the gateway, so the center sends that same command again, same id, until a
+    publish is acknowledged; one never acknowledged is `unconfirmed`."""
 
     def __init__(self, center: Collector, accounts: list[str], rng: random.Random,
                  prefix: str = "cmd") -> None:
         self.center, self.accounts, self.rng, self.prefix = center, accounts, rng, prefix
         self.sent: dict[str, bytes] = {}
+        self.unconfirmed: dict[str, bytes] = {}
         self.sends: Counter[str] = Counter()
         self.repeats = 0
         self.paused = False
@@ -240,18 +245,24 @@ class CommandSender:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="commands")
 
     async def send_one(self) -> None:
-        if self.sent and self.rng.random() < 0.2:
+        if self.unconfirmed:
+            cid, payload = next(iter(self.unconfirmed.items()))
+            repeat = True
+        elif self.sent and self.rng.random() < 0.2:
             cid = self.rng.choice(list(self.sent)[-10:])
             payload = self.sent[cid]
             repeat = True
         else:
-            cid = f"{self.prefix}-{len(self.sent) + 1}-{uuid.uuid4().hex[:8]}"
+            cid = f"{self.prefix}-{len(self.sent) + len(self.unconfirmed) + 1}-{uuid.uuid4().hex[:8]}"
             payload = credit_command(cid, self.rng.choice(self.accounts), self.rng.randint(1, 500))
             repeat = False
+        self.sends[cid] += 1
+        if cid not in self.sent:
+            self.unconfirmed[cid] = payload
         async with asyncio.timeout(10):
             await self.center.publish(f"{ROOT_TOPIC}/cmd", payload)
+        self.unconfirmed.pop(cid, None)
         self.sent[cid] = payload
-        self.sends[cid] += 1
         self.repeats += repeat
 
     async def _run(self) -> None:
@@ -267,6 +278,10 @@ class CommandSender:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        for _ in list(self.unconfirmed):   # the center's last tries, same ids
+            with contextlib.suppress(Exception):
+                await self.send_one()
 
     def results(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -294,7 +309,15 @@ class CommandSender:
                          f"{label}: command {cid}: results differ: {results}")
             checks.check(all(r.get("ok") is True for r in results),
                          f"{label}: command {cid} refused: {results[:1]}")
-        strays = set(got) - set(self.sent)
+        for cid in self.unconfirmed:
+            # Never acknowledged: it may or may not have reached the gateway.
+            results = got.get(cid, [])
+            checks.check(applied[cid] <= 1 and (applied[cid] == 1 or not results),
+                         f"{label}: unconfirmed command {cid}: applied {applied[cid]} times, "
+                         f"{len(results)} results")
+            checks.check(all(r.get("ok") is True for r in results),
+                         f"{label}: unconfirmed command {cid} refused: {results[:1]}")
+        strays = set(got) - set(self.sent) - set(self.unconfirmed)
         checks.check(not strays, f"{label}: results for commands never sent: {sorted(strays)[:5]}")
         dup = sum(1 for rs in got.values() for r in rs if r.get("duplicate"))
         return (f"{len(self.sent)} commands ({sum(self.sends.values())} sends, {self.repeats} "
