@@ -9,7 +9,11 @@ from gatewayd). It imports nothing of the project at run time, so every layer ca
     ├── KeyFileError      a key file is missing or wrong (`path`, `reason`)
     ├── CanonicalFormError a command has no canonical form (`path`, `reason`); a ValueError
     ├── Refused           a command that cannot be applied (`code`, `message`)
+    ├── InvalidField      a command's field is wrong; its text, `path: problem`, is the
+    │                     `bad_request` message (raised and caught inside the contract)
     ├── LinkConfigError   a local setting the center link cannot use (`reason`)
+    ├── ProbeUsage        `gatewayd probe` was given no device, or a wrong one
+    ├── ProbeRefused      the device's bus is the daemon's (or another program's)
     └── StoreError        the store cannot be used
         ├── StoreLocked   another gatewayd holds the state directory
         └── StoreClosed   a job was submitted after close()
@@ -83,6 +87,10 @@ class Refused(GatewaydError):
         self.message = message
 
 
+class InvalidField(GatewaydError):
+    """A command's field is wrong; its text, ``path: problem``, is the ``bad_request`` message."""
+
+
 class LinkConfigError(GatewaydError):
     """A local setting the link cannot use (unreadable password or key file,
     bad certificate, broker refusing the credentials); retried at the longest
@@ -91,6 +99,14 @@ class LinkConfigError(GatewaydError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ProbeUsage(GatewaydError):
+    """The options name no device, or a wrong one: the message says what to give."""
+
+
+class ProbeRefused(GatewaydError):
+    """The device's bus is the daemon's (or another program's): the message says so."""
 
 
 class StoreError(GatewaydError):

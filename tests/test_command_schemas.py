@@ -20,7 +20,7 @@ import pytest
 
 from gatewayd.contract import results as r
 from gatewayd.contract.command_args import parse_args
-from gatewayd.contract.command_fields import MISSING, Invalid
+from gatewayd.contract.command_fields import MISSING, InvalidField
 from gatewayd.contract.enums import (
     BreakerState,
     CardKind,
@@ -125,7 +125,7 @@ LOOSER: list[tuple[CommandType, Any]] = [
 def _parses(ctype: CommandType, args: Any) -> bool:
     try:
         parse_args(ctype, args, "ignore", [])
-    except Invalid:
+    except InvalidField:
         return False
     return True
 

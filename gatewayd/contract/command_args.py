@@ -3,7 +3,7 @@
 
 Contract of the module: pure. ``parse_args`` turns the ``args`` object of a
 command of a known type into its typed Struct (``command_types``), or raises
-``command_fields.Invalid`` naming the first field that is wrong; fields are
+``command_fields.InvalidField`` naming the first field that is wrong; fields are
 checked in the contract's order. Unknown keys are listed in ``ignored``, or
 refused with ``unknown_fields="reject"``.
 
@@ -63,7 +63,7 @@ from gatewayd.contract.command_fields import (
     MISSING,
     CardFormat,
     Fields,
-    Invalid,
+    InvalidField,
     fail,
     json_object,
     read_bool,
@@ -208,7 +208,7 @@ def _state_get(f: Fields) -> StateGet:
     given = [key for key, value in (("room", room), ("account", account), ("card", card))
              if value is not None]
     if len(given) > 1:
-        raise Invalid(
+        raise InvalidField(
             f"{f.path(given[1])}: at most one of room, account and card, got {' and '.join(given)}"
         )
     return StateGet(
@@ -254,7 +254,7 @@ def _cards_load(f: Fields, unknown: UnknownFields, ignored: list[str]) -> CardsL
         card = _card_put(entry)
         entry.finish(unknown, ignored)
         if card.card in first_index:
-            raise Invalid(
+            raise InvalidField(
                 f'{path}.card: card "{card.card}" is also at'
                 f" {f.path('cards')}[{first_index[card.card]}]"
             )
@@ -269,7 +269,7 @@ def parse_args(
 ) -> CommandArgs:
     """The typed ``args`` of a ``command_type`` command (``raw_args`` is ``MISSING`` when absent).
 
-    Raises ``Invalid`` for the first field that is wrong; appends to
+    Raises ``InvalidField`` for the first field that is wrong; appends to
     ``ignored`` the unknown keys it ignored (``"args.until"``). Card ids are
     read in ``card_format``, the building's.
     """

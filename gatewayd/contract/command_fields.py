@@ -1,7 +1,7 @@
 """Readers of the JSON values a command carries, for the schema of ``command_args``.
 
 Contract of the module: pure. Each reader checks one value and returns it
-typed, or raises ``Invalid`` whose text, ``path: problem`` (JSON-path style:
+typed, or raises ``InvalidField`` whose text, ``path: problem`` (JSON-path style:
 ``args.cards[3].kind: expected one of ...``), is the ``bad_request`` message.
 Integers are JSON integers within +-(2**53 - 1): ``true``, ``1.0`` and ``"1"``
 are refused.
@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 from gatewayd.contract.command_types import MAX_NAME_CHARS, UnknownFields
 from gatewayd.contract.enums import CardKind, CardStatus, Service, TariffUnit
 from gatewayd.contract.scalars import JSON_INT_MAX
+from gatewayd.errors import InvalidField
 
 __all__ = [
     "MAX_CARD_NUMBER",
@@ -24,7 +25,7 @@ __all__ = [
     "MISSING",
     "CardFormat",
     "Fields",
-    "Invalid",
+    "InvalidField",
     "describe",
     "encodable",
     "fail",
@@ -51,10 +52,6 @@ _CARD_RE: Final = re.compile(r"[0-9A-Fa-f]{2,32}", re.ASCII)
 _DEC10_RE: Final = re.compile(r"[0-9]{10}", re.ASCII)
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME_EXPECTED: Final = f"a string of 1 to {MAX_NAME_CHARS} characters without control characters"
-
-
-class Invalid(Exception):
-    """A schema error; its text, ``path: problem``, is the ``bad_request`` message."""
 
 
 def encodable(text: str) -> bool:
@@ -98,7 +95,7 @@ def problem(path: str, expected: str, value: Any) -> str:
 
 
 def fail(path: str, expected: str, value: Any) -> NoReturn:
-    raise Invalid(problem(path, expected, value))
+    raise InvalidField(problem(path, expected, value))
 
 
 def read_int(path: str, value: Any, expected: str, minimum: int = -MAX_INT) -> int:
@@ -193,5 +190,5 @@ class Fields:
         """Refuse (``"reject"``) or list in ``ignored`` the keys nobody read."""
         extra = sorted(key for key in self._obj if key not in self._seen)
         if extra and unknown == "reject":
-            raise Invalid(f"{self.path(extra[0])}: unknown field")
+            raise InvalidField(f"{self.path(extra[0])}: unknown field")
         ignored.extend(self.path(key) for key in extra)

@@ -65,7 +65,7 @@ from gatewayd.contract.command_args import parse_args
 from gatewayd.contract.command_fields import (
     MISSING,
     CardFormat,
-    Invalid,
+    InvalidField,
     describe,
     encodable,
     fail,
@@ -315,7 +315,7 @@ def _envelope(
             fail("ts", "an RFC 3339 date-time with offset", raw_ts)
         expires = _expires(obj.get("expires"), issued_at)
         args = parse_args(command_type, obj.get("args", MISSING), unknown, ignored, card_format)
-    except Invalid as exc:
+    except InvalidField as exc:
         return bad_request(str(exc))
 
     ignored[:0] = sorted(key for key in obj if key not in _TOP_LEVEL_FIELDS)

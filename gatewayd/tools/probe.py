@@ -29,11 +29,10 @@ from drivers.dlt645.credentials import read_credentials
 from drivers.errors import DriverError
 from gatewayd.config.load import DEFAULT_CONFIG_PATH
 from gatewayd.config.model import Bus, DeviceRef
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, ProbeRefused, ProbeUsage
 from gatewayd.services.hardware import AnyBus, make_bus
 from gatewayd.tools import probe_dlt645, probe_modbus
-from gatewayd.tools.probe_owner import ProbeRefused
-from gatewayd.tools.probe_target import ProbeUsage, Site, parse_addresses, parse_units
+from gatewayd.tools.probe_target import Site, parse_addresses, parse_units
 
 __all__ = ["add_subcommand"]
 

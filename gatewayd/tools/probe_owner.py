@@ -17,16 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatewayd.config.model import Bus
+from gatewayd.errors import ProbeRefused
 from gatewayd.store.files import LOCK_NAME
 
-__all__ = ["Owner", "ProbeRefused", "flock_holder"]
+__all__ = ["Owner", "flock_holder"]
 
 PROC_LOCKS = Path("/proc/locks")
 STOP_FIRST = "stop gatewayd first (sudo systemctl stop gatewayd)"
-
-
-class ProbeRefused(Exception):
-    """The device's bus is the daemon's (or another program's): the message says so."""
 
 
 def flock_holder(path: Path) -> int | None:

@@ -28,19 +28,15 @@ from gatewayd.config.gateway import DEFAULT_STATE_DIR, system_timezone
 from gatewayd.config.load import DEFAULT_CONFIG_PATH, load_config
 from gatewayd.config.model import Bus, Config, DeviceRef
 from gatewayd.config.validate import show, suggestion
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, ProbeUsage
 from gatewayd.tools.probe_owner import Owner
 from gatewayd.tools.probe_reader import SeenIds
 from gatewayd.tools.profiles import site_dir
 
-__all__ = ["ProbeUsage", "Site", "parse_addresses", "parse_units"]
+__all__ = ["Site", "parse_addresses", "parse_units"]
 
 T = TypeVar("T")
 MAX_ADDRESSES = 1000   # units or DL/T 645 addresses in one scan (~0.5 s each when silent)
-
-
-class ProbeUsage(Exception):
-    """The options name no device, or a wrong one: the message says what to give."""
 
 
 @dataclass(frozen=True, slots=True)
