@@ -34,6 +34,14 @@ from drivers.protocols import CardTap, StatusSink, TapSink
 
 log = structlog.get_logger(__name__)
 
+READER_TYPES = ("serial", "pcsc")
+#: The settings a `[[readers]]` table of each type takes besides `id` and
+#: `type`: the config file's reader and `factory.open_reader` both check them.
+READER_SETTINGS: dict[str, frozenset[str]] = {
+    "serial": frozenset({"port", "baudrate", "protocol", "uid_order", "line_format"}),
+    "pcsc": frozenset({"name", "uid_order"}),
+}
+
 
 @dataclass(slots=True)
 class DecoderStats:

@@ -6,15 +6,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from drivers.cardreader import READER_SETTINGS, READER_TYPES
 from drivers.cardreader.cardid import LINE_FORMATS, CardFormat, CardIds
 from drivers.cardreader.pcsc_reader import PcscCardReader
 from drivers.cardreader.reconnect import Backoff
 from drivers.cardreader.serial_reader import PROTOCOLS, SerialCardReader
 from drivers.protocols import CardReader
-
-READER_TYPES = ("serial", "pcsc")
-_SERIAL_KEYS = frozenset({"port", "baudrate", "protocol", "uid_order", "line_format"})
-_PCSC_KEYS = frozenset({"name", "uid_order"})
 
 
 def open_reader(
@@ -46,7 +43,7 @@ def open_reader(
     """
     if type not in READER_TYPES:
         raise ValueError(f"reader {id!r}: unknown type {type!r} (expected one of {list(READER_TYPES)})")
-    _check_keys(id, settings, _SERIAL_KEYS if type == "serial" else _PCSC_KEYS,
+    _check_keys(id, settings, READER_SETTINGS[type],
                 required=("port",) if type == "serial" else ("name",))
     ids = _card_ids(id, card_format, settings.get("uid_order", "as_read"))
     if type == "pcsc":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from drivers.cardreader import READER_SETTINGS, READER_TYPES
 from drivers.cardreader.cardid import LINE_FORMATS, UID_ORDERS
 from gatewayd.config.buses import Wiring
 from gatewayd.config.model import CARD_KINDS, NAME_RE, NAME_TEXT, SERVICES, Bus, Point, Reader, Tariffs
@@ -24,7 +25,7 @@ def read_readers(root: Table, wiring: Wiring) -> dict[str, Reader]:
     readers: dict[str, Reader] = {}
     for t in root.tables("readers"):
         rid = t.text("id", "", required=True, pattern=NAME_RE, pattern_text=NAME_TEXT)
-        kind = t.text("type", "", required=True, choices=("serial", "pcsc"))
+        kind = t.text("type", "", required=True, choices=READER_TYPES)
         uid_order = t.text("uid_order", "as_read", choices=UID_ORDERS)
         if kind == "serial":
             reader = _serial_reader(t, rid, wiring, uid_order)
@@ -35,7 +36,7 @@ def read_readers(root: Table, wiring: Wiring) -> dict[str, Reader]:
             reader = Reader(id=rid, type="pcsc", name=t.text("name", "", required=True),
                             uid_order=uid_order)  # type: ignore[arg-type]
         else:
-            t.done(allowed_extra=("port", "baudrate", "protocol", "name", "line_format"))
+            t.done(allowed_extra=sorted(set().union(*READER_SETTINGS.values())))
             continue
         if t.unique("id", rid, readers, "reader"):
             readers[rid] = reader
