@@ -32,6 +32,18 @@ class Event:
     payload: bytes
 
 
+_KINDS: dict[type[EventBody], tuple[str, int]] = {}
+
+
+def _kind(body: EventBody) -> tuple[str, int]:
+    """The event's type and delivery class, worked out once per body type."""
+    kind = _KINDS.get(type(body))
+    if kind is None:
+        type_ = event_type_of(body)
+        kind = _KINDS[type(body)] = (type_.value, int(priority_of(type_)))
+    return kind
+
+
 def last_assigned_seq(conn: sqlite3.Connection) -> int:
     """The last event seq assigned in the store, 0 before the first event."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -67,15 +79,14 @@ class Txn:
         """
         seq = self.next_seq
         event_id = str(uuid.uuid4())
-        type_ = event_type_of(body)
+        type_, klass = _kind(body)
         payload = encode_event(EventEnvelope(id=event_id, seq=seq, ts=ts, building=self.building), body)
         self.conn.execute(
             "INSERT INTO events (seq, id, type, class, wall, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            (seq, event_id, type_.value, int(priority_of(type_)),
-             time.time() if wall is None else wall, payload),
+            (seq, event_id, type_, klass, time.time() if wall is None else wall, payload),
         )
         self.next_seq = seq + 1
-        ev = Event(seq, event_id, type_.value, payload)
+        ev = Event(seq, event_id, type_, payload)
         self.events.append(ev)
         return ev
 
