@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from drivers.cardreader.pcsc_reader import PcscCardReader
+from drivers.cardreader.serial_reader import SerialCardReader
+from gatewayd.app.daemon import make_reader
 from gatewayd.config.load import load_config
 from gatewayd.errors import ConfigError
 
@@ -987,3 +990,45 @@ def test_line_format_only_on_ascii_line_readers_and_spellings_checked(tmp_path: 
         'readers[2].line_format: only an ascii-line reader has one (protocol = "ascii-line"); '
         "a pcsc reader reads the card's UID",
     ])
+
+
+# -- readers: the file and the driver agree ---------------------------------------
+
+
+def test_every_reader_setting_the_file_takes_reaches_the_driver(tmp_path: Path) -> None:
+    """Each reader shape, every optional key set, opens (a key the file takes and the
+    driver refuses would stop the daemon at start)."""
+    config = load_config(write(tmp_path, """
+        [gateway]
+        building = "b07"
+        state_dir = "{state}"
+        card_format = "dec10"
+
+        [[readers]]
+        id = "r-rdm"
+        type = "serial"
+        port = "/dev/ttyUSB0"
+        baudrate = 19200
+        protocol = "rdm6300"
+        uid_order = "reversed"
+
+        [[readers]]
+        id = "r-line"
+        type = "serial"
+        port = "/dev/ttyUSB1"
+        protocol = "ascii-line"
+        line_format = "dec"
+
+        [[readers]]
+        id = "r-pcsc"
+        type = "pcsc"
+        name = "ACS ACR122U"
+        uid_order = "reversed"
+        """))
+    readers = {rid: make_reader(r, config.gateway) for rid, r in config.readers.items()}
+    rdm, line, pcsc = readers["r-rdm"], readers["r-line"], readers["r-pcsc"]
+    assert isinstance(rdm, SerialCardReader) and isinstance(line, SerialCardReader)
+    assert (rdm.name, rdm.port, rdm.baudrate, rdm.protocol) == ("r-rdm", "/dev/ttyUSB0", 19200, "rdm6300")
+    assert (line.port, line.baudrate, line.protocol) == ("/dev/ttyUSB1", 9600, "ascii-line")
+    assert isinstance(pcsc, PcscCardReader)
+    assert (pcsc.name, pcsc.prefix, pcsc.ids.uid_order) == ("r-pcsc", "ACS ACR122U", "reversed")
