@@ -1,6 +1,11 @@
 """How fast the center link drains a backlog, and how long a command takes.
 
     .venv/bin/python bench/outbox.py [--events N] [--pings N] [--dir PATH]
+    .venv/bin/python bench/outbox.py --events N --write-trials T
+
+With `--write-trials T`, only the backlog write of step 1 is timed, T times,
+each into a fresh store: its wall and CPU seconds, then the medians. The
+machine's noise moves single runs by more than a small change does.
 
 1. Backlog: N events (1 in 3 money) are written to a fresh store while no
    broker runs, in store jobs of 1,000 events. Then a mosquitto started here
@@ -234,14 +239,37 @@ async def pings(d: Path, n: int, extra: list[str], label: str) -> None:
             store.close()
 
 
+def write_trials(base: Path, n: int, trials: int) -> None:
+    walls: list[float] = []
+    cpus: list[float] = []
+    for trial in range(trials):
+        state = base / f"write-{trial}"
+        shutil.rmtree(state, ignore_errors=True)
+        store = Store.open(state, "b07")
+        try:
+            cpu0 = time.process_time()
+            walls.append(backlog(store, n))
+            cpus.append(time.process_time() - cpu0)
+        finally:
+            store.close()
+        print(f"backlog write {trial + 1}: {n} events in {walls[-1]:.3f} s ({cpus[-1]:.3f} CPU s)")
+    print(f"backlog write: median {statistics.median(walls):.3f} s, "
+          f"{statistics.median(cpus):.3f} CPU s over {trials} runs")
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--pings", type=int, default=500)
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir under /var/tmp)")
+    p.add_argument("--write-trials", type=int, default=0, metavar="T",
+                   help="time only the backlog write, T times (see above)")
     args = p.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="gatewayd-bench-outbox-", dir="/var/tmp"))
     try:
+        if args.write_trials:
+            write_trials(base, args.events, args.write_trials)
+            return
         await drain(base, args.events, [], "mosquitto defaults, receive maximum 20")
         await drain(base, args.events, ["max_inflight_messages 0"], "no broker inflight limit")
         await pings(base, args.pings, [], "mosquitto defaults (Nagle on its sockets)")
