@@ -282,6 +282,17 @@ class Collector:
         async with asyncio.timeout(WAIT_S):
             await self._ready.wait()
 
+    async def settle(self) -> None:
+        """Make sure the broker has this client's PUBACKs for what it has seen.
+
+        paho hands a message over before it sends the PUBACK. A broker stopped
+        in between keeps the message for this persistent session and delivers
+        it again when it comes back: MQTT's at-least-once, on the broker's leg,
+        not the gateway's. A QoS 1 publish answered by the broker goes after
+        those PUBACKs on the same connection, so the broker has them.
+        """
+        await self.publish(f"test/{self.client_id}/settle", b"", qos=1)
+
     def on(self, suffix: str) -> list[Seen]:
         return [s for s in self.seen if s.topic.endswith(suffix)]
 
